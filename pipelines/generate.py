@@ -1,0 +1,122 @@
+"""Generation stage: WSD over a benchmark, one JSON record per prompt, resumable.
+
+    python -m pipelines.generate benchmark=alpaca_eval benchmark.limit=5
+    python -m pipelines.generate benchmark=jsonl benchmark.path=my_prompts.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from wsd.benchmarks import load_benchmark
+from wsd.models import ModelSpec, check_available, load_model
+from wsd.reference import ReferenceWSD, WSDSettings
+from wsd.store import RecordFile, config_key, slug, write_atomic
+
+log = logging.getLogger("wsd.generate")
+
+ENGINES = ("reference",)
+
+
+def _settings(cfg: DictConfig) -> WSDSettings:
+    wsd_cfg = OmegaConf.to_container(cfg.wsd, resolve=True)
+    engine = wsd_cfg.pop("engine")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown wsd.engine {engine!r}; accepted: {', '.join(ENGINES)}")
+    return WSDSettings(**wsd_cfg)
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """Folder keyed by everything that determines the records; `limit` is left out so a
+    larger run over the same benchmark resumes a smaller one."""
+    benchmark = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    benchmark.pop("limit", None)
+    key = config_key({
+        "pilot": OmegaConf.to_container(cfg.pilot, resolve=True),
+        "base": OmegaConf.to_container(cfg.base, resolve=True),
+        "wsd": OmegaConf.to_container(cfg.wsd, resolve=True),
+        "benchmark": benchmark,
+        "seed": cfg.seed,
+    })
+    name = f"wsd__{slug(cfg.pilot.name)}__{slug(cfg.base.name)}__{key}"
+    return Path(cfg.output_root) / "generate" / cfg.benchmark.name / name
+
+
+def summarize(records: list[dict]) -> dict:
+    def mean(key):
+        return statistics.fmean(r[key] for r in records) if records else 0.0
+
+    seconds = {p: sum(r["seconds"][p] for r in records) for p in ("draft", "check", "target", "total")}
+    return {
+        "prompts": len(records),
+        "mean_keep_count": mean("keep_count"),
+        "switched_share": mean("switched"),
+        "mean_draft_tokens": mean("draft_tokens"),
+        "mean_continuation_tokens": mean("continuation_tokens"),
+        "mean_response_chars": statistics.fmean(len(r["response"]) for r in records) if records else 0.0,
+        "seconds": seconds,
+    }
+
+
+def run(cfg: DictConfig) -> dict:
+    """Validate everything cheap first, then decode only the prompts not yet recorded."""
+    settings = _settings(cfg)
+    pilot_spec, base_spec = ModelSpec.from_config(cfg.pilot), ModelSpec.from_config(cfg.base)
+    prompts = load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True))
+    check_available(pilot_spec)
+    check_available(base_spec)
+
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    record_file = RecordFile(out / "records.jsonl")
+    done = {r["id"]: r for r in record_file.read()}
+    todo = [p for p in prompts if p.id not in done]
+    log.info("%d prompts, %d already recorded in %s", len(prompts), len(prompts) - len(todo), out)
+
+    if todo:
+        from tqdm import tqdm
+        from transformers import set_seed
+
+        set_seed(cfg.seed)
+        engine = ReferenceWSD(
+            load_model(pilot_spec, cfg.model_cache_dir), load_model(base_spec, cfg.model_cache_dir), settings
+        )
+        for prompt in tqdm(todo, desc=f"wsd {cfg.benchmark.name}", unit="prompt"):
+            record = {"id": prompt.id, "prompt": prompt.instruction, "messages": prompt.messages,
+                      **engine.generate(prompt.messages)}
+            record_file.append(record)
+            done[prompt.id] = record
+
+    records = [done[p.id] for p in prompts]
+    generator = f"wsd__{cfg.pilot.name}__{cfg.base.name}"
+    alpaca = [{"instruction": r["prompt"], "output": r["response"], "generator": generator,
+               **({"dataset": p.meta["dataset"]} if p.meta.get("dataset") else {})}
+              for r, p in zip(records, prompts)]
+    write_atomic(out / "alpaca_eval.json", json.dumps(alpaca, indent=1, ensure_ascii=False))
+    summary = {**summarize(records), "run_dir": str(out), "records": str(record_file.path),
+               "alpaca_eval": str(out / "alpaca_eval.json")}
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    log.info("records: %s", record_file.path)
+    log.info("alpaca_eval outputs: %s", out / "alpaca_eval.json")
+    log.info(
+        "summary: %d prompts, mean k %.1f, switched %.0f%%, mean response %.0f chars, %.1f s total",
+        summary["prompts"], summary["mean_keep_count"], 100 * summary["switched_share"],
+        summary["mean_response_chars"], summary["seconds"]["total"],
+    )
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny, locally built models with *different* tokenizers (offline, fast)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Here is a short answer: first, read the question; second, think; third, write.",
+    "Sure! The capital of France is Paris, and the capital of Italy is Rome.",
+    "I cannot help with that request, but I can suggest a safer alternative.",
+    "1. Preheat the oven. 2. Mix flour, sugar and eggs. 3. Bake for 20 minutes.",
+    "User: What is two plus two? Assistant: Two plus two is four.",
+]
+
+PILOT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tokenizer(corpus, vocab_size, specials, **tokens):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **tokens)
+
+
+def _save(model, tokenizer, folder: Path) -> str:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """{'pilot': folder, 'base': folder}: a Llama pilot with a ChatML template and a Gemma-3
+    base, each with its own byte-level BPE vocabulary, random weights, fixed seed."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    pilot_tok = _tokenizer(CORPUS, 300, ["<pad>", "<s>", "<|im_start|>", "<|im_end|>"],
+                           bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>")
+    pilot_tok.chat_template = PILOT_TEMPLATE
+    pilot = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(pilot_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+        bos_token_id=pilot_tok.bos_token_id, eos_token_id=pilot_tok.eos_token_id,
+        pad_token_id=pilot_tok.pad_token_id,
+    ))
+    base_tok = _tokenizer(list(reversed(CORPUS)), 420, ["<pad>", "<eos>", "<bos>"],
+                          bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    base = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(base_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=16,
+        initializer_range=0.5, bos_token_id=base_tok.bos_token_id,
+        eos_token_id=base_tok.eos_token_id, pad_token_id=base_tok.pad_token_id,
+    ))
+    return {"pilot": _save(pilot, pilot_tok, root / "pilot"), "base": _save(base, base_tok, root / "base")}
+
+
+def compose_generate(overrides: list[str]):
+    """The generate stage's config as `python -m pipelines.generate <overrides>` builds it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("generate", overrides=overrides)
+
+
+def tiny_overrides(tiny_models: dict, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "pilot=custom", f"pilot.path={tiny_models['pilot']}", "pilot.name=tiny-pilot",
+        "base=custom", f"base.path={tiny_models['base']}", "base.name=tiny-base",
+        f"output_root={tmp_path / 'outputs'}", f"model_cache_dir={tmp_path / 'cache'}",
+        "wsd.draft_max_tokens=12", "wsd.target_max_tokens=20", *extra,
+    ]

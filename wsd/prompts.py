@@ -1,0 +1,79 @@
+"""Prompt formats and stop strings, exactly as the authors' released code uses them.
+
+The pilot sees its own chat template; the base model, a plain role-tagged transcript that a
+pretrained (not instruction-tuned) model can continue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+ROLES = ("system", "user", "assistant")
+BASE_ROLE_TAGS = {"system": "[System]", "user": "[User]", "assistant": "[Assistant]"}
+
+#: Extra strings that end a pilot draft, beside the pilot's own EOS token.
+DRAFT_STOP_STRINGS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>")
+
+
+def _base_tag_stops() -> tuple[str, ...]:
+    tags = [BASE_ROLE_TAGS[role] for role in ("user", "system", "assistant")]
+    return tuple(prefix + tag for tag in tags for prefix in ("", "\n", "\n\n"))
+
+
+#: Extra strings that end the base model's continuation, beside the base model's EOS token.
+BASE_STOP_STRINGS = _base_tag_stops()
+
+
+def validate_messages(messages: Sequence[Message]) -> None:
+    """A conversation must end with a non-empty user turn; roles must be known."""
+    if not messages:
+        raise ValueError("a prompt needs at least one message")
+    for message in messages:
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ValueError(f"unknown message role {role!r}; accepted: {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise ValueError(f"message content must be a string, got {type(content).__name__}")
+    if messages[-1]["role"] != "user":
+        raise ValueError(f"the last message must be the user's, got {messages[-1]['role']!r}")
+    if not messages[-1]["content"].strip():
+        raise ValueError("the prompt is empty")
+
+
+def pilot_prompt(tokenizer, messages: Sequence[Message]) -> str:
+    """The pilot's chat template with a generation prompt, BOS added if the template lacks it."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the pilot tokenizer {tokenizer.name_or_path!r} has no chat template; "
+            "a pilot must be a chat (instruction-tuned) model"
+        )
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and not text.startswith(bos):
+        text = bos + text
+    return text
+
+
+def base_prompt(messages: Sequence[Message], bos_token: str | None) -> str:
+    """BOS, each turn as "\\n\\n[Role]\\n" + stripped content, then "\\n\\n[Assistant]\\n"."""
+    turns = "".join(
+        f"\n\n{BASE_ROLE_TAGS[m['role']]}\n{m['content'].strip()}" for m in messages
+    )
+    return (bos_token or "") + turns + f"\n\n{BASE_ROLE_TAGS['assistant']}\n"
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` at the earliest occurrence of any stop string; say whether one was found."""
+    positions = [text.find(s) for s in stop_strings if s]
+    positions = [p for p in positions if p >= 0]
+    if not positions:
+        return text, False
+    return text[: min(positions)], True
+
+
+def stop_strings_with_eos(stop_strings: Sequence[str], tokenizer) -> list[str]:
+    """The configured stop strings plus the tokenizer's EOS text (when it has one)."""
+    eos = tokenizer.eos_token
+    return list(stop_strings) + ([eos] if eos and eos not in stop_strings else [])
