@@ -1,0 +1,1 @@
+"""Judges and metrics that turn generation records into the paper's numbers (later stages)."""

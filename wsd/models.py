@@ -126,6 +126,11 @@ def _join_parts(spec: ModelSpec, target: Path) -> None:
         )
 
 
+def packaged_folder_path(spec: ModelSpec, cache_dir: str | os.PathLike) -> Path:
+    """Where the converted folder of a packaged model lives (keyed by package versions)."""
+    return Path(cache_dir).expanduser() / "packaged" / f"{slug(spec.name)}-{_parts_key(spec)}"
+
+
 def packaged_folder(spec: ModelSpec, cache_dir: str | os.PathLike) -> Path:
     """The plain HF folder for a packaged GGUF model, converting it on first use.
 
@@ -137,7 +142,7 @@ def packaged_folder(spec: ModelSpec, cache_dir: str | os.PathLike) -> Path:
     from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final = Path(cache_dir).expanduser() / "packaged" / f"{slug(spec.name)}-{_parts_key(spec)}"
+    final = packaged_folder_path(spec, cache_dir)
     if (final / _DONE_FILE).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

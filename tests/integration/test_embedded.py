@@ -1,0 +1,61 @@
+"""The real embedded pair: SmolLM2-135M-Instruct (pilot) -> Gemma-3-270M (base)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import generate
+from tests.conftest import REPO, compose_generate
+from wsd.models import ModelSpec, packaged_folder, packaged_folder_path
+from wsd.switch import keep_count
+
+pytestmark = pytest.mark.integration
+
+
+def test_embedded_pair_generates_records(tmp_path):
+    cfg = compose_generate([
+        "benchmark=alpaca_eval", "benchmark.limit=2", f"output_root={tmp_path}",
+        "wsd.draft_max_tokens=24", "wsd.target_max_tokens=40",
+    ])
+    summary = generate.run(cfg)
+    records = [json.loads(line) for line in open(summary["records"])]
+    assert [r["id"] for r in records] == ["alpaca_eval-000", "alpaca_eval-001"]
+    for r in records:
+        assert (r["pilot"], r["base"]) == ("SmolLM2-135M-Instruct", "gemma-3-270m")
+        assert 0 < r["draft_tokens"] <= 24
+        assert r["base_draft_tokens"] == len(r["base_token_probs"]) > 0
+        assert r["keep_count"] == keep_count(r["base_token_probs"], 6, 0.8)
+        assert r["draft"].strip().startswith(r["accepted_draft"])
+        assert r["response"].startswith(r["accepted_draft"]) and r["response"].strip()
+        assert r["continuation_tokens"] <= 50  # (40 - k) rounded up to 50
+        assert "[User]" not in r["response"]
+
+
+CONVERT = """
+import sys
+from omegaconf import OmegaConf
+from wsd.models import ModelSpec, packaged_folder
+spec = ModelSpec.from_config(OmegaConf.load(sys.argv[1]))
+print(packaged_folder(spec, sys.argv[2]))
+"""
+
+
+def test_two_processes_convert_once_and_ignore_half_written_output(tmp_path):
+    from omegaconf import OmegaConf
+
+    conf = REPO / "conf" / "pilot" / "smollm2_135m_instruct.yaml"
+    spec = ModelSpec.from_config(OmegaConf.load(conf))
+    target = packaged_folder_path(spec, tmp_path)
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{half written")  # a crash left this, with no marker
+
+    procs = [subprocess.Popen([sys.executable, "-c", CONVERT, str(conf), str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert {out.strip() for out, _ in outputs} == {str(target)}
+    assert json.loads((target / "config.json").read_text())["model_type"] == "llama"
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == [target.name]
+    assert packaged_folder(spec, tmp_path) == target

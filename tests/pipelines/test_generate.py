@@ -1,0 +1,147 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import MissingConfigException
+
+from pipelines import generate
+from tests.conftest import REPO, compose_generate, tiny_overrides
+from wsd.switch import keep_count
+
+REQUIRED = {"id", "prompt", "draft", "draft_tokens", "base_token_probs", "keep_count", "accepted_draft",
+            "continuation", "response", "stop_reason", "seconds", "pilot", "base"}
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [
+        {"id": "short", "prompt": "Hi"},
+        {"id": "capital", "prompt": "What is the capital of France? Answer in one sentence, please."},
+        {"instruction": "Give me three tips for baking bread at home, with a short reason for each tip."},
+        {"id": "chat", "messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "Name a colour."},
+                                    {"role": "assistant", "content": "Blue."},
+                                    {"role": "user", "content": "Another one?"}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_tiny(tiny_models, tmp_path, prompt_file, *extra):
+    cfg = compose_generate(tiny_overrides(tiny_models, tmp_path, "benchmark=jsonl",
+                                          f"benchmark.path={prompt_file}", *extra))
+    return generate.run(cfg), cfg
+
+
+def read_records(summary):
+    with open(summary["records"]) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_cross_tokenizer_run_writes_complete_records(tiny_models, tmp_path, prompt_file):
+    summary, cfg = run_tiny(tiny_models, tmp_path, prompt_file)
+    records = read_records(summary)
+    assert [r["id"] for r in records] == ["short", "capital", "line-3", "chat"]
+    for r in records:
+        assert REQUIRED <= set(r)
+        assert r["pilot"] == "tiny-pilot" and r["base"] == "tiny-base"
+        assert r["draft"].strip().startswith(r["accepted_draft"])
+        assert r["response"].startswith(r["accepted_draft"])
+        assert r["keep_count"] == keep_count(r["base_token_probs"], cfg.wsd.window, cfg.wsd.threshold)
+        assert r["draft_tokens"] <= cfg.wsd.draft_max_tokens
+    assert records[3]["messages"][-1]["content"] == "Another one?"
+    alpaca = json.loads(open(summary["alpaca_eval"]).read())
+    assert [a["instruction"] for a in alpaca] == [r["prompt"] for r in records]
+    assert [a["output"] for a in alpaca] == [r["response"] for r in records]
+    assert {a["generator"] for a in alpaca} == {"wsd__tiny-pilot__tiny-base"}
+    assert summary["prompts"] == 4
+
+
+def test_switch_mid_draft_when_threshold_is_reached(tiny_models, tmp_path, prompt_file):
+    """Set the threshold to a window score that occurs mid-draft: the run must switch there."""
+    never, _ = run_tiny(tiny_models, tmp_path / "a", prompt_file, "wsd.window=2", "wsd.threshold=1.0")
+    record = max(read_records(never), key=lambda r: r["base_draft_tokens"])
+    probs = record["base_token_probs"]
+    assert record["keep_count"] == len(probs) >= 4
+    mid = len(probs) // 2
+    score = (probs[mid - 1] * probs[mid]) ** 0.5
+    summary, _ = run_tiny(tiny_models, tmp_path / "b", prompt_file, "wsd.window=2", f"wsd.threshold={score}")
+    switched = next(r for r in read_records(summary) if r["id"] == record["id"])
+    assert switched["base_token_probs"] == pytest.approx(probs)
+    assert switched["switched"] and switched["keep_count"] <= mid + 1
+    assert switched["keep_count"] == keep_count(probs, 2, score)
+
+
+def test_second_run_resumes_without_loading_models(tiny_models, tmp_path, prompt_file, monkeypatch):
+    first, _ = run_tiny(tiny_models, tmp_path, prompt_file, "benchmark.limit=2")
+    assert first["prompts"] == 2
+    lines_before = open(first["records"]).read()
+
+    second, _ = run_tiny(tiny_models, tmp_path, prompt_file)  # larger limit: same folder, 2 more
+    assert second["run_dir"] == first["run_dir"]
+    assert open(second["records"]).read().startswith(lines_before)
+    assert [r["id"] for r in read_records(second)] == ["short", "capital", "line-3", "chat"]
+
+    monkeypatch.setattr(generate, "load_model", lambda *a: pytest.fail("nothing left to decode"))
+    third, _ = run_tiny(tiny_models, tmp_path, prompt_file)
+    assert len(read_records(third)) == 4
+
+
+def test_deterministic_for_a_fixed_seed(tiny_models, tmp_path, prompt_file):
+    a, _ = run_tiny(tiny_models, tmp_path / "a", prompt_file, "benchmark.limit=2")
+    b, _ = run_tiny(tiny_models, tmp_path / "b", prompt_file, "benchmark.limit=2")
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(read_records(a)) == strip(read_records(b))
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (["wsd.threshold=1.5"], ValueError, r"threshold must be a number in \[0, 1\], got 1.5"),
+        (["wsd.window=0"], ValueError, "window must be an integer >= 1, got 0"),
+        (["wsd.engine=turbo"], ValueError, "unknown wsd.engine 'turbo'; accepted: reference"),
+        (["pilot.path=/no/such/model"], FileNotFoundError, "folder '/no/such/model' does not exist"),
+        (["~base.path", "+base.gguf={parts:[{package:gemma-not-installed,file:m.gguf}]}"], FileNotFoundError,
+         "package 'gemma-not-installed' is not installed"),
+    ],
+)
+def test_bad_config_fails_before_models_load_and_keeps_records(
+    tiny_models, tmp_path, prompt_file, monkeypatch, overrides, error, message
+):
+    done, _ = run_tiny(tiny_models, tmp_path, prompt_file, "benchmark.limit=1")
+    before = open(done["records"]).read()
+    monkeypatch.setattr(generate, "load_model", lambda *a: pytest.fail("loaded a model despite bad input"))
+    with pytest.raises(error, match=message):
+        run_tiny(tiny_models, tmp_path, prompt_file, *overrides)
+    assert open(done["records"]).read() == before
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [('{"id": "x", "prompt": "  "}', r"prompts.jsonl:5: the prompt is empty"),
+     ('{"id": "x", "prompt": "unclosed', r"prompts.jsonl:5: malformed JSON")],
+)
+def test_bad_prompt_file_fails_before_models_load(tiny_models, tmp_path, prompt_file, monkeypatch, line, message):
+    with open(prompt_file, "a") as f:
+        f.write(line + "\n")
+    monkeypatch.setattr(generate, "load_model", lambda *a: pytest.fail("loaded a model despite bad input"))
+    with pytest.raises(ValueError, match=message):
+        run_tiny(tiny_models, tmp_path, prompt_file)
+
+
+def test_unknown_config_choice():
+    with pytest.raises(MissingConfigException, match="pilot/gpt5"):
+        compose_generate(["pilot=gpt5"])
+
+
+def test_cli_exits_non_zero_with_the_message(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.generate", "wsd.threshold=-0.2", f"output_root={tmp_path}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "threshold must be a number in [0, 1], got -0.2" in result.stderr
