@@ -88,6 +88,8 @@ def run(cfg: DictConfig) -> dict:
         engine = ReferenceWSD(
             load_model(pilot_spec, cfg.model_cache_dir), load_model(base_spec, cfg.model_cache_dir), settings
         )
+        for prompt in todo:
+            engine.check_fits(prompt.id, prompt.messages)
         for prompt in tqdm(todo, desc=f"wsd {cfg.benchmark.name}", unit="prompt"):
             record = {"id": prompt.id, "prompt": prompt.instruction, "messages": prompt.messages,
                       **engine.generate(prompt.messages)}

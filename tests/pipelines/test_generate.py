@@ -132,6 +132,14 @@ def test_bad_prompt_file_fails_before_models_load(tiny_models, tmp_path, prompt_
         run_tiny(tiny_models, tmp_path, prompt_file)
 
 
+def test_over_long_prompt_is_rejected_before_decoding(tiny_models, tmp_path, prompt_file, monkeypatch):
+    with open(prompt_file, "a") as f:
+        f.write(json.dumps({"id": "huge", "prompt": "word " * 3000}) + "\n")
+    monkeypatch.setattr(generate.ReferenceWSD, "generate", lambda *a: pytest.fail("decoded before checking"))
+    with pytest.raises(ValueError, match=r"prompt 'huge' is too long for tiny-pilot: needs .* context is 2048"):
+        run_tiny(tiny_models, tmp_path, prompt_file)
+
+
 def test_unknown_config_choice():
     with pytest.raises(MissingConfigException, match="pilot/gpt5"):
         compose_generate(["pilot=gpt5"])

@@ -91,3 +91,32 @@ def test_engine_record_is_consistent(pair):
     assert record["draft"].strip().startswith(record["accepted_draft"])
     assert record["response"].startswith(record["accepted_draft"])
     assert set(record["seconds"]) == {"draft", "check", "target", "total"}
+
+
+def test_stop_on_strings_sees_only_new_tokens(pair):
+    from wsd.reference import StopOnStrings
+
+    _, base = pair
+    tok = base.tokenizer
+    prompt = encode(tok, "[User]\nHello")  # a stop string inside the prompt must not count
+    rows = [prompt + encode(tok, " there friend"), prompt + encode(tok, " fine.\n\n[User]")]
+    width = max(map(len, rows))
+    batch = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    stop = StopOnStrings(tok, ["\n\n[User]", "[User]"], prompt_length=len(prompt))
+    assert stop(batch[:, : len(rows[0])], None).tolist() == [False, False]
+    assert stop(torch.tensor([rows[1]]), None).tolist() == [True]
+
+
+def test_generation_halts_at_a_stop_string(pair):
+    from wsd.reference import greedy_generate
+
+    _, base = pair
+    prompt = encode(base.tokenizer, "The quick brown fox")
+    free = greedy_generate(base, prompt, 30, ["\x00never"])
+    text = base.tokenizer.decode(free.ids)
+    stop = text[len(text) // 2 : len(text) // 2 + 2]  # a string the model does produce
+    halted = greedy_generate(base, prompt, 30, [stop])
+    assert halted.stop_reason == "stop_string"
+    assert len(halted.ids) < len(free.ids)
+    assert stop in base.tokenizer.decode(halted.ids)
+    assert free.ids[: len(halted.ids)] == halted.ids
