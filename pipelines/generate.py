@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> dict:
                **({"dataset": p.meta["dataset"]} if p.meta.get("dataset") else {})}
               for r, p in zip(records, prompts)]
     write_atomic(out / "alpaca_eval.json", json.dumps(alpaca, indent=1, ensure_ascii=False))
-    summary = {**summarize(records), "run_dir": str(out), "records": str(record_file.path),
+    summary = {**summarize(records), "ids": [p.id for p in prompts], "run_dir": str(out), "records": str(record_file.path),
                "alpaca_eval": str(out / "alpaca_eval.json")}
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     log.info("records: %s", record_file.path)
@@ -115,9 +115,27 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+def print_table(summary: dict) -> None:
+    """Per-prompt switch positions and timings, for a person reading the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="WSD: switch position k of the draft's base tokens, per prompt")
+    for column in ("id", "draft tok", "k / base tok", "switched", "cont tok", "stop", "seconds"):
+        table.add_column(column, justify="left" if column in ("id", "stop") else "right", no_wrap=True)
+    by_id = {r["id"]: r for r in RecordFile(Path(summary["records"])).read()}
+    for r in (by_id[i] for i in summary["ids"]):
+        table.add_row(r["id"], str(r["draft_tokens"]), f"{r['keep_count']} / {r['base_draft_tokens']}",
+                      "yes" if r["switched"] else "no", str(r["continuation_tokens"]), r["stop_reason"],
+                      f"{r['seconds']['total']:.1f}")
+    console = Console()
+    console.width = max(console.width, 100)  # pipes and CI logs report 80 columns
+    console.print(table)
+
+
 @hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    print_table(run(cfg))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,15 @@ def test_cross_tokenizer_run_writes_complete_records(tiny_models, tmp_path, prom
     assert [a["instruction"] for a in alpaca] == [r["prompt"] for r in records]
     assert [a["output"] for a in alpaca] == [r["response"] for r in records]
     assert {a["generator"] for a in alpaca} == {"wsd__tiny-pilot__tiny-base"}
-    assert summary["prompts"] == 4
+    assert summary["prompts"] == 4 and summary["ids"] == [r["id"] for r in records]
+
+
+def test_table_lists_this_runs_prompts(tiny_models, tmp_path, prompt_file, capsys):
+    run_tiny(tiny_models, tmp_path, prompt_file)
+    summary, _ = run_tiny(tiny_models, tmp_path, prompt_file, "benchmark.limit=2")
+    generate.print_table(summary)
+    shown = capsys.readouterr().out
+    assert "short" in shown and "capital" in shown and "chat" not in shown
 
 
 def test_switch_mid_draft_when_threshold_is_reached(tiny_models, tmp_path, prompt_file):
