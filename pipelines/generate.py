@@ -16,20 +16,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsd.benchmarks import load_benchmark
 from wsd.models import ModelSpec, check_available, load_model
-from wsd.reference import ReferenceWSD, WSDSettings
+from wsd.decoding import WSDSettings
+from wsd.draft_cache import DraftCache
+from wsd.fast import FastOptions, FastWSD
+from wsd.reference import ReferenceWSD
 from wsd.store import RecordFile, config_key, slug, write_atomic
 
 log = logging.getLogger("wsd.generate")
 
-ENGINES = ("reference",)
+ENGINES = ("fast", "reference")
+_FAST_KEYS = ("batch_size", "chunk_tokens", "early_stop")
 
 
-def _settings(cfg: DictConfig) -> WSDSettings:
+def _settings(cfg: DictConfig) -> tuple[str, WSDSettings, FastOptions]:
+    """Validate the `wsd` block: the engine, the switch rule and budgets, the fast options."""
     wsd_cfg = OmegaConf.to_container(cfg.wsd, resolve=True)
     engine = wsd_cfg.pop("engine")
     if engine not in ENGINES:
         raise ValueError(f"unknown wsd.engine {engine!r}; accepted: {', '.join(ENGINES)}")
-    return WSDSettings(**wsd_cfg)
+    options = FastOptions(**{k: wsd_cfg.pop(k) for k in _FAST_KEYS if k in wsd_cfg})
+    return engine, WSDSettings(**wsd_cfg), options
+
+
+def make_engine(cfg: DictConfig, pilot, base):
+    """The configured engine over loaded models; the fast one shares drafts through a cache."""
+    engine, settings, options = _settings(cfg)
+    if engine == "reference":
+        return ReferenceWSD(pilot, base, settings)
+    draft_cache = None
+    if cfg.draft_cache_dir:
+        identity = {"pilot": OmegaConf.to_container(cfg.pilot, resolve=True),
+                    "base": OmegaConf.to_container(cfg.base, resolve=True),
+                    "draft_max_tokens": settings.draft_max_tokens, "fixed_length": settings.fixed_length,
+                    "seed": cfg.seed}
+        draft_cache = DraftCache(cfg.draft_cache_dir, identity)
+    return FastWSD(pilot, base, settings, options, draft_cache)
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -66,7 +87,7 @@ def summarize(records: list[dict]) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     """Validate everything cheap first, then decode only the prompts not yet recorded."""
-    settings = _settings(cfg)
+    _settings(cfg)
     pilot_spec, base_spec = ModelSpec.from_config(cfg.pilot), ModelSpec.from_config(cfg.base)
     prompts = load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True))
     check_available(pilot_spec)
@@ -85,16 +106,17 @@ def run(cfg: DictConfig) -> dict:
         from transformers import set_seed
 
         set_seed(cfg.seed)
-        engine = ReferenceWSD(
-            load_model(pilot_spec, cfg.model_cache_dir), load_model(base_spec, cfg.model_cache_dir), settings
-        )
+        engine = make_engine(cfg, load_model(pilot_spec, cfg.model_cache_dir),
+                             load_model(base_spec, cfg.model_cache_dir))
         for prompt in todo:
             engine.check_fits(prompt.id, prompt.messages)
-        for prompt in tqdm(todo, desc=f"wsd {cfg.benchmark.name}", unit="prompt"):
-            record = {"id": prompt.id, "prompt": prompt.instruction, "messages": prompt.messages,
-                      **engine.generate(prompt.messages)}
-            record_file.append(record)
-            done[prompt.id] = record
+        with tqdm(total=len(todo), desc=f"wsd {cfg.benchmark.name}", unit="prompt") as progress:
+            for prompt, generated in engine.generate_many(todo):
+                record = {"id": prompt.id, "prompt": prompt.instruction, "messages": prompt.messages,
+                          **generated}
+                record_file.append(record)
+                done[prompt.id] = record
+                progress.update()
 
     records = [done[p.id] for p in prompts]
     generator = f"wsd__{cfg.pilot.name}__{cfg.base.name}"

@@ -45,6 +45,27 @@ def _tokenizer(corpus, vocab_size, specials, **tokens):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **tokens)
 
 
+QUESTIONS = ["What is the capital of France?", "How do I bake a cake?", "Tell me a fact.",
+             "Can you help me?", "What is two plus two?", "Write a sentence."]
+
+
+def _train(model, tokenizer, texts: list[str], steps: int) -> None:
+    """A few hundred steps of next-token training: random weights write byte soup that no
+    base model is confident about, so no switch would ever happen mid-draft."""
+    import torch
+
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
 def _save(model, tokenizer, folder: Path) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -54,7 +75,9 @@ def _save(model, tokenizer, folder: Path) -> str:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict:
     """{'pilot': folder, 'base': folder}: a Llama pilot with a ChatML template and a Gemma-3
-    base, each with its own byte-level BPE vocabulary, random weights, fixed seed."""
+    base, each with its own byte-level BPE vocabulary, briefly trained (fixed seed) on chats
+    whose answers come from CORPUS: the base knows only some answers, so switches happen at
+    varied points of the pilot's drafts."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
@@ -65,7 +88,7 @@ def tiny_models(tmp_path_factory) -> dict:
     pilot_tok.chat_template = PILOT_TEMPLATE
     pilot = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(pilot_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+        num_attention_heads=4, num_key_value_heads=2,
         bos_token_id=pilot_tok.bos_token_id, eos_token_id=pilot_tok.eos_token_id,
         pad_token_id=pilot_tok.pad_token_id,
     ))
@@ -74,10 +97,25 @@ def tiny_models(tmp_path_factory) -> dict:
     base = Gemma3ForCausalLM(Gemma3TextConfig(
         vocab_size=len(base_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=16,
-        initializer_range=0.5, bos_token_id=base_tok.bos_token_id,
+        bos_token_id=base_tok.bos_token_id,
         eos_token_id=base_tok.eos_token_id, pad_token_id=base_tok.pad_token_id,
     ))
+    chats = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for q, a in zip(QUESTIONS, CORPUS)]
+    _train(pilot, pilot_tok, [pilot_tok.apply_chat_template(m, tokenize=False) for m in chats], 150)
+    _train(base, base_tok, [f"<bos>\n\n[User]\n{m[0]['content']}\n\n[Assistant]\n{m[1]['content']}"
+                            for m in chats[::2]] + CORPUS[1::2], 150)
     return {"pilot": _save(pilot, pilot_tok, root / "pilot"), "base": _save(base, base_tok, root / "base")}
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_models, tmp_path_factory):
+    """(pilot, base) LoadedModels of `tiny_models`."""
+    from wsd.models import ModelSpec, load_model
+
+    cache = tmp_path_factory.mktemp("cache")
+    return tuple(load_model(ModelSpec.from_config({"name": role, "path": tiny_models[role]}), cache)
+                 for role in ("pilot", "base"))
 
 
 def compose_generate(overrides: list[str]):

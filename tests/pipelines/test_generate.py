@@ -110,7 +110,7 @@ def test_deterministic_for_a_fixed_seed(tiny_models, tmp_path, prompt_file):
     [
         (["wsd.threshold=1.5"], ValueError, r"threshold must be a number in \[0, 1\], got 1.5"),
         (["wsd.window=0"], ValueError, "window must be an integer >= 1, got 0"),
-        (["wsd.engine=turbo"], ValueError, "unknown wsd.engine 'turbo'; accepted: reference"),
+        (["wsd.engine=turbo"], ValueError, "unknown wsd.engine .turbo.; accepted: fast, reference"),
         (["pilot.path=/no/such/model"], FileNotFoundError, "folder '/no/such/model' does not exist"),
         (["~base.path", "+base.gguf={parts:[{package:gemma-not-installed,file:m.gguf}]}"], FileNotFoundError,
          "package 'gemma-not-installed' is not installed"),

@@ -1,26 +1,16 @@
 import pytest
 import torch
 
-from wsd.models import ModelSpec, load_model
 from wsd.prompts import base_prompt
-from wsd.reference import (
-    ReferenceWSD,
-    WSDSettings,
-    base_budget,
-    check,
-    continue_from,
-    draft,
-    encode,
-)
+from wsd.decoding import WSDSettings, base_budget, encode
+from wsd.reference import ReferenceWSD, check, continue_from, draft
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_models, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    load = lambda role: load_model(ModelSpec.from_config({"name": role, "path": tiny_models[role]}), cache)  # noqa: E731
-    return load("pilot"), load("base")
+def pair(tiny_pair):
+    return tiny_pair
 
 
 @pytest.mark.parametrize("target, kept, budget", [(2048, 37, 2050), (2048, 0, 2050), (2048, 48, 2000),
@@ -44,7 +34,7 @@ def test_tokenizers_really_differ(pair):
 
 def test_draft_respects_budget(pair):
     pilot, _ = pair
-    d = draft(pilot, MESSAGES, max_tokens=9)
+    d = draft(pilot, MESSAGES, WSDSettings(draft_max_tokens=9))
     assert d.num_tokens <= 9
     assert d.stop_reason in {"eos", "stop_string", "length"}
     assert "<|im_end|>" not in d.text
@@ -76,7 +66,7 @@ def test_continuation_starts_from_kept_ids(pair):
     _, base = pair
     c = check(base, MESSAGES, "Sure! The capital of France is Paris.")
     kept = c.draft_ids[:4]
-    cont = continue_from(base, c.prompt_ids, kept, target_max_tokens=10)
+    cont = continue_from(base, c.prompt_ids, kept, WSDSettings(target_max_tokens=10))
     assert len(cont.ids) <= base_budget(10, 4)
     assert cont.response.startswith(base.tokenizer.decode(kept, skip_special_tokens=True))
     assert cont.stop_reason in {"eos", "stop_string", "length"}
@@ -94,7 +84,7 @@ def test_engine_record_is_consistent(pair):
 
 
 def test_stop_on_strings_sees_only_new_tokens(pair):
-    from wsd.reference import StopOnStrings
+    from wsd.decoding import StopOnStrings
 
     _, base = pair
     tok = base.tokenizer

@@ -1,0 +1,97 @@
+import pytest
+
+from wsd.benchmarks import Prompt
+from wsd.decoding import WSDSettings
+from wsd.draft_cache import DraftCache
+from wsd.fast import FastOptions, FastWSD, stable_boundary
+from wsd.reference import ReferenceWSD
+
+TEXTS = [
+    "Hi",
+    "What is the capital of France?",
+    "Give me three tips for baking bread at home, with a short reason for each tip.",
+    "Sure! The capital of France is Paris, and the capital of Italy is Rome. Which is older?",
+    "1. Preheat the oven. 2. Mix flour, sugar and eggs. 3. Bake for 20 minutes. What went wrong?",
+    "Why?",
+    "I cannot help with that request, but can you suggest a safer alternative for me?",
+    "User: What is two plus two?",
+]
+PROMPTS = [Prompt(f"p{i}", [{"role": "user", "content": t}]) for i, t in enumerate(TEXTS)]
+PROMPTS.append(Prompt("chat", [{"role": "user", "content": "Name a colour."},
+                               {"role": "assistant", "content": "Blue."},
+                               {"role": "user", "content": "Another one?"}]))
+
+
+def records(engine, prompts=PROMPTS):
+    return {p.id: r for p, r in engine.generate_many(prompts)}
+
+
+def test_stable_boundary_excludes_the_growing_word_and_its_whitespace():
+    assert stable_boundary("Sure!  Here is a li", 0) == len("Sure!  Here is a")
+    assert stable_boundary("Sure!  Here is a list:\n\n", 0) == len("Sure!  Here is a list:")
+    assert stable_boundary("PROMPT one", 6) == 6
+    assert stable_boundary("PROMPT", 6) == 6
+
+
+@pytest.mark.parametrize("fixed_length", [False, True])
+@pytest.mark.parametrize("window, threshold", [(2, 0.05), (3, 0.2), (1, 0.6), (6, 0.8)])
+def test_fast_matches_reference_at_every_batch_size(tiny_pair, fixed_length, window, threshold):
+    settings = WSDSettings(window=window, threshold=threshold, draft_max_tokens=40, target_max_tokens=60,
+                           fixed_length=fixed_length)
+    reference = records(ReferenceWSD(*tiny_pair, settings))
+    if threshold < 0.5:  # the comparison must cover prompts that switch mid-draft
+        assert any(r["switched"] and r["keep_count"] < r["base_draft_tokens"] for r in reference.values())
+    for batch_size in (1, 3, 8):
+        fast = records(FastWSD(*tiny_pair, settings, FastOptions(batch_size=batch_size, chunk_tokens=7)))
+        for pid, ref in reference.items():
+            got = fast[pid]
+            assert (got["keep_count"], got["response"]) == (ref["keep_count"], ref["response"]), (pid, batch_size)
+            assert got["stop_reason"] == ref["stop_reason"]
+            k = ref["keep_count"]
+            assert got["base_token_probs"][:k] == pytest.approx(ref["base_token_probs"][:k], rel=1e-4, abs=1e-7)
+            if not got["early_stopped"]:
+                assert got["draft"] == ref["draft"]
+
+
+def test_early_stopping_drafts_less(tiny_pair):
+    settings = WSDSettings(window=2, threshold=0.05, draft_max_tokens=40, target_max_tokens=60)
+    early = FastWSD(*tiny_pair, settings, FastOptions(batch_size=4, chunk_tokens=4))
+    full = FastWSD(*tiny_pair, settings, FastOptions(batch_size=4, chunk_tokens=4, early_stop=False))
+    a, b = records(early), records(full)
+    stopped = [pid for pid, r in a.items() if r["early_stopped"]]
+    assert stopped, "no prompt switched early at this threshold"
+    assert all(a[p]["draft_tokens"] < b[p]["draft_tokens"] for p in stopped)
+    assert early.counter["pilot_drafting"] < full.counter["pilot_drafting"]
+    assert [(r["keep_count"], r["response"]) for r in a.values()] == \
+           [(r["keep_count"], r["response"]) for r in b.values()]
+
+
+def test_sweep_reuses_drafts_and_scores(tiny_pair, tmp_path):
+    identity = {"pilot": "tiny-pilot", "base": "tiny-base", "draft_max_tokens": 30}
+    options = FastOptions(batch_size=4, chunk_tokens=8, early_stop=False)
+    first = FastWSD(*tiny_pair, WSDSettings(2, 0.05, 30, 50), options, DraftCache(tmp_path, identity))
+    records(first)
+    assert first.counter["pilot_drafting"] > 0 and first.counter["base_scoring"] > 0
+    for window, threshold in [(2, 0.3), (4, 0.1), (6, 0.8), (1, 0.9)]:
+        settings = WSDSettings(window, threshold, 30, 50)
+        point = FastWSD(*tiny_pair, settings, options, DraftCache(tmp_path, identity))
+        got = records(point)
+        assert point.counter["pilot_drafting"] == point.counter["base_scoring"] == 0
+        assert all(r["draft_cache_hit"] for r in got.values())
+        want = records(ReferenceWSD(*tiny_pair, settings))
+        assert {p: (r["keep_count"], r["response"]) for p, r in got.items()} == \
+               {p: (r["keep_count"], r["response"]) for p, r in want.items()}
+
+
+def test_early_stopped_cache_entry_serves_only_earlier_switches(tiny_pair, tmp_path):
+    identity = {"pilot": "tiny-pilot", "base": "tiny-base", "draft_max_tokens": 30}
+    cache = DraftCache(tmp_path, identity)
+    records(FastWSD(*tiny_pair, WSDSettings(2, 0.05, 30, 50), FastOptions(batch_size=8, chunk_tokens=4), cache))
+    entries = [cache.get(p.messages) for p in PROMPTS]
+    partial = [e for e in entries if not e.complete]
+    assert partial and all(e.usable(2, 0.05) for e in partial)
+    assert not any(e.usable(2, 1.0) for e in partial)  # never switches: needs the full draft
+    strict = FastWSD(*tiny_pair, WSDSettings(2, 1.0, 30, 50), FastOptions(batch_size=8, chunk_tokens=4), cache)
+    got = records(strict)
+    assert not any(got[p.id]["draft_cache_hit"] for p, e in zip(PROMPTS, entries) if not e.complete)
+    assert all(cache.get(p.messages).complete for p in PROMPTS)
