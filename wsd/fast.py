@@ -9,8 +9,11 @@
   at stable tokens, so a switch found early is the switch the full draft would give, and the
   row leaves the batch at once instead of drafting its whole budget. Should a re-tokenization
   ever change tokens already scored, the base cache is cropped and the tail re-scored.
-- **Batched continuation.** The base model continues all rows of a batch in one greedy run
-  (left padding, per-row budgets and stops).
+- **Batched continuation from the scoring cache.** The base model continues all rows of a
+  batch in one greedy run (left padding, per-row budgets and stops), starting from the rows'
+  scoring caches cropped to the kept prefix, so prompt + draft are read once, not twice. Where
+  that cannot work (drafts from the disk cache, or sliding-window layers that already dropped
+  tokens) it falls back to a batched prefill.
 - **Draft cache.** Drafts and their base probabilities are stored on disk (`DraftCache`) and
   reused by runs that differ only in window/threshold (see `DraftCache.usable`).
 """
@@ -22,7 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+import torch.nn.functional as F
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from wsd.decoding import (
     StopOnStrings,
@@ -73,7 +77,8 @@ def stable_boundary(text: str, start: int) -> int:
     return end
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of id lists, padded on the left as decoder-only generation needs."""
     width = max(map(len, rows))
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
@@ -178,6 +183,7 @@ class FastWSD:
         self.draft_cache = draft_cache
         # forward passes by purpose: a sweep must not add drafting or scoring work
         self.counter = {"pilot_drafting": 0, "base_scoring": 0, "base_continuation": 0}
+        self.continuation_batches = {"reused_scoring_cache": 0, "prefilled": 0}
 
     @contextmanager
     def _counting(self, model, key: str):
@@ -240,7 +246,7 @@ class FastWSD:
         eos = [] if s.fixed_length else eos_ids(self.pilot)
         stops = s.draft_stops(self.pilot)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(self.pilot)[0]
-        seqs, mask = _left_pad([r.pilot_ids for r in rows], pad, self.pilot.device)
+        seqs, mask = left_pad([r.pilot_ids for r in rows], pad, self.pilot.device)
         prompt_length, cache, active = seqs.shape[1], None, list(rows)
         while active:
             drafted = seqs.shape[1] - prompt_length
@@ -281,6 +287,28 @@ class FastWSD:
             active = [active[b] for b in keep]
         return scoring
 
+    def _reused_cache(self, rows: list[_Row], kept: list[list[int]]) -> DynamicCache | None:
+        """The rows' scoring caches, cropped to prompt + kept draft (all but its last token) and
+        left-padded into one batch, so the base model never reads prompt + draft a second time.
+        None where that cannot work: a row came from the draft cache (no KV cache), or a
+        sliding-window layer already dropped tokens the continuation would need."""
+        lengths = [len(r.result.prompt_ids) + len(k) - 1 for r, k in zip(rows, kept)]
+        if any(r.from_cache or r.scorer.cache is None for r in rows) or min(lengths) < 1:
+            return None
+        for row, length, kept_ids in zip(rows, lengths, kept):
+            cache = row.scorer.cache
+            if cache.get_seq_length() < length or not _croppable_to(cache, length):
+                return None
+            assert row.scorer.ids[: length + 1] == row.result.prompt_ids + kept_ids
+        width = max(lengths)
+        merged = DynamicCache(config=self.base.model.config)
+        for index in range(len(rows[0].scorer.cache.layers)):
+            layers = [r.scorer.cache.layers[index] for r in rows]
+            pad = lambda t, n: F.pad(t[:, :, :n], (0, 0, width - n, 0))  # noqa: E731
+            merged.update(torch.cat([pad(layer.keys, n) for layer, n in zip(layers, lengths)]),
+                          torch.cat([pad(layer.values, n) for layer, n in zip(layers, lengths)]), index)
+        return merged
+
     @torch.inference_mode()
     def _continue(self, rows: list[_Row], kept: list[list[int]]):
         s, tok = self.settings, self.base.tokenizer
@@ -288,12 +316,14 @@ class FastWSD:
         prompt_ids = [r.result.prompt_ids for r in rows]
         budgets = [s.base_budget(len(k)) for k in kept]
         eos = eos_ids(self.base)
-        seqs, mask = _left_pad([p + k for p, k in zip(prompt_ids, kept)], tok.pad_token_id
+        seqs, mask = left_pad([p + k for p, k in zip(prompt_ids, kept)], tok.pad_token_id
                                if tok.pad_token_id is not None else eos[0], self.base.device)
         stop = StopOnStrings(tok, stops, seqs.shape[1])
         criteria = [_PerRowBudget(budgets, seqs.shape[1])] + ([stop] if stops else [])
+        reused = self._reused_cache(rows, kept)
+        self.continuation_batches["reused_scoring_cache" if reused is not None else "prefilled"] += 1
         out = self.base.model.generate(
-            input_ids=seqs, attention_mask=mask,
+            input_ids=seqs, attention_mask=mask, past_key_values=reused,
             generation_config=greedy_config(self.base, max(budgets), s.fixed_length),
             stopping_criteria=StoppingCriteriaList(criteria),
         )

@@ -41,8 +41,11 @@ def test_fast_matches_reference_at_every_batch_size(tiny_pair, fixed_length, win
     reference = records(ReferenceWSD(*tiny_pair, settings))
     if threshold < 0.5:  # the comparison must cover prompts that switch mid-draft
         assert any(r["switched"] and r["keep_count"] < r["base_draft_tokens"] for r in reference.values())
+    paths = {"reused_scoring_cache": 0, "prefilled": 0}
     for batch_size in (1, 3, 8):
-        fast = records(FastWSD(*tiny_pair, settings, FastOptions(batch_size=batch_size, chunk_tokens=7)))
+        engine = FastWSD(*tiny_pair, settings, FastOptions(batch_size=batch_size, chunk_tokens=7))
+        fast = records(engine)
+        paths = {key: paths[key] + engine.continuation_batches[key] for key in paths}
         for pid, ref in reference.items():
             got = fast[pid]
             assert (got["keep_count"], got["response"]) == (ref["keep_count"], ref["response"]), (pid, batch_size)
@@ -51,6 +54,18 @@ def test_fast_matches_reference_at_every_batch_size(tiny_pair, fixed_length, win
             assert got["base_token_probs"][:k] == pytest.approx(ref["base_token_probs"][:k], rel=1e-4, abs=1e-7)
             if not got["early_stopped"]:
                 assert got["draft"] == ref["draft"]
+    assert paths["reused_scoring_cache"] > 0  # batch 1 always fits the 64-token sliding window
+
+
+def test_long_rows_fall_back_to_a_batched_prefill(tiny_pair):
+    """Past the tiny base's 64-token sliding window the scoring cache has dropped tokens."""
+    settings = WSDSettings(window=6, threshold=0.99, draft_max_tokens=80, target_max_tokens=100)
+    engine = FastWSD(*tiny_pair, settings, FastOptions(batch_size=8))
+    got = records(engine)
+    assert engine.continuation_batches["prefilled"] > 0
+    want = records(ReferenceWSD(*tiny_pair, settings))
+    assert {p: (r["keep_count"], r["response"]) for p, r in got.items()} == \
+           {p: (r["keep_count"], r["response"]) for p, r in want.items()}
 
 
 def test_early_stopping_drafts_less(tiny_pair):
