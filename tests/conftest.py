@@ -96,7 +96,7 @@ def tiny_models(tmp_path_factory) -> dict:
                           bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
     base = Gemma3ForCausalLM(Gemma3TextConfig(
         vocab_size=len(base_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=64,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=256,
         bos_token_id=base_tok.bos_token_id,
         eos_token_id=base_tok.eos_token_id, pad_token_id=base_tok.pad_token_id,
     ))

@@ -2,18 +2,19 @@
 
 - **Batched drafting.** The pilot drafts for a batch of prompts at once (left padding), in
   chunks of `chunk_tokens`, carrying its KV cache from chunk to chunk.
-- **Early stopping.** After each chunk, every row's draft is re-tokenized by the base tokenizer
-  and its *stable* base tokens are scored against that row's base KV cache. A token is
+- **Early stopping, batched scoring.** After each chunk, every row's draft is re-tokenized by
+  the base tokenizer and the new *stable* base tokens of all rows are scored in one base
+  forward against one shared base KV cache (`BatchScorer`). A token is
   stable once it ends before the whitespace run that precedes the last, still-growing word;
   merges never cross that point, so later text cannot change it. The switch rule only looks
   at stable tokens, so a switch found early is the switch the full draft would give, and the
   row leaves the batch at once instead of drafting its whole budget. Should a re-tokenization
-  ever change tokens already scored, the base cache is cropped and the tail re-scored.
+  ever change tokens already scored, their cache columns are masked and the tail re-scored.
 - **Batched continuation from the scoring cache.** The base model continues all rows of a
-  batch in one greedy run (left padding, per-row budgets and stops), starting from the rows'
-  scoring caches cropped to the kept prefix, so prompt + draft are read once, not twice. Where
-  that cannot work (drafts from the disk cache, or sliding-window layers that already dropped
-  tokens) it falls back to a batched prefill.
+  batch in one greedy run (per-row budgets and stops), starting from the scoring cache with
+  every column past a row's kept prefix masked, so prompt + draft are read once, not twice.
+  Where that cannot work (drafts from the disk cache, or a batch that could outgrow a
+  sliding-window layer, which is then scored row by row) it falls back to a batched prefill.
 - **Draft cache.** Drafts and their base probabilities are stored on disk (`DraftCache`) and
   reused by runs that differ only in window/threshold (see `DraftCache.usable`).
 """
@@ -25,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from wsd.decoding import (
@@ -85,25 +85,25 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def _croppable_to(cache, length: int) -> bool:
-    """A sliding-window layer that already dropped old tokens cannot be cropped back."""
-    for layer in getattr(cache, "layers", []):
-        window = getattr(layer, "sliding_window", None)
-        if window is not None and cache.get_seq_length() >= window - 1:
-            return False
-    return length > 0
+def sliding_window(base: LoadedModel) -> int | None:
+    """The smallest attention window of the base model's sliding-window layers, if any."""
+    config = base.model.config.get_text_config(decoder=True)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    has_sliding = "sliding_attention" in layer_types or (window is not None and not layer_types)
+    return window if has_sliding else None
 
 
-class BaseScorer:
+class DraftTokens:
     """One prompt's base-model view of its growing draft: the joined (prompt + draft) base
-    tokens scored so far, their probabilities, and a KV cache holding all but the last."""
+    tokens known so far, their probabilities, and the cache columns holding them."""
 
     def __init__(self, base: LoadedModel, messages: list[Message]):
         self.base = base
         self.prompt_text, self.n_prompt = base_texts(base, messages)
         self.ids: list[int] = []
         self.probs: list[float] = []  # for self.ids[n_prompt:]
-        self.cache = None
+        self.columns: list[int] = []  # cache column of each fed token: ids[:len(ids) - 1]
 
     def joined(self, draft_text: str, final: bool) -> tuple[list[int], int]:
         """Base ids of prompt + draft, and how many of them the rest of the draft cannot change."""
@@ -118,42 +118,87 @@ class BaseScorer:
             stable += 1
         return enc["input_ids"], max(stable, min(self.n_prompt, len(enc["input_ids"])))
 
-    def _truncate(self, keep: int) -> None:
-        self.ids, self.probs = self.ids[:keep], self.probs[: max(0, keep - self.n_prompt)]
-        if self.cache is not None and _croppable_to(self.cache, keep - 1):
-            self.cache.crop(keep - 1)
-        else:
-            self.ids, self.probs, self.cache = [], [], None
-
-    @torch.inference_mode()
-    def score(self, ids: list[int], upto: int) -> None:
-        """Know the probabilities of ids[n_prompt:upto], re-scoring whatever changed."""
-        common = 0
-        for old, new in zip(self.ids, ids):
-            if old != new:
-                break
-            common += 1
-        if common < len(self.ids):
-            self._truncate(common)
-        known = len(self.ids)
-        if upto <= known:
-            return
-        feed_from = max(known - 1, 0)  # the cache holds ids[:known - 1]
-        wanted = upto - max(self.n_prompt, known, 1)  # positions whose prediction we keep
-        out = self.base.model(
-            input_ids=torch.tensor([ids[feed_from : upto - 1]], device=self.base.device),
-            past_key_values=self.cache, use_cache=True, logits_to_keep=max(wanted, 1),
-        )
-        self.cache = out.past_key_values
-        if wanted > 0:
-            targets = torch.tensor(ids[upto - wanted : upto], device=out.logits.device)
-            logprobs = torch.log_softmax(out.logits[0, -wanted:].float(), dim=-1)
-            self.probs += logprobs.gather(1, targets[:, None])[:, 0].exp().tolist()
-        self.ids = list(ids[:upto])
-
     @property
     def draft_ids(self) -> list[int]:
         return self.ids[self.n_prompt :]
+
+
+class BatchScorer:
+    """Scores the growing drafts of several rows with one base forward per call, in one shared
+    KV cache. Each row owns some cache columns; the columns it does not use (padding, or tokens
+    that a re-tokenization replaced) are masked holes, and position ids are the rows' own, so
+    every row sees exactly its own sequence. Exact as long as no sliding-window layer has
+    dropped columns: callers keep the cache shorter than the window (see `FastWSD`)."""
+
+    def __init__(self, base: LoadedModel, rows: list[DraftTokens]):
+        self.base, self.rows = base, rows
+        self.cache = DynamicCache(config=base.model.config)
+        self.mask = torch.zeros(len(rows), 0, dtype=torch.long, device=base.device)
+
+    @torch.inference_mode()
+    def score(self, requests: dict[int, tuple[list[int], int]]) -> None:
+        """For each row index: know the probabilities of ids[n_prompt:upto], re-scoring
+        whatever a new tokenization changed."""
+        feeds = {}
+        for r, (ids, upto) in requests.items():
+            row = self.rows[r]
+            common = 0
+            for old, new in zip(row.ids, ids):
+                if old != new:
+                    break
+                common += 1
+            if common < len(row.ids):  # re-tokenized: forget what changed, mask its columns
+                fed = max(common - 1, 0)
+                self.mask[r, row.columns[fed:]] = 0
+                row.ids, row.columns = row.ids[:common], row.columns[:fed]
+                row.probs = row.probs[: max(0, common - row.n_prompt)]
+            known = len(row.ids)
+            if upto > known:
+                feeds[r] = (ids, upto, max(known - 1, 0), known)
+        width = max((upto - 1 - start for _, upto, start, _ in feeds.values()), default=0)
+        if width == 0:
+            for r, (ids, upto, _, _) in feeds.items():
+                self.rows[r].ids = list(ids[:upto])
+            return
+        device = self.base.device
+        batch = len(self.rows)
+        input_ids = torch.zeros(batch, width, dtype=torch.long, device=device)
+        new_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+        positions = torch.zeros(batch, width, dtype=torch.long, device=device)
+        for r, (ids, upto, start, _) in feeds.items():
+            n = upto - 1 - start
+            if n:
+                input_ids[r, width - n :] = torch.tensor(ids[start : upto - 1], device=device)
+                new_mask[r, width - n :] = 1
+                positions[r, width - n :] = torch.arange(start, upto - 1, device=device)
+        first_column = self.mask.shape[1]
+        self.mask = torch.cat([self.mask, new_mask], dim=1)
+        out = self.base.model(input_ids=input_ids, attention_mask=self.mask, position_ids=positions,
+                              past_key_values=self.cache, use_cache=True, logits_to_keep=width)
+        self.cache = out.past_key_values
+        for r, (ids, upto, start, known) in feeds.items():
+            row, n = self.rows[r], upto - 1 - start
+            row.columns += range(first_column + width - n, first_column + width)
+            wanted = upto - max(row.n_prompt, known, 1)  # predictions of ids[upto - wanted : upto]
+            if wanted > 0:
+                logprobs = torch.log_softmax(out.logits[r, width - wanted :].float(), dim=-1)
+                targets = torch.tensor(ids[upto - wanted : upto], device=logprobs.device)
+                row.probs += logprobs.gather(1, targets[:, None])[:, 0].exp().tolist()
+            row.ids = list(ids[:upto])
+
+    def continuation_inputs(self, kept_lengths: list[int]):
+        """(input_ids, attention_mask, cache) that make `generate` continue each row from its
+        first kept_lengths[r] tokens: later columns masked, the last kept token fed anew."""
+        mask = torch.zeros_like(self.mask)
+        last = []
+        for r, (row, n) in enumerate(zip(self.rows, kept_lengths)):
+            mask[r, row.columns[: n - 1]] = 1
+            last.append(row.ids[n - 1])
+        width = mask.shape[1]
+        input_ids = torch.zeros(len(self.rows), width + 1, dtype=torch.long, device=mask.device)
+        input_ids[:, width] = torch.tensor(last, device=mask.device)
+        ones = torch.ones(len(self.rows), 1, dtype=torch.long, device=mask.device)
+        return input_ids, torch.cat([mask, ones], dim=1), self.cache
 
 
 class _PerRowBudget(StoppingCriteria):
@@ -168,7 +213,7 @@ class _PerRowBudget(StoppingCriteria):
 @dataclass
 class _Row:
     prompt: object  # wsd.benchmarks.Prompt
-    scorer: BaseScorer
+    tokens: DraftTokens
     pilot_ids: list[int]
     result: CachedDraft | None = None  # the finished draft and its scores
     from_cache: bool = False
@@ -208,23 +253,28 @@ class FastWSD:
     def _batch(self, prompts):
         s = self.settings
         t0 = time.perf_counter()
-        rows = [_Row(p, BaseScorer(self.base, p.messages),
+        rows = [_Row(p, DraftTokens(self.base, p.messages),
                      encode(self.pilot.tokenizer, pilot_prompt(self.pilot.tokenizer, p.messages)))
                 for p in prompts]
         for row in rows:
             cached = self.draft_cache.get(row.prompt.messages) if self.draft_cache else None
             if cached is not None and cached.usable(s.window, s.threshold):
                 row.result, row.from_cache = cached, True
+        fresh = [r for r in rows if r.result is None]
+        shared = self._fits_window(fresh)
+        groups = [fresh] if shared else [[r] for r in fresh]
+        scorers = [BatchScorer(self.base, [r.tokens for r in group]) for group in groups if group]
         with self._counting(self.pilot.model, "pilot_drafting"), \
                 self._counting(self.base.model, "base_scoring"):
-            scoring_seconds = self._draft_and_score([r for r in rows if r.result is None])
+            scoring_seconds = self._draft_and_score(fresh, scorers)
         t1 = time.perf_counter()
         kept, switches = [], []
         for row in rows:
             switches.append(first_switch(row.result.probs, s.window, s.threshold))
             kept.append(row.result.draft_ids[: keep_count(row.result.probs, s.window, s.threshold)])
+        reuse = scorers[0] if shared and len(fresh) == len(rows) else None
         with self._counting(self.base.model, "base_continuation"):
-            continuations = self._continue(rows, kept)
+            continuations = self._continue(rows, kept, reuse)
         t2 = time.perf_counter()
         n = len(rows)
         share = {"draft": (t1 - t0 - scoring_seconds) / n, "check": scoring_seconds / n,
@@ -236,12 +286,24 @@ class FastWSD:
                 early_stopped=not r.complete, draft_cache_hit=row.from_cache, batch_size=n,
             )
 
+    def _fits_window(self, rows: list[_Row]) -> bool:
+        """Can these rows share one scoring cache without a sliding-window layer dropping
+        columns? Bounded generously: the longest prompt plus three base tokens (holes
+        included) per pilot draft token."""
+        window = sliding_window(self.base)
+        if window is None or not rows:
+            return True
+        longest = max(r.tokens.n_prompt for r in rows)
+        return longest + 3 * self.settings.draft_max_tokens + self.options.chunk_tokens < window - 1
+
     @torch.inference_mode()
-    def _draft_and_score(self, rows: list[_Row]) -> float:
-        """Draft in chunks, scoring stable base tokens as they come; returns scoring seconds."""
+    def _draft_and_score(self, rows: list[_Row], scorers: list[BatchScorer]) -> float:
+        """Draft in chunks; after each chunk score every row's new stable base tokens, one base
+        forward per scorer. Returns the seconds spent scoring."""
         scoring = 0.0
         if not rows:
             return scoring
+        slot = {id(t): (scorer, i) for scorer in scorers for i, t in enumerate(scorer.rows)}
         s, opts, tok = self.settings, self.options, self.pilot.tokenizer
         eos = [] if s.fixed_length else eos_ids(self.pilot)
         stops = s.draft_stops(self.pilot)
@@ -252,27 +314,33 @@ class FastWSD:
             drafted = seqs.shape[1] - prompt_length
             step = min(opts.chunk_tokens, s.draft_max_tokens - drafted)
             stop = StopOnStrings(tok, stops, prompt_length)
+            config = greedy_config(self.pilot, step, s.fixed_length)
+            config.return_dict_in_generate = True  # to carry the pilot's cache to the next chunk
             out = self.pilot.model.generate(
-                input_ids=seqs, attention_mask=mask, past_key_values=cache,
-                generation_config=greedy_config(self.pilot, step, s.fixed_length),
+                input_ids=seqs, attention_mask=mask, past_key_values=cache, generation_config=config,
                 stopping_criteria=StoppingCriteriaList([stop] if stops else []),
-                return_dict_in_generate=True,
             )
             new = out.sequences[:, prompt_length:].tolist()
-            keep = []
+            started = time.perf_counter()
+            drafts, finals, requests = [], [], {id(scorer): {} for scorer in scorers}
             for b, row in enumerate(active):
                 generated = trim_row(new[b], eos, stop.hit_after.get(b), s.draft_max_tokens)
-                final = generated.stop_reason != "length" or len(generated.ids) >= s.draft_max_tokens
-                draft = make_draft(self.pilot, generated, stops)
-                started = time.perf_counter()
-                ids, stable = row.scorer.joined(draft.text, final)
-                upto = len(ids) if final else max(stable - _STABILITY_MARGIN, min(row.scorer.n_prompt, len(ids)))
-                row.scorer.score(ids, upto)
-                scoring += time.perf_counter() - started
-                found = opts.early_stop and first_switch(row.scorer.probs, s.window, s.threshold) is not None
+                finals.append(generated.stop_reason != "length" or len(generated.ids) >= s.draft_max_tokens)
+                drafts.append(make_draft(self.pilot, generated, stops))
+                ids, stable = row.tokens.joined(drafts[-1].text, finals[-1])
+                floor = min(row.tokens.n_prompt, len(ids))
+                scorer, index = slot[id(row.tokens)]
+                requests[id(scorer)][index] = (ids, len(ids) if finals[-1] else max(stable - _STABILITY_MARGIN, floor))
+            for scorer in scorers:
+                if requests[id(scorer)]:
+                    scorer.score(requests[id(scorer)])
+            scoring += time.perf_counter() - started
+            keep = []
+            for b, (row, draft, final) in enumerate(zip(active, drafts, finals)):
+                t = row.tokens
+                found = opts.early_stop and first_switch(t.probs, s.window, s.threshold) is not None
                 if final or found:
-                    sc = row.scorer
-                    row.result = CachedDraft(draft, sc.ids[: sc.n_prompt], sc.draft_ids, sc.probs, complete=final)
+                    row.result = CachedDraft(draft, t.ids[: t.n_prompt], t.draft_ids, t.probs, complete=final)
                     if self.draft_cache:
                         self.draft_cache.put(row.prompt.messages, row.result)
                 else:
@@ -287,43 +355,27 @@ class FastWSD:
             active = [active[b] for b in keep]
         return scoring
 
-    def _reused_cache(self, rows: list[_Row], kept: list[list[int]]) -> DynamicCache | None:
-        """The rows' scoring caches, cropped to prompt + kept draft (all but its last token) and
-        left-padded into one batch, so the base model never reads prompt + draft a second time.
-        None where that cannot work: a row came from the draft cache (no KV cache), or a
-        sliding-window layer already dropped tokens the continuation would need."""
-        lengths = [len(r.result.prompt_ids) + len(k) - 1 for r, k in zip(rows, kept)]
-        if any(r.from_cache or r.scorer.cache is None for r in rows) or min(lengths) < 1:
-            return None
-        for row, length, kept_ids in zip(rows, lengths, kept):
-            cache = row.scorer.cache
-            if cache.get_seq_length() < length or not _croppable_to(cache, length):
-                return None
-            assert row.scorer.ids[: length + 1] == row.result.prompt_ids + kept_ids
-        width = max(lengths)
-        merged = DynamicCache(config=self.base.model.config)
-        for index in range(len(rows[0].scorer.cache.layers)):
-            layers = [r.scorer.cache.layers[index] for r in rows]
-            pad = lambda t, n: F.pad(t[:, :, :n], (0, 0, width - n, 0))  # noqa: E731
-            merged.update(torch.cat([pad(layer.keys, n) for layer, n in zip(layers, lengths)]),
-                          torch.cat([pad(layer.values, n) for layer, n in zip(layers, lengths)]), index)
-        return merged
-
     @torch.inference_mode()
-    def _continue(self, rows: list[_Row], kept: list[list[int]]):
+    def _continue(self, rows: list[_Row], kept: list[list[int]], scorer: BatchScorer | None):
+        """All rows in one greedy run: from the scoring cache when the whole batch shares one
+        (prompt + draft are then read once), else from a batched prefill."""
         s, tok = self.settings, self.base.tokenizer
         stops = s.base_stops(self.base)
-        prompt_ids = [r.result.prompt_ids for r in rows]
         budgets = [s.base_budget(len(k)) for k in kept]
         eos = eos_ids(self.base)
-        seqs, mask = left_pad([p + k for p, k in zip(prompt_ids, kept)], tok.pad_token_id
-                               if tok.pad_token_id is not None else eos[0], self.base.device)
+        if scorer is not None:
+            seqs, mask, cache = scorer.continuation_inputs(
+                [len(r.result.prompt_ids) + len(k) for r, k in zip(rows, kept)])
+            self.continuation_batches["reused_scoring_cache"] += 1
+        else:
+            pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+            seqs, mask = left_pad([r.result.prompt_ids + k for r, k in zip(rows, kept)], pad, self.base.device)
+            cache = None
+            self.continuation_batches["prefilled"] += 1
         stop = StopOnStrings(tok, stops, seqs.shape[1])
         criteria = [_PerRowBudget(budgets, seqs.shape[1])] + ([stop] if stops else [])
-        reused = self._reused_cache(rows, kept)
-        self.continuation_batches["reused_scoring_cache" if reused is not None else "prefilled"] += 1
         out = self.base.model.generate(
-            input_ids=seqs, attention_mask=mask, past_key_values=reused,
+            input_ids=seqs, attention_mask=mask, past_key_values=cache,
             generation_config=greedy_config(self.base, max(budgets), s.fixed_length),
             stopping_criteria=StoppingCriteriaList(criteria),
         )
