@@ -9,7 +9,7 @@ STAMP := $(VENV)/.wsd-installed
 EXPERIMENT ?= mini
 PYTEST_ARGS ?=
 
-.PHONY: setup test reproduce clean-venv
+.PHONY: setup test reproduce bench clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test: setup
 
 reproduce: setup
 	$(PY) -m pipelines.generate experiment=$(EXPERIMENT)
+
+# Decode benchmark on the embedded pair (about 25 minutes on 2 cores); JSON in outputs/bench/.
+bench: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m benchmarks.decode $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
