@@ -101,6 +101,7 @@ def run(cfg: DictConfig) -> dict:
     todo = [p for p in prompts if p.id not in done]
     log.info("%d prompts, %d already recorded in %s", len(prompts), len(prompts) - len(todo), out)
 
+    forward_passes = None
     if todo:
         from tqdm import tqdm
         from transformers import set_seed
@@ -117,6 +118,7 @@ def run(cfg: DictConfig) -> dict:
                 record_file.append(record)
                 done[prompt.id] = record
                 progress.update()
+        forward_passes = getattr(engine, "counter", None)
 
     records = [done[p.id] for p in prompts]
     generator = f"wsd__{cfg.pilot.name}__{cfg.base.name}"
@@ -124,7 +126,8 @@ def run(cfg: DictConfig) -> dict:
                **({"dataset": p.meta["dataset"]} if p.meta.get("dataset") else {})}
               for r, p in zip(records, prompts)]
     write_atomic(out / "alpaca_eval.json", json.dumps(alpaca, indent=1, ensure_ascii=False))
-    summary = {**summarize(records), "ids": [p.id for p in prompts], "run_dir": str(out), "records": str(record_file.path),
+    summary = {**summarize(records), "forward_passes": forward_passes, "ids": [p.id for p in prompts],
+               "run_dir": str(out), "records": str(record_file.path),
                "alpaca_eval": str(out / "alpaca_eval.json")}
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     log.info("records: %s", record_file.path)

@@ -4,14 +4,16 @@
   chunks of `chunk_tokens`, carrying its KV cache from chunk to chunk.
 - **Early stopping, batched scoring.** After each chunk, every row's draft is re-tokenized by
   the base tokenizer and the new *stable* base tokens of all rows are scored in one base
-  forward against one shared base KV cache (`BatchScorer`). A token is
-  stable once it ends before the whitespace run that precedes the last, still-growing word;
-  merges never cross that point, so later text cannot change it. The switch rule only looks
+  forward against one shared base KV cache (`BatchScorer`). A token is stable once it ends
+  before the whitespace run that precedes the last, still-growing word: byte-level BPE and
+  SentencePiece pre-tokenize at whitespace, so later text cannot change it (2 more tokens are
+  left unscored as insurance). The switch rule only looks
   at stable tokens, so a switch found early is the switch the full draft would give, and the
   row leaves the batch at once instead of drafting its whole budget. Should a re-tokenization
   ever change tokens already scored, their cache columns are masked and the tail re-scored.
 - **Batched continuation from the scoring cache.** The base model continues all rows of a
-  batch in one greedy run (per-row budgets and stops), starting from the scoring cache with
+  batch in one greedy run (per-row budgets and stops; finished rows leave between chunks),
+  starting from the scoring cache with
   every column past a row's kept prefix masked, so prompt + draft are read once, not twice.
   Where that cannot work (drafts from the disk cache, or a batch that could outgrow a
   sliding-window layer, which is then scored row by row) it falls back to a batched prefill.
@@ -202,12 +204,52 @@ class BatchScorer:
 
 
 class _PerRowBudget(StoppingCriteria):
+    """Each row of a batched continuation stops at its own budget (target - its k)."""
+
     def __init__(self, budgets: list[int], prompt_length: int):
         self.budgets, self.prompt_length = budgets, prompt_length
 
     def __call__(self, input_ids, scores, **kwargs):
         made = input_ids.shape[1] - self.prompt_length
         return torch.tensor([made >= b for b in self.budgets], device=input_ids.device)
+
+
+@torch.inference_mode()
+def chunked_greedy(loaded: LoadedModel, seqs, mask, cache, budgets: list[int], stops, fixed_length: bool,
+                   chunk: int, after_chunk=None) -> list:
+    """Greedy decoding of a left-padded batch, `chunk` tokens per `generate` call. Between
+    calls, rows that are done leave the batch and its KV cache, so on a compute-bound CPU they
+    cost nothing more. `after_chunk({row: Generated})` may end further rows (WSD: a switch).
+    Returns each row's `Generated`."""
+    eos = [] if fixed_length else eos_ids(loaded)
+    start, active, results = seqs.shape[1], list(range(len(budgets))), [None] * len(budgets)
+    while active:
+        made = seqs.shape[1] - start
+        stop = StopOnStrings(loaded.tokenizer, stops, start)
+        config = greedy_config(loaded, min(chunk, max(budgets[r] for r in active) - made), fixed_length)
+        config.return_dict_in_generate = True  # the cache goes on to the next chunk
+        out = loaded.model.generate(
+            input_ids=seqs, attention_mask=mask, past_key_values=cache, generation_config=config,
+            stopping_criteria=StoppingCriteriaList(
+                [_PerRowBudget([budgets[r] for r in active], start)] + ([stop] if stops else [])),
+        )
+        new = out.sequences[:, start:].tolist()
+        generated = {r: trim_row(new[b], eos, stop.hit_after.get(b), budgets[r]) for b, r in enumerate(active)}
+        done = {r for r, g in generated.items() if g.stop_reason != "length" or len(g.ids) >= budgets[r]}
+        if after_chunk is not None:
+            done |= after_chunk(generated)
+        for r in done:
+            results[r] = generated[r]
+        keep = [b for b, r in enumerate(active) if r not in done]
+        if not keep:
+            break
+        index = torch.tensor(keep, device=seqs.device)
+        grown = torch.ones_like(out.sequences[:, seqs.shape[1] :])
+        seqs, mask = out.sequences[index], torch.cat([mask, grown], dim=1)[index]
+        cache = out.past_key_values
+        cache.batch_select_indices(index)
+        active = [active[b] for b in keep]
+    return results
 
 
 @dataclass
@@ -296,69 +338,53 @@ class FastWSD:
         longest = max(r.tokens.n_prompt for r in rows)
         return longest + 3 * self.settings.draft_max_tokens + self.options.chunk_tokens < window - 1
 
-    @torch.inference_mode()
     def _draft_and_score(self, rows: list[_Row], scorers: list[BatchScorer]) -> float:
-        """Draft in chunks; after each chunk score every row's new stable base tokens, one base
-        forward per scorer. Returns the seconds spent scoring."""
-        scoring = 0.0
+        """Draft in chunks; after each chunk score every row's new stable base tokens (one base
+        forward per scorer) and let rows whose switch is found leave. Returns scoring seconds."""
         if not rows:
-            return scoring
-        slot = {id(t): (scorer, i) for scorer in scorers for i, t in enumerate(scorer.rows)}
+            return 0.0
         s, opts, tok = self.settings, self.options, self.pilot.tokenizer
-        eos = [] if s.fixed_length else eos_ids(self.pilot)
         stops = s.draft_stops(self.pilot)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(self.pilot)[0]
-        seqs, mask = left_pad([r.pilot_ids for r in rows], pad, self.pilot.device)
-        prompt_length, cache, active = seqs.shape[1], None, list(rows)
-        while active:
-            drafted = seqs.shape[1] - prompt_length
-            step = min(opts.chunk_tokens, s.draft_max_tokens - drafted)
-            stop = StopOnStrings(tok, stops, prompt_length)
-            config = greedy_config(self.pilot, step, s.fixed_length)
-            config.return_dict_in_generate = True  # to carry the pilot's cache to the next chunk
-            out = self.pilot.model.generate(
-                input_ids=seqs, attention_mask=mask, past_key_values=cache, generation_config=config,
-                stopping_criteria=StoppingCriteriaList([stop] if stops else []),
-            )
-            new = out.sequences[:, prompt_length:].tolist()
+        slot = {id(t): (scorer, i) for scorer in scorers for i, t in enumerate(scorer.rows)}
+        scoring = [0.0]
+
+        def after_chunk(generated: dict) -> set:
             started = time.perf_counter()
-            drafts, finals, requests = [], [], {id(scorer): {} for scorer in scorers}
-            for b, row in enumerate(active):
-                generated = trim_row(new[b], eos, stop.hit_after.get(b), s.draft_max_tokens)
-                finals.append(generated.stop_reason != "length" or len(generated.ids) >= s.draft_max_tokens)
-                drafts.append(make_draft(self.pilot, generated, stops))
-                ids, stable = row.tokens.joined(drafts[-1].text, finals[-1])
-                floor = min(row.tokens.n_prompt, len(ids))
-                scorer, index = slot[id(row.tokens)]
-                requests[id(scorer)][index] = (ids, len(ids) if finals[-1] else max(stable - _STABILITY_MARGIN, floor))
+            drafts, requests = {}, {id(scorer): {} for scorer in scorers}
+            for r, g in generated.items():
+                final = g.stop_reason != "length" or len(g.ids) >= s.draft_max_tokens
+                drafts[r] = (make_draft(self.pilot, g, stops), final)
+                tokens = rows[r].tokens
+                ids, stable = tokens.joined(drafts[r][0].text, final)
+                scorer, index = slot[id(tokens)]
+                upto = len(ids) if final else max(stable - _STABILITY_MARGIN, min(tokens.n_prompt, len(ids)))
+                requests[id(scorer)][index] = (ids, upto)
             for scorer in scorers:
                 if requests[id(scorer)]:
                     scorer.score(requests[id(scorer)])
-            scoring += time.perf_counter() - started
-            keep = []
-            for b, (row, draft, final) in enumerate(zip(active, drafts, finals)):
-                t = row.tokens
+            scoring[0] += time.perf_counter() - started
+            switched = set()
+            for r, (draft, final) in drafts.items():
+                t = rows[r].tokens
                 found = opts.early_stop and first_switch(t.probs, s.window, s.threshold) is not None
                 if final or found:
-                    row.result = CachedDraft(draft, t.ids[: t.n_prompt], t.draft_ids, t.probs, complete=final)
+                    rows[r].result = CachedDraft(draft, t.ids[: t.n_prompt], t.draft_ids, t.probs, complete=final)
                     if self.draft_cache:
-                        self.draft_cache.put(row.prompt.messages, row.result)
-                else:
-                    keep.append(b)
-            if not keep:
-                return scoring
-            index = torch.tensor(keep, device=seqs.device)
-            seqs = out.sequences[index]
-            mask = torch.cat([mask, torch.ones_like(out.sequences[:, prompt_length + drafted :])], dim=1)[index]
-            cache = out.past_key_values
-            cache.batch_select_indices(index)
-            active = [active[b] for b in keep]
-        return scoring
+                        self.draft_cache.put(rows[r].prompt.messages, rows[r].result)
+                    switched.add(r)
+            return switched
+
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(self.pilot)[0]
+        seqs, mask = left_pad([r.pilot_ids for r in rows], pad, self.pilot.device)
+        chunked_greedy(self.pilot, seqs, mask, None, [s.draft_max_tokens] * len(rows), stops,
+                       s.fixed_length, opts.chunk_tokens, after_chunk)
+        return scoring[0]
 
     @torch.inference_mode()
     def _continue(self, rows: list[_Row], kept: list[list[int]], scorer: BatchScorer | None):
-        """All rows in one greedy run: from the scoring cache when the whole batch shares one
-        (prompt + draft are then read once), else from a batched prefill."""
+        """All rows in one batched greedy run (finished rows leave between chunks): from the
+        scoring cache when the whole batch shares one (prompt + draft are then read once),
+        else from a batched prefill."""
         s, tok = self.settings, self.base.tokenizer
         stops = s.base_stops(self.base)
         budgets = [s.base_budget(len(k)) for k in kept]
@@ -372,16 +398,6 @@ class FastWSD:
             seqs, mask = left_pad([r.result.prompt_ids + k for r, k in zip(rows, kept)], pad, self.base.device)
             cache = None
             self.continuation_batches["prefilled"] += 1
-        stop = StopOnStrings(tok, stops, seqs.shape[1])
-        criteria = [_PerRowBudget(budgets, seqs.shape[1])] + ([stop] if stops else [])
-        out = self.base.model.generate(
-            input_ids=seqs, attention_mask=mask, past_key_values=cache,
-            generation_config=greedy_config(self.base, max(budgets), s.fixed_length),
-            stopping_criteria=StoppingCriteriaList(criteria),
-        )
-        new = out[:, seqs.shape[1] :].tolist()
-        return [
-            make_continuation(self.base, k, trim_row(new[b], [] if s.fixed_length else eos,
-                                                     stop.hit_after.get(b), budgets[b]), stops)
-            for b, k in enumerate(kept)
-        ]
+        generated = chunked_greedy(self.base, seqs, mask, cache, budgets, stops, s.fixed_length,
+                                   self.options.chunk_tokens)
+        return [make_continuation(self.base, k, g, stops) for k, g in zip(kept, generated)]

@@ -14,18 +14,33 @@ from wsd.switch import keep_count
 pytestmark = pytest.mark.integration
 
 
-def test_embedded_pair_generates_records(tmp_path):
-    cfg = compose_generate([
-        "benchmark=alpaca_eval", "benchmark.limit=2", f"output_root={tmp_path}",
-        "wsd.draft_max_tokens=24", "wsd.target_max_tokens=40",
-    ])
-    summary = generate.run(cfg)
-    records = [json.loads(line) for line in open(summary["records"])]
-    assert [r["id"] for r in records] == ["alpaca_eval-000", "alpaca_eval-001"]
+SHORT = ["benchmark=alpaca_eval", "benchmark.limit=3", "wsd.draft_max_tokens=24", "wsd.target_max_tokens=40"]
+
+
+def run_stage(tmp_path, *overrides) -> list[dict]:
+    summary = generate.run(compose_generate([*SHORT, f"output_root={tmp_path}", *overrides]))
+    return [json.loads(line) for line in open(summary["records"])]
+
+
+@pytest.fixture(scope="module")
+def fast_records(tmp_path_factory):
+    return run_stage(tmp_path_factory.mktemp("fast"))
+
+
+def test_engines_agree_on_the_embedded_pair(fast_records, tmp_path):
+    reference = run_stage(tmp_path, "wsd.engine=reference")
+    assert [(r["keep_count"], r["response"]) for r in fast_records] == \
+           [(r["keep_count"], r["response"]) for r in reference]
+
+
+def test_embedded_pair_generates_records(fast_records):
+    records = fast_records
+    assert [r["id"] for r in records] == ["alpaca_eval-000", "alpaca_eval-001", "alpaca_eval-002"]
     for r in records:
         assert (r["pilot"], r["base"]) == ("SmolLM2-135M-Instruct", "gemma-3-270m")
         assert 0 < r["draft_tokens"] <= 24
         assert r["base_draft_tokens"] == len(r["base_token_probs"]) > 0
+        assert r["batch_size"] == 3
         assert r["keep_count"] == keep_count(r["base_token_probs"], 6, 0.8)
         assert r["draft"].strip().startswith(r["accepted_draft"])
         assert r["response"].startswith(r["accepted_draft"]) and r["response"].strip()

@@ -98,6 +98,21 @@ def test_second_run_resumes_without_loading_models(tiny_models, tmp_path, prompt
     assert len(read_records(third)) == 4
 
 
+def test_sweep_points_reuse_drafts_across_runs(tiny_models, tmp_path, prompt_file):
+    """Two runs that differ only in window/threshold: the second drafts and scores nothing."""
+    first, _ = run_tiny(tiny_models, tmp_path, prompt_file, "wsd.early_stop=false", "wsd.threshold=0.3")
+    second, _ = run_tiny(tiny_models, tmp_path, prompt_file, "wsd.early_stop=false", "wsd.threshold=0.9",
+                         "wsd.window=2")
+    assert first["run_dir"] != second["run_dir"]
+    assert first["forward_passes"]["pilot_drafting"] > 0
+    assert second["forward_passes"]["pilot_drafting"] == second["forward_passes"]["base_scoring"] == 0
+    assert all(r["draft_cache_hit"] for r in read_records(second))
+    reference, _ = run_tiny(tiny_models, tmp_path, prompt_file, "wsd.engine=reference", "wsd.threshold=0.9",
+                            "wsd.window=2")
+    assert [(r["keep_count"], r["response"]) for r in read_records(second)] == \
+           [(r["keep_count"], r["response"]) for r in read_records(reference)]
+
+
 def test_deterministic_for_a_fixed_seed(tiny_models, tmp_path, prompt_file):
     a, _ = run_tiny(tiny_models, tmp_path / "a", prompt_file, "benchmark.limit=2")
     b, _ = run_tiny(tiny_models, tmp_path / "b", prompt_file, "benchmark.limit=2")
