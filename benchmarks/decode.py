@@ -137,9 +137,15 @@ def run(args) -> dict:
                   f"mean draft tokens fast {sum(r['draft_tokens'] for r in fast.values()) / len(fast):.1f} "
                   f"vs reference {sum(r['draft_tokens'] for r in reference.values()) / len(reference):.1f}")
 
+    result = {
+        "settings": vars(args), "device": "cpu", "threads": torch.get_num_threads(),
+        "seconds": dict(rows), "ratios": ratios, "targets": targets, "per_token_seconds": per_token,
+        "keep_counts": dict(zip([p.id for p in prompts], ks)), "mismatches": bad,
+        "fast_profile_seconds": profile, "fast_forwards": fast_engine.counter,
+    }
     throughput = {}
     subset = prompts[: args.throughput_prompts]
-    for size in (1, 4, 8, 16):
+    for size in (1, 4, 8, 16) if subset else ():
         seconds, _ = timed_records(FastWSD(pilot, base, settings, FastOptions(batch_size=size)), subset)
         throughput[size] = {"seconds": seconds, "tokens_per_s": len(subset) * L / seconds}
         console.print(f"fast engine, batch {size:2d}: {len(subset) * L / seconds:6.1f} tokens/s "
@@ -149,6 +155,8 @@ def run(args) -> dict:
     sweep_options = FastOptions(batch_size=args.batch_size, early_stop=False)
     identity = {"pilot": args.pilot, "base": args.base, "draft": args.draft, "fixed_length": True}
     forwards = {}
+    if not sweep_prompts:
+        return {**result, "throughput_by_batch_size": throughput, "sweep_forwards": forwards}
     with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
         single = FastWSD(pilot, base, settings, sweep_options, DraftCache(one, identity))
         timed_records(single, sweep_prompts)
@@ -168,13 +176,7 @@ def run(args) -> dict:
                       f"{counts['base_scoring']:5d}, base continuation {counts['base_continuation']:5d}"
                       f"  ({len(sweep_prompts)} prompts)")
 
-    return {
-        "settings": vars(args), "device": "cpu", "threads": torch.get_num_threads(),
-        "seconds": dict(rows), "ratios": ratios, "targets": targets, "per_token_seconds": per_token,
-        "keep_counts": dict(zip([p.id for p in prompts], ks)), "mismatches": bad,
-        "fast_profile_seconds": profile, "fast_forwards": fast_engine.counter,
-        "throughput_by_batch_size": throughput, "sweep_forwards": forwards,
-    }
+    return {**result, "throughput_by_batch_size": throughput, "sweep_forwards": forwards}
 
 
 def main(argv=None) -> None:
@@ -187,8 +189,8 @@ def main(argv=None) -> None:
     parser.add_argument("--window", type=int, default=6)
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--throughput-prompts", type=int, default=8)
-    parser.add_argument("--sweep-prompts", type=int, default=4)
+    parser.add_argument("--throughput-prompts", type=int, default=8, help="0 skips this section")
+    parser.add_argument("--sweep-prompts", type=int, default=4, help="0 skips this section")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
     torch.manual_seed(42)
