@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from datetime import datetime
@@ -23,6 +22,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.generate import compose
 from wsd.benchmarks import load_benchmark
 from wsd.decoding import WSDSettings, base_texts, encode, greedy_config
 from wsd.draft_cache import DraftCache
@@ -32,12 +32,7 @@ from wsd.prompts import pilot_prompt
 from wsd.reference import ReferenceWSD
 from wsd.switch import first_switch
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP = [(w, t) for w in (4, 6, 8) for t in (0.7, 0.8, 0.9)]
-
-
-def _spec(group: str, name: str) -> ModelSpec:
-    return ModelSpec.from_config(OmegaConf.load(REPO / "conf" / group / f"{name}.yaml"))
 
 
 @torch.inference_mode()
@@ -85,11 +80,11 @@ def mismatches(reference: dict, fast: dict, settings: WSDSettings) -> list[dict]
 def run(args) -> dict:
     console = Console()
     console.width = max(console.width, 110)
-    cache_dir = os.path.expanduser(os.environ.get("WSD_CACHE_DIR", "~/.cache/wsd")) + "/models"
-    pilot = load_model(_spec("pilot", args.pilot), cache_dir)
-    base = load_model(_spec("base", args.base), cache_dir)
-    bench = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "benchmark" / "alpaca_eval.yaml"))
-    prompts = load_benchmark({**bench, "limit": args.prompts})
+    cfg = compose([f"pilot={args.pilot}", f"base={args.base}", "benchmark=alpaca_eval",
+                   f"benchmark.limit={args.prompts}"])
+    pilot = load_model(ModelSpec.from_config(cfg.pilot), cfg.model_cache_dir)
+    base = load_model(ModelSpec.from_config(cfg.base), cfg.model_cache_dir)
+    prompts = load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True))
     L, settings = args.length, WSDSettings(args.window, args.threshold, args.draft, args.length, fixed_length=True)
     pilot_ids = [encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, p.messages)) for p in prompts]
     base_ids = [encode(base.tokenizer, base_texts(base, p.messages)[0]) for p in prompts]

@@ -38,9 +38,10 @@ def _settings(cfg: DictConfig) -> tuple[str, WSDSettings, FastOptions]:
     return engine, WSDSettings(**wsd_cfg), options
 
 
-def make_engine(cfg: DictConfig, pilot, base):
-    """The configured engine over loaded models; the fast one shares drafts through a cache."""
-    engine, settings, options = _settings(cfg)
+def make_engine(cfg: DictConfig, choice: tuple[str, WSDSettings, FastOptions], pilot, base):
+    """The configured engine (`_settings(cfg)`) over loaded models; the fast one shares drafts
+    through a cache."""
+    engine, settings, options = choice
     if engine == "reference":
         return ReferenceWSD(pilot, base, settings)
     draft_cache = None
@@ -87,7 +88,7 @@ def summarize(records: list[dict]) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     """Validate everything cheap first, then decode only the prompts not yet recorded."""
-    _settings(cfg)
+    choice = _settings(cfg)
     pilot_spec, base_spec = ModelSpec.from_config(cfg.pilot), ModelSpec.from_config(cfg.base)
     prompts = load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True))
     check_available(pilot_spec)
@@ -107,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
         from transformers import set_seed
 
         set_seed(cfg.seed)
-        engine = make_engine(cfg, load_model(pilot_spec, cfg.model_cache_dir),
+        engine = make_engine(cfg, choice, load_model(pilot_spec, cfg.model_cache_dir),
                              load_model(base_spec, cfg.model_cache_dir))
         for prompt in todo:
             engine.check_fits(prompt.id, prompt.messages)
@@ -138,6 +139,19 @@ def run(cfg: DictConfig) -> dict:
         summary["mean_response_chars"], summary["seconds"]["total"],
     )
     return summary
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """This stage's config as `python -m pipelines.generate <overrides>` builds it (for tests
+    and benchmarks, which call `run` or the library directly)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("generate", overrides=overrides)
 
 
 def print_table(summary: dict) -> None:

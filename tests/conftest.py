@@ -12,8 +12,9 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from pipelines.generate import compose as compose_generate  # noqa: E402,F401  (tests import it here)
+
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -116,14 +117,6 @@ def tiny_pair(tiny_models, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     return tuple(load_model(ModelSpec.from_config({"name": role, "path": tiny_models[role]}), cache)
                  for role in ("pilot", "base"))
-
-
-def compose_generate(overrides: list[str]):
-    """The generate stage's config as `python -m pipelines.generate <overrides>` builds it."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("generate", overrides=overrides)
 
 
 def tiny_overrides(tiny_models: dict, tmp_path: Path, *extra: str) -> list[str]:
