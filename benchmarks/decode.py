@@ -24,9 +24,9 @@ from rich.table import Table
 
 from pipelines.generate import compose
 from wsd.benchmarks import load_benchmark
-from wsd.decoding import WSDSettings, base_texts, encode, greedy_config
+from wsd.decoding import WSDSettings, base_texts, encode, greedy_config, left_pad, pad_id
 from wsd.draft_cache import DraftCache
-from wsd.fast import FastOptions, FastWSD, left_pad
+from wsd.fast import FastOptions, FastWSD
 from wsd.models import ModelSpec, load_model
 from wsd.prompts import pilot_prompt
 from wsd.reference import ReferenceWSD
@@ -38,8 +38,7 @@ SWEEP = [(w, t) for w in (4, 6, 8) for t in (0.7, 0.8, 0.9)]
 @torch.inference_mode()
 def batched_generate(loaded, prompt_ids: list[list[int]], new_tokens: int, batch_size: int) -> float:
     """Wall seconds for plain batched greedy generation of exactly `new_tokens` per prompt."""
-    tok = loaded.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(loaded)
     start = time.perf_counter()
     for i in range(0, len(prompt_ids), batch_size):
         ids, mask = left_pad(prompt_ids[i : i + batch_size], pad, loaded.device)

@@ -1,4 +1,5 @@
-"""What both WSD engines share: settings, budgets, stopping, and how raw token ids become a
+"""What every decoding method shares: greedy batched generation with per-row budgets and
+stop strings, and, for the two WSD engines, settings, budgets and how raw token ids become a
 draft, a continuation and a record. One definition, so `fast` and `reference` cannot drift.
 """
 
@@ -8,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from wsd.models import LoadedModel
 from wsd.prompts import (
@@ -71,14 +72,12 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def greedy_config(loaded: LoadedModel, max_new_tokens: int, fixed_length: bool) -> GenerationConfig:
     """Greedy decoding; in fixed-length mode EOS is suppressed so every row runs its budget."""
-    eos = eos_ids(loaded)
-    pad = loaded.tokenizer.pad_token_id
     return GenerationConfig(
         do_sample=False,
         max_new_tokens=max_new_tokens,
         min_new_tokens=max_new_tokens if fixed_length else None,
-        eos_token_id=eos,
-        pad_token_id=pad if pad is not None else eos[0],
+        eos_token_id=eos_ids(loaded),
+        pad_token_id=pad_id(loaded),
     )
 
 
@@ -192,20 +191,87 @@ def make_record(pilot, base, draft: Draft, draft_ids, probs, switch_at, kept_ids
     }
 
 
+def check_context(loaded: LoadedModel, prompt_id: str, prompt_tokens: int, new_tokens: int, what: str) -> None:
+    """Reject a prompt that cannot fit the model's context with its budget: never truncate
+    silently. `what` names the budget in the message."""
+    need = prompt_tokens + new_tokens
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if limit is not None and need > limit:
+        raise ValueError(
+            f"prompt {prompt_id!r} is too long for {loaded.name}: needs {prompt_tokens} prompt + "
+            f"{new_tokens} {what} = {need} tokens, the model's context is {limit}; shorten it or "
+            "lower the budgets"
+        )
+
+
 def check_fits(pilot: LoadedModel, base: LoadedModel, settings: WSDSettings, prompt_id: str,
                messages: list[Message]) -> None:
-    """Reject a prompt that cannot fit a model's context with the budgets: never truncate
-    silently. The base needs prompt + kept draft + budget <= prompt + target + 49."""
+    """WSD's budgets: the pilot drafts up to `draft_max_tokens`; the base needs prompt + kept
+    draft + budget <= prompt + target + 49."""
     s = settings
     pilot_len = len(encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, messages)))
-    base_len = base_texts(base, messages)[1]
-    for loaded, need, what in (
-        (pilot, pilot_len + s.draft_max_tokens, f"{pilot_len} prompt + {s.draft_max_tokens} draft"),
-        (base, base_len + s.target_max_tokens + 49, f"{base_len} prompt + {s.target_max_tokens} target + 49"),
-    ):
-        limit = getattr(loaded.model.config, "max_position_embeddings", None)
-        if limit is not None and need > limit:
-            raise ValueError(
-                f"prompt {prompt_id!r} is too long for {loaded.name}: needs {what} = {need} "
-                f"tokens, the model's context is {limit}; shorten it or lower the budgets"
-            )
+    check_context(pilot, prompt_id, pilot_len, s.draft_max_tokens, "draft")
+    check_context(base, prompt_id, base_texts(base, messages)[1], s.target_max_tokens + 49, "target + 49")
+
+
+def pad_id(loaded: LoadedModel) -> int:
+    """The padding id for batches: the tokenizer's, else the first EOS id."""
+    pad = loaded.tokenizer.pad_token_id
+    return pad if pad is not None else eos_ids(loaded)[0]
+
+
+def left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of id lists, padded on the left as decoder-only generation needs."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
+class _PerRowBudget(StoppingCriteria):
+    """Each row of a batched continuation stops at its own budget (target - its k)."""
+
+    def __init__(self, budgets: list[int], prompt_length: int):
+        self.budgets, self.prompt_length = budgets, prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        made = input_ids.shape[1] - self.prompt_length
+        return torch.tensor([made >= b for b in self.budgets], device=input_ids.device)
+
+
+@torch.inference_mode()
+def chunked_greedy(loaded: LoadedModel, seqs, mask, cache, budgets: list[int], stops, fixed_length: bool,
+                   chunk: int, after_chunk=None) -> list:
+    """Greedy decoding of a left-padded batch, `chunk` tokens per `generate` call. Between
+    calls, rows that are done leave the batch and its KV cache, so on a compute-bound CPU they
+    cost nothing more. `after_chunk({row: Generated})` may end further rows (WSD: a switch).
+    Returns each row's `Generated`."""
+    eos = [] if fixed_length else eos_ids(loaded)
+    start, active, results = seqs.shape[1], list(range(len(budgets))), [None] * len(budgets)
+    while active:
+        made = seqs.shape[1] - start
+        stop = StopOnStrings(loaded.tokenizer, stops, start)
+        config = greedy_config(loaded, min(chunk, max(budgets[r] for r in active) - made), fixed_length)
+        config.return_dict_in_generate = True  # the cache goes on to the next chunk
+        out = loaded.model.generate(
+            input_ids=seqs, attention_mask=mask, past_key_values=cache, generation_config=config,
+            stopping_criteria=StoppingCriteriaList(
+                [_PerRowBudget([budgets[r] for r in active], start)] + ([stop] if stops else [])),
+        )
+        new = out.sequences[:, start:].tolist()
+        generated = {r: trim_row(new[b], eos, stop.hit_after.get(b), budgets[r]) for b, r in enumerate(active)}
+        done = {r for r, g in generated.items() if g.stop_reason != "length" or len(g.ids) >= budgets[r]}
+        if after_chunk is not None:
+            done |= after_chunk(generated)
+        for r in done:
+            results[r] = generated[r]
+        keep = [b for b, r in enumerate(active) if r not in done]
+        if not keep:
+            break
+        index = torch.tensor(keep, device=seqs.device)
+        grown = torch.ones_like(out.sequences[:, seqs.shape[1] :])
+        seqs, mask = out.sequences[index], torch.cat([mask, grown], dim=1)[index]
+        cache = out.past_key_values
+        cache.batch_select_indices(index)
+        active = [active[b] for b in keep]
+    return results

@@ -28,21 +28,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache
 
 from wsd.decoding import (
-    StopOnStrings,
     WSDSettings,
     base_texts,
     check_fits,
+    chunked_greedy,
     encode,
-    eos_ids,
     final_joined_ids,
-    greedy_config,
+    left_pad,
     make_continuation,
     make_draft,
     make_record,
-    trim_row,
+    pad_id,
 )
 from wsd.draft_cache import CachedDraft, DraftCache
 from wsd.models import LoadedModel
@@ -77,14 +76,6 @@ def stable_boundary(text: str, start: int) -> int:
     while end > start and text[end - 1].isspace():
         end -= 1
     return end
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of id lists, padded on the left as decoder-only generation needs."""
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-    return ids, mask
 
 
 def sliding_window(base: LoadedModel) -> int | None:
@@ -203,55 +194,6 @@ class BatchScorer:
         return input_ids, torch.cat([mask, ones], dim=1), self.cache
 
 
-class _PerRowBudget(StoppingCriteria):
-    """Each row of a batched continuation stops at its own budget (target - its k)."""
-
-    def __init__(self, budgets: list[int], prompt_length: int):
-        self.budgets, self.prompt_length = budgets, prompt_length
-
-    def __call__(self, input_ids, scores, **kwargs):
-        made = input_ids.shape[1] - self.prompt_length
-        return torch.tensor([made >= b for b in self.budgets], device=input_ids.device)
-
-
-@torch.inference_mode()
-def chunked_greedy(loaded: LoadedModel, seqs, mask, cache, budgets: list[int], stops, fixed_length: bool,
-                   chunk: int, after_chunk=None) -> list:
-    """Greedy decoding of a left-padded batch, `chunk` tokens per `generate` call. Between
-    calls, rows that are done leave the batch and its KV cache, so on a compute-bound CPU they
-    cost nothing more. `after_chunk({row: Generated})` may end further rows (WSD: a switch).
-    Returns each row's `Generated`."""
-    eos = [] if fixed_length else eos_ids(loaded)
-    start, active, results = seqs.shape[1], list(range(len(budgets))), [None] * len(budgets)
-    while active:
-        made = seqs.shape[1] - start
-        stop = StopOnStrings(loaded.tokenizer, stops, start)
-        config = greedy_config(loaded, min(chunk, max(budgets[r] for r in active) - made), fixed_length)
-        config.return_dict_in_generate = True  # the cache goes on to the next chunk
-        out = loaded.model.generate(
-            input_ids=seqs, attention_mask=mask, past_key_values=cache, generation_config=config,
-            stopping_criteria=StoppingCriteriaList(
-                [_PerRowBudget([budgets[r] for r in active], start)] + ([stop] if stops else [])),
-        )
-        new = out.sequences[:, start:].tolist()
-        generated = {r: trim_row(new[b], eos, stop.hit_after.get(b), budgets[r]) for b, r in enumerate(active)}
-        done = {r for r, g in generated.items() if g.stop_reason != "length" or len(g.ids) >= budgets[r]}
-        if after_chunk is not None:
-            done |= after_chunk(generated)
-        for r in done:
-            results[r] = generated[r]
-        keep = [b for b, r in enumerate(active) if r not in done]
-        if not keep:
-            break
-        index = torch.tensor(keep, device=seqs.device)
-        grown = torch.ones_like(out.sequences[:, seqs.shape[1] :])
-        seqs, mask = out.sequences[index], torch.cat([mask, grown], dim=1)[index]
-        cache = out.past_key_values
-        cache.batch_select_indices(index)
-        active = [active[b] for b in keep]
-    return results
-
-
 @dataclass
 class _Row:
     prompt: object  # wsd.benchmarks.Prompt
@@ -343,7 +285,7 @@ class FastWSD:
         forward per scorer) and let rows whose switch is found leave. Returns scoring seconds."""
         if not rows:
             return 0.0
-        s, opts, tok = self.settings, self.options, self.pilot.tokenizer
+        s, opts = self.settings, self.options
         stops = s.draft_stops(self.pilot)
         slot = {id(t): (scorer, i) for scorer in scorers for i, t in enumerate(scorer.rows)}
         scoring = [0.0]
@@ -374,8 +316,7 @@ class FastWSD:
                     switched.add(r)
             return switched
 
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids(self.pilot)[0]
-        seqs, mask = left_pad([r.pilot_ids for r in rows], pad, self.pilot.device)
+        seqs, mask = left_pad([r.pilot_ids for r in rows], pad_id(self.pilot), self.pilot.device)
         chunked_greedy(self.pilot, seqs, mask, None, [s.draft_max_tokens] * len(rows), stops,
                        s.fixed_length, opts.chunk_tokens, after_chunk)
         return scoring[0]
@@ -385,17 +326,16 @@ class FastWSD:
         """All rows in one batched greedy run (finished rows leave between chunks): from the
         scoring cache when the whole batch shares one (prompt + draft are then read once),
         else from a batched prefill."""
-        s, tok = self.settings, self.base.tokenizer
+        s = self.settings
         stops = s.base_stops(self.base)
         budgets = [s.base_budget(len(k)) for k in kept]
-        eos = eos_ids(self.base)
         if scorer is not None:
             seqs, mask, cache = scorer.continuation_inputs(
                 [len(r.result.prompt_ids) + len(k) for r, k in zip(rows, kept)])
             self.continuation_batches["reused_scoring_cache"] += 1
         else:
-            pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-            seqs, mask = left_pad([r.result.prompt_ids + k for r, k in zip(rows, kept)], pad, self.base.device)
+            seqs, mask = left_pad([r.result.prompt_ids + k for r, k in zip(rows, kept)], pad_id(self.base),
+                                  self.base.device)
             cache = None
             self.continuation_batches["prefilled"] += 1
         generated = chunked_greedy(self.base, seqs, mask, cache, budgets, stops, s.fixed_length,
