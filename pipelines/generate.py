@@ -1,144 +1,236 @@
-"""Generation stage: WSD over a benchmark, one JSON record per prompt, resumable.
+"""Generation stage: one method over one benchmark, one JSON record per prompt (and turn),
+resumable, logged, and shardable across processes.
 
-    python -m pipelines.generate benchmark=alpaca_eval benchmark.limit=5
-    python -m pipelines.generate benchmark=jsonl benchmark.path=my_prompts.jsonl
+    python -m pipelines.generate benchmark=alpaca_eval method=wsd benchmark.limit=5
+    python -m pipelines.generate -m benchmark=alpaca_eval,mt_bench method=base,wsd benchmark.limit=8
+    accelerate launch --num_processes 2 -m pipelines.generate ...   (add --multi_gpu on CPU)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import statistics
+import time
+from collections import Counter
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from wsd.benchmarks import load_benchmark
-from wsd.models import ModelSpec, check_available, load_model
-from wsd.decoding import WSDSettings
-from wsd.draft_cache import DraftCache
-from wsd.fast import FastOptions, FastWSD
-from wsd.reference import ReferenceWSD
-from wsd.store import RecordFile, config_key, slug, write_atomic
+from wsd.benchmarks import Prompt, load_benchmark
+from wsd.methods import method_entry
+from wsd.models import LoadedModel, ModelSpec, check_available, load_model
+from wsd.store import RunRecords, config_key, slug, write_atomic
+from wsd.tracking import tracked, validate_logger
 
 log = logging.getLogger("wsd.generate")
 
-ENGINES = ("fast", "reference")
-_FAST_KEYS = ("batch_size", "chunk_tokens", "early_stop")
-
-
-def _settings(cfg: DictConfig) -> tuple[str, WSDSettings, FastOptions]:
-    """Validate the `wsd` block: the engine, the switch rule and budgets, the fast options."""
-    wsd_cfg = OmegaConf.to_container(cfg.wsd, resolve=True)
-    engine = wsd_cfg.pop("engine")
-    if engine not in ENGINES:
-        raise ValueError(f"unknown wsd.engine {engine!r}; accepted: {', '.join(ENGINES)}")
-    options = FastOptions(**{k: wsd_cfg.pop(k) for k in _FAST_KEYS if k in wsd_cfg})
-    return engine, WSDSettings(**wsd_cfg), options
-
-
-def make_engine(cfg: DictConfig, choice: tuple[str, WSDSettings, FastOptions], pilot, base):
-    """The configured engine (`_settings(cfg)`) over loaded models; the fast one shares drafts
-    through a cache."""
-    engine, settings, options = choice
-    if engine == "reference":
-        return ReferenceWSD(pilot, base, settings)
-    draft_cache = None
-    if cfg.draft_cache_dir:
-        identity = {"pilot": OmegaConf.to_container(cfg.pilot, resolve=True),
-                    "base": OmegaConf.to_container(cfg.base, resolve=True),
-                    "draft_max_tokens": settings.draft_max_tokens, "fixed_length": settings.fixed_length,
-                    "seed": cfg.seed}
-        draft_cache = DraftCache(cfg.draft_cache_dir, identity)
-    return FastWSD(pilot, base, settings, options, draft_cache)
-
 
 def run_dir(cfg: DictConfig) -> Path:
-    """Folder keyed by everything that determines the records; `limit` is left out so a
-    larger run over the same benchmark resumes a smaller one."""
+    """Folder keyed by everything that determines the records: the method, the models it
+    uses, the shared decoding options, the `wsd` block only for WSD, the benchmark without
+    `limit` (so a larger run resumes a smaller one) and the seed. Baselines are thus shared
+    by every point of a WSD sweep."""
+    entry = method_entry(cfg.method.name)
     benchmark = OmegaConf.to_container(cfg.benchmark, resolve=True)
     benchmark.pop("limit", None)
-    key = config_key({
-        "pilot": OmegaConf.to_container(cfg.pilot, resolve=True),
-        "base": OmegaConf.to_container(cfg.base, resolve=True),
-        "wsd": OmegaConf.to_container(cfg.wsd, resolve=True),
-        "benchmark": benchmark,
-        "seed": cfg.seed,
-    })
-    name = f"wsd__{slug(cfg.pilot.name)}__{slug(cfg.base.name)}__{key}"
+    payload = {role: OmegaConf.to_container(cfg[role], resolve=True) for role in entry.roles}
+    payload.update(method=OmegaConf.to_container(cfg.method, resolve=True), benchmark=benchmark, seed=cfg.seed,
+                   generation=OmegaConf.to_container(cfg.generation, resolve=True))
+    if entry.uses_wsd_block:
+        payload["wsd"] = OmegaConf.to_container(cfg.wsd, resolve=True)
+    name = "__".join([cfg.method.name, *(slug(cfg[role].name) for role in entry.roles), config_key(payload)])
     return Path(cfg.output_root) / "generate" / cfg.benchmark.name / name
 
 
-def summarize(records: list[dict]) -> dict:
-    def mean(key):
-        return statistics.fmean(r[key] for r in records) if records else 0.0
+# Loaded models stay in memory across the jobs of a multirun; only the current job's are kept.
+_POOL: dict[str, LoadedModel] = {}
 
-    seconds = {p: sum(r["seconds"][p] for r in records) for p in ("draft", "check", "target", "total")}
-    return {
+
+def pooled_models(specs: dict[str, ModelSpec], cache_dir: str) -> dict[str, LoadedModel]:
+    keys = {role: repr(spec) for role, spec in specs.items()}
+    for key in set(_POOL) - set(keys.values()):
+        del _POOL[key]
+    for role, spec in specs.items():
+        if keys[role] not in _POOL:
+            _POOL[keys[role]] = load_model(spec, cache_dir)
+    return {role: _POOL[key] for role, key in keys.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's part of a run: rank r of n takes every n-th question."""
+
+    rank: int = 0
+    world: int = 1
+    device: str | None = None  # the accelerator of this rank, when models go to one
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
+
+def current_shard() -> Shard:
+    """Rank and world size from `accelerate launch` / torchrun (gloo on CPU, nccl on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Shard()
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device = str(state.device) if state.device.type != "cpu" else None
+    return Shard(state.process_index, state.num_processes, device)
+
+
+def _placed(spec: ModelSpec, shard: Shard) -> ModelSpec:
+    """On a sharded GPU run, each rank puts a single-device model on its own GPU."""
+    if shard.device and spec.device_map is None and spec.device.startswith("cuda"):
+        return dataclasses.replace(spec, device=shard.device)
+    return spec
+
+
+def summarize(records: list[dict], method: str) -> dict:
+    """Per-run statistics: lengths, time and throughput for every method, the switch
+    position for WSD, the handovers for nudging."""
+    def mean(values):
+        values = list(values)
+        return statistics.fmean(values) if values else 0.0
+
+    seconds = sum(r["seconds"]["total"] for r in records)
+    tokens = sum(r["response_tokens"] for r in records)
+    summary = {
         "prompts": len(records),
-        "mean_keep_count": mean("keep_count"),
-        "switched_share": mean("switched"),
-        "mean_draft_tokens": mean("draft_tokens"),
-        "mean_continuation_tokens": mean("continuation_tokens"),
-        "mean_response_chars": statistics.fmean(len(r["response"]) for r in records) if records else 0.0,
-        "seconds": seconds,
+        "mean_response_tokens": mean(r["response_tokens"] for r in records),
+        "mean_response_chars": mean(len(r["response"]) for r in records),
+        "seconds_total": seconds,
+        "mean_seconds": seconds / len(records) if records else 0.0,
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "stop_reasons": dict(Counter(r["stop_reason"] for r in records)),
     }
+    if method == "wsd":
+        summary.update(
+            mean_keep_count=mean(r["keep_count"] for r in records),
+            switched_share=mean(r["switched"] for r in records),
+            mean_draft_tokens=mean(r["draft_tokens"] for r in records),
+            mean_continuation_tokens=mean(r["continuation_tokens"] for r in records),
+            seconds={p: sum(r["seconds"][p] for r in records) for p in ("draft", "check", "target", "total")},
+        )
+    if method == "nudging":
+        summary.update(mean_handovers=mean(r["handovers"] for r in records),
+                       mean_pilot_char_share=mean(r["pilot_char_share"] for r in records))
+    return summary
 
 
-def run(cfg: DictConfig) -> dict:
-    """Validate everything cheap first, then decode only the prompts not yet recorded."""
-    choice = _settings(cfg)
-    pilot_spec, base_spec = ModelSpec.from_config(cfg.pilot), ModelSpec.from_config(cfg.base)
-    prompts = load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True))
-    check_available(pilot_spec)
-    check_available(base_spec)
+def _table_row(record: dict) -> dict:
+    """What a W&B table shows per prompt (long fields left to the records file)."""
+    keys = ("id", "turn", "prompt", "response", "response_tokens", "stop_reason", "keep_count", "switched",
+            "handovers")
+    row = {k: record[k] for k in keys if k in record}
+    row["seconds"] = record["seconds"]["total"]
+    return row
+
+
+def _generate(method, method_name: str, questions: list[Prompt], done: dict, records: RunRecords, tracker,
+              label: str) -> int:
+    """Decode every missing turn of `questions`, turn by turn (a follow-up needs the
+    answer before it); returns how many records were written."""
+    from tqdm import tqdm
+
+    remaining = sum(i not in done for q in questions for i in q.turn_ids)
+    written, current = 0, list(questions)
+    with tqdm(total=remaining, desc=label, unit="prompt") as progress:
+        while current:
+            pending = [p for p in current if p.id not in done]
+            for p in pending:
+                method.check_fits(p.id, p.messages)
+            for prompt, generated in method.generate_many(pending):
+                record = {"id": prompt.id, "question_id": prompt.question_id, "turn": prompt.turn,
+                          "method": method_name, "prompt": prompt.instruction, "messages": prompt.messages,
+                          **generated}
+                records.append(record)
+                done[prompt.id] = record
+                written += 1
+                progress.update()
+                tracker.log({"response_tokens": record["response_tokens"],
+                             "seconds": record["seconds"]["total"], "written": written})
+            current = [p.next_turn(done[p.id]["response"]) for p in current if p.followups]
+    return written
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Validate everything cheap first (config, benchmark file, models present), then decode
+    only the prompts not yet recorded. Returns the summary (None on ranks other than 0)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    method_name = resolved["method"]["name"]
+    entry = method_entry(method_name)
+    entry.check(resolved)
+    validate_logger(resolved["logger"])
+    prompts = load_benchmark(resolved["benchmark"])
+    shard = current_shard()
+    specs = {role: _placed(ModelSpec.from_config(cfg[role]), shard) for role in entry.roles}
+    for spec in specs.values():
+        check_available(spec)
 
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    record_file = RecordFile(out / "records.jsonl")
-    done = {r["id"]: r for r in record_file.read()}
-    todo = [p for p in prompts if p.id not in done]
-    log.info("%d prompts, %d already recorded in %s", len(prompts), len(prompts) - len(todo), out)
+    records = RunRecords(out, shard.rank, shard.world)
+    done = records.done()
+    questions = prompts[shard.rank :: shard.world]  # a question's turns stay in one process
+    order = [i for p in prompts for i in p.turn_ids]
+    generator = "__".join([method_name, *(cfg[role].name for role in entry.roles)])
+    log.info("%s on %s: %d prompts, %d already recorded, in %s", method_name, cfg.benchmark.name, len(order),
+             sum(i in done for i in order), out)
 
-    forward_passes = None
-    if todo:
-        from tqdm import tqdm
-        from transformers import set_seed
+    with tracked(resolved["logger"], stage="generate", group=cfg.name, name=f"{cfg.benchmark.name}/{generator}",
+                 config=resolved, folder=out, enabled=shard.rank == 0) as tracker:
+        started = time.perf_counter()
+        method, written = None, 0
+        if any(i not in done for q in questions for i in q.turn_ids):
+            from transformers import set_seed
 
-        set_seed(cfg.seed)
-        engine = make_engine(cfg, choice, load_model(pilot_spec, cfg.model_cache_dir),
-                             load_model(base_spec, cfg.model_cache_dir))
-        for prompt in todo:
-            engine.check_fits(prompt.id, prompt.messages)
-        with tqdm(total=len(todo), desc=f"wsd {cfg.benchmark.name}", unit="prompt") as progress:
-            for prompt, generated in engine.generate_many(todo):
-                record = {"id": prompt.id, "prompt": prompt.instruction, "messages": prompt.messages,
-                          **generated}
-                record_file.append(record)
-                done[prompt.id] = record
-                progress.update()
-        forward_passes = getattr(engine, "counter", None)
-
-    records = [done[p.id] for p in prompts]
-    generator = f"wsd__{cfg.pilot.name}__{cfg.base.name}"
-    alpaca = [{"instruction": r["prompt"], "output": r["response"], "generator": generator,
-               **({"dataset": p.meta["dataset"]} if p.meta.get("dataset") else {})}
-              for r, p in zip(records, prompts)]
-    write_atomic(out / "alpaca_eval.json", json.dumps(alpaca, indent=1, ensure_ascii=False))
-    summary = {**summarize(records), "forward_passes": forward_passes, "ids": [p.id for p in prompts],
-               "run_dir": str(out), "records": str(record_file.path),
-               "alpaca_eval": str(out / "alpaca_eval.json")}
-    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-    log.info("records: %s", record_file.path)
+            set_seed(cfg.seed)
+            method = entry.build(resolved, pooled_models(specs, cfg.model_cache_dir))
+            label = f"{method_name} {cfg.benchmark.name}" + (f" [rank {shard.rank}]" if shard.world > 1 else "")
+            written = _generate(method, method_name, questions, done, records, tracker, label)
+        wall = time.perf_counter() - started
+        shard.barrier()
+        if shard.rank != 0:
+            return None
+        merged = records.merge(order)
+        recorded = {r["id"] for r in merged}
+        missing = [i for i in order if i not in recorded]
+        if missing:
+            raise RuntimeError(f"{len(missing)} prompts have no record after all ranks finished: {missing[:5]}")
+        write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        alpaca = [{"instruction": r["prompt"], "output": r["response"], "generator": generator,
+                   **({"dataset": p.meta["dataset"]} if p.meta.get("dataset") else {}),
+                   **({"turn": r["turn"]} if r["turn"] > 1 or p.followups else {})}
+                  for r, p in zip(merged, _turn_prompts(prompts))]
+        write_atomic(out / "alpaca_eval.json", json.dumps(alpaca, indent=1, ensure_ascii=False))
+        summary = {**summarize(merged, method_name), "method": method_name, "benchmark": cfg.benchmark.name,
+                   "generator": generator, "written_now": written, "wall_seconds_now": wall,
+                   "forward_passes": getattr(method, "counter", None),
+                   "ids": order, "run_dir": str(out), "records": str(records.main.path),
+                   "alpaca_eval": str(out / "alpaca_eval.json")}
+        write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+        tracker.table("records", [_table_row(r) for r in merged])
+        tracker.summary({k: v for k, v in summary.items() if k != "ids"})
+    log.info("records: %s", records.main.path)
     log.info("alpaca_eval outputs: %s", out / "alpaca_eval.json")
-    log.info(
-        "summary: %d prompts, mean k %.1f, switched %.0f%%, mean response %.0f chars, %.1f s total",
-        summary["prompts"], summary["mean_keep_count"], 100 * summary["switched_share"],
-        summary["mean_response_chars"], summary["seconds"]["total"],
-    )
+    log.info("summary: %d records, mean %.0f response tokens, %.1f s total, %.1f tokens/s",
+             summary["prompts"], summary["mean_response_tokens"], summary["seconds_total"],
+             summary["tokens_per_second"])
     return summary
+
+
+def _turn_prompts(prompts: list[Prompt]) -> list[Prompt]:
+    """Each question once per turn, aligned with the merged records of `order`."""
+    return [p for p in prompts for _ in p.turn_ids]
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -154,19 +246,27 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose("generate", overrides=overrides)
 
 
+def _detail(record: dict) -> str:
+    if "keep_count" in record:
+        return f"k {record['keep_count']}/{record['base_draft_tokens']}" + (" switched" if record["switched"] else "")
+    if "handovers" in record:
+        return f"{record['handovers']} pilot words"
+    return ""
+
+
 def print_table(summary: dict) -> None:
-    """Per-prompt switch positions and timings, for a person reading the terminal."""
+    """Per-prompt lengths, stops and timings (and the switch, for WSD), for a person
+    reading the terminal."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="WSD: switch position k of the draft's base tokens, per prompt")
-    for column in ("id", "draft tok", "k / base tok", "switched", "cont tok", "stop", "seconds"):
-        table.add_column(column, justify="left" if column in ("id", "stop") else "right", no_wrap=True)
-    by_id = {r["id"]: r for r in RecordFile(Path(summary["records"])).read()}
+    table = Table(title=f"{summary['generator']} on {summary['benchmark']}")
+    for column in ("id", "tokens", "stop", "seconds", "detail"):
+        table.add_column(column, justify="right" if column in ("tokens", "seconds") else "left", no_wrap=True)
+    by_id = {r["id"]: r for r in RunRecords(Path(summary["run_dir"])).done().values()}
     for r in (by_id[i] for i in summary["ids"]):
-        table.add_row(r["id"], str(r["draft_tokens"]), f"{r['keep_count']} / {r['base_draft_tokens']}",
-                      "yes" if r["switched"] else "no", str(r["continuation_tokens"]), r["stop_reason"],
-                      f"{r['seconds']['total']:.1f}")
+        table.add_row(r["id"], str(r["response_tokens"]), r["stop_reason"], f"{r['seconds']['total']:.1f}",
+                      _detail(r))
     console = Console()
     console.width = max(console.width, 100)  # pipes and CI logs report 80 columns
     console.print(table)
@@ -174,7 +274,9 @@ def print_table(summary: dict) -> None:
 
 @hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    print_table(run(cfg))
+    summary = run(cfg)
+    if summary is not None:
+        print_table(summary)
 
 
 if __name__ == "__main__":

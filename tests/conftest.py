@@ -123,6 +123,6 @@ def tiny_overrides(tiny_models: dict, tmp_path: Path, *extra: str) -> list[str]:
     return [
         "pilot=custom", f"pilot.path={tiny_models['pilot']}", "pilot.name=tiny-pilot",
         "base=custom", f"base.path={tiny_models['base']}", "base.name=tiny-base",
-        f"output_root={tmp_path / 'outputs'}", f"model_cache_dir={tmp_path / 'cache'}",
-        "wsd.draft_max_tokens=12", "wsd.target_max_tokens=20", *extra,
+        f"output_root={tmp_path / 'outputs'}", f"model_cache_dir={tmp_path / 'cache'}", "logger=none",
+        "wsd.draft_max_tokens=12", "generation.max_new_tokens=20", *extra,
     ]

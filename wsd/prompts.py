@@ -7,6 +7,7 @@ pretrained (not instruction-tuned) model can continue.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -77,3 +78,36 @@ def stop_strings_with_eos(stop_strings: Sequence[str], tokenizer) -> list[str]:
     """The configured stop strings plus the tokenizer's EOS text (when it has one)."""
     eos = tokenizer.eos_token
     return list(stop_strings) + ([eos] if eos and eos not in stop_strings else [])
+
+
+#: The default URIAL prefix (instruction + restyled examples), written for this project.
+URIAL_DEFAULT = Path(__file__).with_name("data") / "urial.txt"
+
+#: Strings that end a URIAL answer (its closing fence, or the model starting a new query).
+URIAL_STOP_STRINGS = ("```", "# Query:", "# Answer:")
+
+
+def load_urial_prefix(path: str | Path | None) -> str:
+    """A URIAL prefix in URIAL's own format (`# Instruction`, then `# Query:` / `# Answer:`
+    blocks fenced with ```); the default is ours."""
+    path = Path(path).expanduser() if path else URIAL_DEFAULT
+    if not path.is_file():
+        raise FileNotFoundError(f"URIAL prompt file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if "# Query:" not in text or "# Answer:" not in text:
+        raise ValueError(f"URIAL prompt file {str(path)!r} has no '# Query:' / '# Answer:' examples")
+    return text.rstrip() + "\n\n"
+
+
+def urial_prompt(prefix: str, messages: Sequence[Message], bos_token: str | None) -> str:
+    """BOS, the prefix, the conversation as URIAL blocks (a system turn joins the
+    instruction), then an open `# Answer:` fence for the base model to fill."""
+    blocks = []
+    for m in messages:
+        content = m["content"].strip()
+        if m["role"] == "system":
+            blocks.append(f"# Instruction\n\n{content}\n\n")
+        else:
+            tag = "# Query:" if m["role"] == "user" else "# Answer:"
+            blocks.append(f"{tag}\n```\n{content}\n```\n\n")
+    return (bos_token or "") + prefix + "".join(blocks) + "# Answer:\n```\n"

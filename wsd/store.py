@@ -57,3 +57,50 @@ class RecordFile:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
+
+
+class RunRecords:
+    """The records of one run folder, written by one process or by the ranks of a sharded run.
+
+    One process appends to `records.jsonl`; rank r of n appends to `shards/rank-r.jsonl`.
+    `done()` reads all of these, so a rerun with any number of processes resumes where any of
+    them stopped; `merge(order)`, run by one process once every rank has finished, rewrites
+    `records.jsonl` in benchmark order with each id once and removes the shards.
+    """
+
+    def __init__(self, folder: Path, rank: int = 0, world: int = 1):
+        self.main = RecordFile(folder / "records.jsonl")
+        self.shard_dir = folder / "shards"
+        self.sharded = world > 1
+        if self.sharded:
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self.own = RecordFile(self.shard_dir / f"rank-{rank}.jsonl") if self.sharded else self.main
+
+    def _files(self) -> list[RecordFile]:
+        shards = sorted(self.shard_dir.glob("rank-*.jsonl")) if self.shard_dir.is_dir() else []
+        return [self.main] + [RecordFile(p) for p in shards]
+
+    def done(self) -> dict[str, dict]:
+        records = {}
+        for file in self._files():
+            for record in file.read():
+                records.setdefault(record["id"], record)
+        return records
+
+    def append(self, record: dict) -> None:
+        self.own.append(record)
+
+    def merge(self, order: list[str]) -> list[dict]:
+        """All records, those of `order` first and in that order, written as one file."""
+        done = self.done()
+        wanted = set(order)
+        first = [done[i] for i in order if i in done]
+        rest = [r for i, r in done.items() if i not in wanted]
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in first + rest)
+        write_atomic(self.main.path, text)
+        if self.shard_dir.is_dir():
+            for path in self.shard_dir.glob("rank-*.jsonl"):
+                path.unlink()
+            if not any(self.shard_dir.iterdir()):
+                self.shard_dir.rmdir()
+        return first

@@ -14,7 +14,7 @@ from wsd.switch import keep_count
 pytestmark = pytest.mark.integration
 
 
-SHORT = ["benchmark=alpaca_eval", "benchmark.limit=3", "wsd.draft_max_tokens=24", "wsd.target_max_tokens=40"]
+SHORT = ["benchmark=alpaca_eval", "benchmark.limit=3", "wsd.draft_max_tokens=24", "generation.max_new_tokens=40", "logger=none"]
 
 
 def run_stage(tmp_path, *overrides) -> list[dict]:

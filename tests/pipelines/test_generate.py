@@ -8,6 +8,7 @@ from hydra.errors import MissingConfigException
 
 from pipelines import generate
 from tests.conftest import REPO, compose_generate, tiny_overrides
+from wsd.reference import ReferenceWSD
 from wsd.switch import keep_count
 
 REQUIRED = {"id", "prompt", "draft", "draft_tokens", "base_token_probs", "keep_count", "accepted_draft",
@@ -129,6 +130,13 @@ def test_deterministic_for_a_fixed_seed(tiny_models, tmp_path, prompt_file):
         (["pilot.path=/no/such/model"], FileNotFoundError, "folder '/no/such/model' does not exist"),
         (["~base.path", "+base.gguf={parts:[{package:gemma-not-installed,file:m.gguf}]}"], FileNotFoundError,
          "package 'gemma-not-installed' is not installed"),
+        (["benchmark.path=/no/such.jsonl"], FileNotFoundError, "benchmark file '/no/such.jsonl' does not exist"),
+        (["benchmark.name=mmlu"], ValueError, "unknown benchmark 'mmlu'"),
+        (["method=nudging", "method.threshold=2"], ValueError, r"method.threshold must be in \(0, 1\], got 2"),
+        (["method=urial", "method.prompt_file=/no/urial.txt"], FileNotFoundError, "URIAL prompt file"),
+        (["method.name=beam"], ValueError, "unknown method 'beam'"),
+        (["generation.batch_size=0"], ValueError, "generation.batch_size must be an integer >= 1, got 0"),
+        (["logger.name=tensorboard"], ValueError, "unknown logger 'tensorboard'; accepted: wandb, none"),
     ],
 )
 def test_bad_config_fails_before_models_load_and_keeps_records(
@@ -158,7 +166,7 @@ def test_bad_prompt_file_fails_before_models_load(tiny_models, tmp_path, prompt_
 def test_over_long_prompt_is_rejected_before_decoding(tiny_models, tmp_path, prompt_file, monkeypatch):
     with open(prompt_file, "a") as f:
         f.write(json.dumps({"id": "huge", "prompt": "word " * 3000}) + "\n")
-    monkeypatch.setattr(generate.ReferenceWSD, "generate", lambda *a: pytest.fail("decoded before checking"))
+    monkeypatch.setattr(ReferenceWSD, "generate", lambda *a: pytest.fail("decoded before checking"))
     with pytest.raises(ValueError, match=r"prompt 'huge' is too long for tiny-pilot: needs .* context is 2048"):
         run_tiny(tiny_models, tmp_path, prompt_file)
 
@@ -176,3 +184,126 @@ def test_cli_exits_non_zero_with_the_message(tmp_path):
     )
     assert result.returncode != 0
     assert "threshold must be a number in [0, 1], got -0.2" in result.stderr
+
+
+# ---- methods, multi-turn benchmarks, logging, resuming and sharding
+
+
+@pytest.mark.parametrize("method", ["base", "urial", "pilot", "wsd", "nudging"])
+def test_mt_bench_second_turn_has_the_first_answer_in_context(tiny_models, tmp_path, method):
+    cfg = compose_generate(tiny_overrides(tiny_models, tmp_path, "benchmark=mt_bench", "benchmark.limit=2",
+                                          f"method={method}"))
+    summary = generate.run(cfg)
+    records = read_records(summary)
+    assert [r["id"] for r in records] == ["mt_bench-081", "mt_bench-081/turn-2", "mt_bench-082",
+                                          "mt_bench-082/turn-2"]
+    for first, second in (records[0:2], records[2:4]):
+        assert (first["turn"], second["turn"]) == (1, 2)
+        assert second["question_id"] == first["id"]
+        assert second["messages"][:2] == [first["messages"][0], {"role": "assistant", "content": first["response"]}]
+        assert second["messages"][2]["role"] == "user" and second["prompt"] == second["messages"][2]["content"]
+        assert first["method"] == second["method"] == method
+    alpaca = json.loads(open(summary["alpaca_eval"]).read())
+    assert [a["turn"] for a in alpaca] == [1, 2, 1, 2]
+    assert summary["method"] == method and summary["prompts"] == 4
+
+
+def test_baselines_ignore_the_wsd_block_and_are_shared_by_sweep_points(tiny_models, tmp_path, prompt_file):
+    a, _ = run_tiny(tiny_models, tmp_path, prompt_file, "method=base", "wsd.threshold=0.3")
+    b, _ = run_tiny(tiny_models, tmp_path, prompt_file, "method=base", "wsd.threshold=0.9")
+    assert a["run_dir"] == b["run_dir"] and b["written_now"] == 0
+    assert "base__tiny-base__" in a["run_dir"] and "tiny-pilot" not in a["run_dir"]
+
+
+def test_methods_of_one_process_reuse_loaded_models(tiny_models, tmp_path, prompt_file, monkeypatch):
+    loads = []
+    real = generate.load_model
+    monkeypatch.setattr(generate, "load_model", lambda spec, cache: loads.append(spec.name) or real(spec, cache))
+    generate._POOL.clear()
+    for method in ("base", "urial", "wsd", "pilot"):
+        run_tiny(tiny_models, tmp_path, prompt_file, f"method={method}", "benchmark.limit=1")
+    assert loads == ["tiny-base", "tiny-pilot"]
+
+
+def test_wandb_offline_run_is_written_and_readable(tiny_models, tmp_path, prompt_file):
+    summary, cfg = run_tiny(tiny_models, tmp_path, prompt_file, "logger=wandb", "logger.mode=offline",
+                            "name=unit-test", "benchmark.limit=2")
+    [run] = list((tmp_path / "outputs" / "wandb" / "wandb").glob("offline-run-*"))
+    log = (next(run.glob("run-*.wandb"))).read_bytes()
+    for text in (b"unit-test", b"generate", b"mean_keep_count", b"tokens_per_second", b"tiny-pilot"):
+        assert text in log  # group, job type, summary keys, config
+    [table] = list(run.glob("files/media/table/records_*.table.json"))
+    rows = json.loads(table.read_text())
+    assert [r[rows["columns"].index("id")] for r in rows["data"]] == ["short", "capital"]
+    events = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "events.jsonl"))]
+    assert [e["event"] for e in events] == ["start", "summary", "finished"]
+    assert events[0]["wandb"] and events[1]["prompts"] == 2
+
+
+def long_prompts(tmp_path, n=6):
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Question number {i}: tell me about bread."}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def stage_command(tiny_models, out, prompts, *extra):
+    return ["-m", "pipelines.generate", *tiny_overrides(tiny_models, out, "benchmark=jsonl",
+                                                         f"benchmark.path={prompts}", *extra)]
+
+
+def test_sigkilled_run_resumes_with_exactly_one_record_per_prompt(tiny_models, tmp_path):
+    import signal
+    import time
+
+    prompts = long_prompts(tmp_path)
+    args = ("method=base", "generation.batch_size=1", "generation.fixed_length=true",
+            "generation.max_new_tokens=150")
+    command = [sys.executable, *stage_command(tiny_models, tmp_path / "run", prompts, *args)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = None
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        found = list((tmp_path / "run" / "outputs" / "generate").glob("jsonl/*/records.jsonl"))
+        if found and found[0].read_text().count("\n") >= 2:
+            records = found[0]
+            break
+        time.sleep(0.2)
+    assert records is not None and process.poll() is None, "the run should still be going after 2 records"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = records.read_text()
+    assert 2 <= before.count("\n") < 6
+
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=600)
+    after = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [r["id"] for r in after] == [f"p{i}" for i in range(6)]
+    assert records.read_text().startswith(before)
+
+    fresh = [sys.executable, *stage_command(tiny_models, tmp_path / "fresh", prompts, *args)]
+    subprocess.run(fresh, cwd=REPO, check=True, capture_output=True, timeout=600)
+    [uninterrupted] = list((tmp_path / "fresh" / "outputs" / "generate").glob("jsonl/*/records.jsonl"))
+    assert [r["response"] for r in after] == [json.loads(x)["response"] for x in uninterrupted.read_text().splitlines()]
+
+
+def test_accelerate_shards_across_two_processes_and_merges(tiny_models, tmp_path):
+    prompts = long_prompts(tmp_path, n=5)
+    args = ("method=base", "generation.batch_size=2")
+    # a single process did part of the work earlier: the sharded run resumes it
+    subprocess.run([sys.executable, *stage_command(tiny_models, tmp_path, prompts, *args, "benchmark.limit=2")],
+                   cwd=REPO, check=True, capture_output=True, timeout=600)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run([*launch, *stage_command(tiny_models, tmp_path, prompts, *args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [folder] = list((tmp_path / "outputs" / "generate" / "jsonl").iterdir())
+    records = [json.loads(line) for line in open(folder / "records.jsonl")]
+    assert [r["id"] for r in records] == [f"p{i}" for i in range(5)]
+    assert not (folder / "shards").exists()
+    assert "[rank 1]" in result.stderr  # both ranks decoded
+    single = subprocess.run([sys.executable, *stage_command(tiny_models, tmp_path / "single", prompts, *args)],
+                            cwd=REPO, capture_output=True, timeout=600)
+    assert single.returncode == 0
+    [alone] = list((tmp_path / "single" / "outputs" / "generate" / "jsonl").iterdir())
+    assert [r["response"] for r in records] == [json.loads(x)["response"] for x in open(alone / "records.jsonl")]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from wsd.store import RecordFile, config_key, slug, write_atomic
+from wsd.store import RecordFile, RunRecords, config_key, slug, write_atomic
 
 
 def test_config_key_is_stable_and_order_free():
@@ -37,3 +37,27 @@ def test_write_atomic_replaces_whole_file(tmp_path):
     write_atomic(target, "two")
     assert target.read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_shards_of_killed_ranks_resume_and_merge_in_order(tmp_path):
+    """Rank 1 of 2 was killed after one record; a later run (any process count) sees every
+    finished record and the merge writes each id once, in benchmark order."""
+    RunRecords(tmp_path).append({"id": "q0"})  # an earlier single-process run
+    RunRecords(tmp_path, rank=0, world=2).append({"id": "q2"})
+    RunRecords(tmp_path, rank=1, world=2).append({"id": "q1"})
+    (tmp_path / "shards" / "rank-1.jsonl").open("a").write('{"id": "q3", "tor')  # killed mid-write
+    assert set(RunRecords(tmp_path).done()) == {"q0", "q1", "q2"}
+    rerun = RunRecords(tmp_path, rank=1, world=3)
+    rerun.append({"id": "q3"})
+    merged = RunRecords(tmp_path).merge(["q0", "q1", "q2", "q3"])
+    assert [r["id"] for r in merged] == ["q0", "q1", "q2", "q3"]
+    assert [json.loads(x)["id"] for x in open(tmp_path / "records.jsonl")] == ["q0", "q1", "q2", "q3"]
+    assert not (tmp_path / "shards").exists()
+
+
+def test_merge_keeps_records_beyond_this_runs_limit(tmp_path):
+    records = RunRecords(tmp_path)
+    for i in ("a", "b", "c"):
+        records.append({"id": i})
+    assert [r["id"] for r in records.merge(["b"])] == ["b"]
+    assert [json.loads(x)["id"] for x in open(tmp_path / "records.jsonl")] == ["b", "a", "c"]

@@ -1,0 +1,207 @@
+"""Generation methods: WSD and the paper's baselines behind one small interface.
+
+A method is anything with `check_fits(prompt_id, messages)` (raises before any decoding if a
+prompt cannot fit) and `generate_many(prompts)`, which yields `(prompt, record)` in input
+order; every record has `response`, `response_tokens`, `stop_reason` and `seconds.total`.
+`METHODS` maps a `conf/method/*.yaml` name to the models it needs and a builder, so a new
+method (best-of-n, ARGS...) is one builder and one config file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from wsd.decoding import (
+    WSDSettings,
+    check_context,
+    chunked_greedy,
+    encode,
+    left_pad,
+    pad_id,
+)
+from wsd.draft_cache import DraftCache
+from wsd.fast import FastOptions, FastWSD
+from wsd.models import LoadedModel
+from wsd.nudging import Nudging, validate_nudging
+from wsd.prompts import (
+    BASE_STOP_STRINGS,
+    DRAFT_STOP_STRINGS,
+    URIAL_STOP_STRINGS,
+    Message,
+    base_prompt,
+    cut_at_stop,
+    load_urial_prefix,
+    pilot_prompt,
+    stop_strings_with_eos,
+    urial_prompt,
+)
+from wsd.reference import ReferenceWSD
+
+
+class Method(Protocol):
+    def check_fits(self, prompt_id: str, messages: list[Message]) -> None: ...
+
+    def generate_many(self, prompts) -> Iterator[tuple[object, dict]]: ...
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What every method shares (`generation` in the config)."""
+
+    max_new_tokens: int = 2048  # response budget; WSD's target_max_tokens
+    batch_size: int = 8
+    chunk_tokens: int = 16  # tokens per batched generate call; finished rows leave between calls
+    fixed_length: bool = False  # benchmarks of speed: no EOS or stop strings, every row runs its budget
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "batch_size", "chunk_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"generation.{name} must be an integer >= 1, got {value!r}")
+
+
+class PromptedModel:
+    """One model decoding greedily from a rendered prompt, in batches: the `base`, `urial`
+    and `pilot` baselines."""
+
+    def __init__(self, loaded: LoadedModel, render: Callable[[list[Message]], str], stops: list[str],
+                 options: DecodeOptions, finish: Callable[[str], str] = lambda text: text):
+        self.loaded, self.render, self.options, self.finish = loaded, render, options, finish
+        self.stops = [] if options.fixed_length else stops
+
+    def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
+        prompt_tokens = len(encode(self.loaded.tokenizer, self.render(messages)))
+        check_context(self.loaded, prompt_id, prompt_tokens, self.options.max_new_tokens, "new")
+
+    def generate_many(self, prompts):
+        size, tok = self.options.batch_size, self.loaded.tokenizer
+        for start in range(0, len(prompts), size):
+            batch = prompts[start : start + size]
+            began = time.perf_counter()
+            ids = [encode(tok, self.render(p.messages)) for p in batch]
+            seqs, mask = left_pad(ids, pad_id(self.loaded), self.loaded.device)
+            generated = chunked_greedy(self.loaded, seqs, mask, None, [self.options.max_new_tokens] * len(batch),
+                                       self.stops, self.options.fixed_length, self.options.chunk_tokens)
+            share = (time.perf_counter() - began) / len(batch)
+            for prompt, prompt_ids, g in zip(batch, ids, generated):
+                text, cut = cut_at_stop(tok.decode(g.ids, skip_special_tokens=True), self.stops)
+                yield prompt, {
+                    "response": self.finish(text),
+                    "response_tokens": len(g.ids),
+                    "stop_reason": "stop_string" if cut and g.stop_reason != "eos" else g.stop_reason,
+                    "prompt_tokens": len(prompt_ids),
+                    "seconds": {"total": share},
+                    "model": self.loaded.name,
+                    "batch_size": len(batch),
+                }
+
+
+class WSDMethod:
+    """Either WSD engine, its records completed with the fields every method has."""
+
+    def __init__(self, engine: FastWSD | ReferenceWSD):
+        self.engine = engine
+
+    def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
+        self.engine.check_fits(prompt_id, messages)
+
+    def generate_many(self, prompts):
+        for prompt, record in self.engine.generate_many(prompts):
+            yield prompt, {**record, "response_tokens": record["keep_count"] + record["continuation_tokens"]}
+
+    @property
+    def counter(self):
+        return getattr(self.engine, "counter", None)
+
+
+# ---------------------------------------------------------------------------------------
+# Builders: (resolved config as a dict, loaded models by role) -> Method
+
+
+def decode_options(cfg: dict) -> DecodeOptions:
+    return DecodeOptions(**cfg["generation"])
+
+
+ENGINES = ("fast", "reference")
+
+
+def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
+    """Validate the `wsd` block: the engine, the switch rule and budgets, the fast options."""
+    w, g = dict(cfg["wsd"]), decode_options(cfg)
+    if w.get("engine") not in ENGINES:
+        raise ValueError(f"unknown wsd.engine {w.get('engine')!r}; accepted: {', '.join(ENGINES)}")
+    settings = WSDSettings(window=w["window"], threshold=w["threshold"], draft_max_tokens=w["draft_max_tokens"],
+                           target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length)
+    options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w["early_stop"])
+    return w["engine"], settings, options
+
+
+def build_wsd(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+    engine, settings, options = wsd_settings(cfg)
+    pilot, base = models["pilot"], models["base"]
+    if engine == "reference":
+        return WSDMethod(ReferenceWSD(pilot, base, settings))
+    draft_cache = None
+    if cfg.get("draft_cache_dir"):
+        identity = {"pilot": cfg["pilot"], "base": cfg["base"], "draft_max_tokens": settings.draft_max_tokens,
+                    "fixed_length": settings.fixed_length, "seed": cfg["seed"]}
+        draft_cache = DraftCache(cfg["draft_cache_dir"], identity)
+    return WSDMethod(FastWSD(pilot, base, settings, options, draft_cache))
+
+
+def build_base(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+    """The base model alone, zero-shot, in the plain role-tagged format WSD hands over in."""
+    base = models["base"]
+    return PromptedModel(base, lambda messages: base_prompt(messages, base.tokenizer.bos_token),
+                         stop_strings_with_eos(BASE_STOP_STRINGS, base.tokenizer), decode_options(cfg))
+
+
+def build_urial(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+    """The base model with URIAL's in-context alignment prefix (ours by default)."""
+    base = models["base"]
+    prefix = load_urial_prefix(cfg["method"].get("prompt_file"))
+    stops = stop_strings_with_eos(URIAL_STOP_STRINGS, base.tokenizer)
+    return PromptedModel(base, lambda messages: urial_prompt(prefix, messages, base.tokenizer.bos_token),
+                         stops, decode_options(cfg), finish=lambda text: text.rstrip().removesuffix("```").rstrip())
+
+
+def build_pilot(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+    """The pilot alone, with its chat template."""
+    pilot = models["pilot"]
+    return PromptedModel(pilot, lambda messages: pilot_prompt(pilot.tokenizer, messages),
+                         stop_strings_with_eos(DRAFT_STOP_STRINGS, pilot.tokenizer), decode_options(cfg))
+
+
+def build_nudging(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+    options, params = decode_options(cfg), cfg["method"]
+    return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
+                   threshold=params["threshold"], word_max_tokens=params["word_max_tokens"])
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    roles: tuple[str, ...]  # the models it loads: "pilot", "base"
+    build: Callable[[dict, dict[str, LoadedModel]], Method]
+    check: Callable[[dict], object]  # validates the config in milliseconds, before models load
+    uses_wsd_block: bool = False  # whether the `wsd` settings change its results
+
+
+METHODS = {
+    "wsd": MethodEntry(("pilot", "base"), build_wsd, wsd_settings, uses_wsd_block=True),
+    "base": MethodEntry(("base",), build_base, decode_options),
+    "urial": MethodEntry(("base",), build_urial,
+                         lambda cfg: (decode_options(cfg), load_urial_prefix(cfg["method"].get("prompt_file")))),
+    "pilot": MethodEntry(("pilot",), build_pilot, decode_options),
+    "nudging": MethodEntry(("pilot", "base"), build_nudging,
+                           lambda cfg: (decode_options(cfg), validate_nudging(cfg["method"]["threshold"],
+                                                                              cfg["method"]["word_max_tokens"]))),
+}
+
+
+def method_entry(name: str) -> MethodEntry:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; accepted: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
