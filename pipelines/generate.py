@@ -14,7 +14,7 @@ import logging
 import os
 import statistics
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import hydra
@@ -46,18 +46,23 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_root) / "generate" / cfg.benchmark.name / name
 
 
-# Loaded models stay in memory across the jobs of a multirun; only the current job's are kept.
-_POOL: dict[str, LoadedModel] = {}
+# Loaded models stay in memory across the jobs of a multirun, so a grid over benchmarks and
+# methods loads its pilot and base once. At most two are kept (what WSD needs); the least
+# recently used leaves first.
+_POOL: OrderedDict[str, LoadedModel] = OrderedDict()
+_POOL_SIZE = 2
 
 
-def pooled_models(specs: dict[str, ModelSpec], cache_dir: str) -> dict[str, LoadedModel]:
-    keys = {role: repr(spec) for role, spec in specs.items()}
-    for key in set(_POOL) - set(keys.values()):
-        del _POOL[key]
-    for role, spec in specs.items():
-        if keys[role] not in _POOL:
-            _POOL[keys[role]] = load_model(spec, cache_dir)
-    return {role: _POOL[key] for role, key in keys.items()}
+def pooled_models(needed: dict[str, ModelSpec], cache_dir: str) -> dict[str, LoadedModel]:
+    for spec in needed.values():
+        key = repr(spec)
+        if key in _POOL:
+            _POOL.move_to_end(key)
+            continue
+        while len(_POOL) >= _POOL_SIZE:
+            _POOL.popitem(last=False)
+        _POOL[key] = load_model(spec, cache_dir)
+    return {role: _POOL[repr(spec)] for role, spec in needed.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,11 +212,7 @@ def run(cfg: DictConfig) -> dict | None:
         if missing:
             raise RuntimeError(f"{len(missing)} prompts have no record after all ranks finished: {missing[:5]}")
         write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        alpaca = [{"instruction": r["prompt"], "output": r["response"], "generator": generator,
-                   **({"dataset": p.meta["dataset"]} if p.meta.get("dataset") else {}),
-                   **({"turn": r["turn"]} if r["turn"] > 1 or p.followups else {})}
-                  for r, p in zip(merged, _turn_prompts(prompts))]
-        write_atomic(out / "alpaca_eval.json", json.dumps(alpaca, indent=1, ensure_ascii=False))
+        write_alpaca_eval(out / "alpaca_eval.json", merged, prompts, generator)
         summary = {**summarize(merged, method_name), "method": method_name, "benchmark": cfg.benchmark.name,
                    "generator": generator, "written_now": written, "wall_seconds_now": wall,
                    "forward_passes": getattr(method, "counter", None),
@@ -228,9 +229,15 @@ def run(cfg: DictConfig) -> dict | None:
     return summary
 
 
-def _turn_prompts(prompts: list[Prompt]) -> list[Prompt]:
-    """Each question once per turn, aligned with the merged records of `order`."""
-    return [p for p in prompts for _ in p.turn_ids]
+def write_alpaca_eval(path: Path, records: list[dict], prompts: list[Prompt], generator: str) -> None:
+    """alpaca_eval's model-outputs format, one entry per record (records in `turn_ids` order
+    of `prompts`); multi-turn benchmarks add the turn."""
+    questions = [p for p in prompts for _ in p.turn_ids]
+    rows = [{"instruction": r["prompt"], "output": r["response"], "generator": generator,
+             **({"dataset": p.meta["dataset"]} if p.meta.get("dataset") else {}),
+             **({"turn": r["turn"]} if r["turn"] > 1 or p.followups else {})}
+            for r, p in zip(records, questions)]
+    write_atomic(path, json.dumps(rows, indent=1, ensure_ascii=False))
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

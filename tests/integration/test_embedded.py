@@ -48,6 +48,28 @@ def test_embedded_pair_generates_records(fast_records):
         assert "[User]" not in r["response"]
 
 
+def test_pilot_baseline_is_the_wsd_draft(tmp_path):
+    """The pilot alone with a 24-token budget writes exactly WSD's full 24-token drafts."""
+    drafts = run_stage(tmp_path, "wsd.early_stop=false")
+    pilot = run_stage(tmp_path, "method=pilot", "generation.max_new_tokens=24")
+    assert [r["response"] for r in pilot] == [r["draft"] for r in drafts]
+
+
+def test_nudging_that_never_hands_over_is_the_base_baseline(tmp_path):
+    base = run_stage(tmp_path, "method=base", "benchmark.limit=2")
+    nudging = run_stage(tmp_path, "method=nudging", "method.threshold=1e-9", "benchmark.limit=2")
+    assert [r["handovers"] for r in nudging] == [0, 0]
+    assert [r["response"] for r in nudging] == [r["response"] for r in base]
+
+
+def test_urial_and_nudging_answer_in_their_own_format(tmp_path):
+    for record in run_stage(tmp_path, "method=urial", "benchmark.limit=2"):
+        assert "# Query" not in record["response"] and not record["response"].endswith("```")
+    for record in run_stage(tmp_path, "method=nudging", "benchmark.limit=2"):
+        assert record["handovers"] >= 1 and 0 < record["pilot_char_share"] <= 1
+        assert record["pilot_words"][0].strip() in record["response"]
+
+
 CONVERT = """
 import sys
 from omegaconf import OmegaConf

@@ -220,9 +220,11 @@ def test_methods_of_one_process_reuse_loaded_models(tiny_models, tmp_path, promp
     real = generate.load_model
     monkeypatch.setattr(generate, "load_model", lambda spec, cache: loads.append(spec.name) or real(spec, cache))
     generate._POOL.clear()
-    for method in ("base", "urial", "wsd", "pilot"):
+    for method in ("base", "urial", "pilot", "wsd", "nudging", "base"):
         run_tiny(tiny_models, tmp_path, prompt_file, f"method={method}", "benchmark.limit=1")
     assert loads == ["tiny-base", "tiny-pilot"]
+    run_tiny(tiny_models, tmp_path, prompt_file, "method=pilot", "pilot.name=other-pilot", "benchmark.limit=1")
+    assert loads == ["tiny-base", "tiny-pilot", "other-pilot"] and len(generate._POOL) == 2
 
 
 def test_wandb_offline_run_is_written_and_readable(tiny_models, tmp_path, prompt_file):
