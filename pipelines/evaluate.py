@@ -1,0 +1,147 @@
+"""Evaluate stage: one judge over one finished generation run -> per-item scores (JSONL,
+resumable per item) and a summary with n and a bootstrap 95% interval per metric.
+
+    python -m pipelines.evaluate benchmark=harmful method=wsd judge=harmlessness benchmark.limit=8
+    python -m pipelines.evaluate -m benchmark=alpaca_eval method=base,wsd judge=reference_similarity
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from eval.judges import JUDGES, build_judge, reference_for
+from eval.stats import bootstrap
+from pipelines import generate
+from wsd.benchmarks import load_benchmark
+from wsd.store import RecordFile, RunRecords, config_key, write_atomic
+from wsd.tracking import tracked, validate_logger
+
+log = logging.getLogger("wsd.evaluate")
+
+RECORD_FIELDS = ("id", "turn", "prompt", "messages", "response")
+
+
+def judge_dir(cfg: DictConfig, generation: Path) -> Path:
+    judge = OmegaConf.to_container(cfg.judge, resolve=True)
+    return (Path(cfg.output_root) / "evaluate" / cfg.benchmark.name / generation.name /
+            f"{judge['name']}__{config_key(judge)}")
+
+
+def generation_items(cfg: DictConfig) -> tuple[Path, list[dict]]:
+    """The finished generation run this config names, as judge items in benchmark order:
+    each record with its benchmark `reference` for that turn."""
+    folder = generate.run_dir(cfg)
+    summary_path = folder / "summary.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(
+            f"no finished generation run at {folder}; run `python -m pipelines.generate` with the same "
+            "overrides first")
+    prompts = load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True))
+    meta = {p.question_id: p.meta for p in prompts}
+    wanted = [i for p in prompts for i in p.turn_ids]
+    records = RunRecords(folder).done()
+    missing = [i for i in wanted if i not in records]
+    if missing:
+        raise ValueError(f"the generation run at {folder} has no record for {len(missing)} prompts "
+                         f"(first: {missing[0]!r}); finish it with `python -m pipelines.generate` first")
+    items = []
+    for prompt_id in wanted:
+        record = records[prompt_id]
+        absent = [f for f in RECORD_FIELDS if f not in record]
+        if absent:
+            raise ValueError(f"{folder / 'records.jsonl'}: record {prompt_id!r} lacks {', '.join(absent)}")
+        question = record.get("question_id", prompt_id)
+        items.append({**{f: record[f] for f in RECORD_FIELDS}, "question_id": question,
+                      "reference": reference_for(meta.get(question, {}), record["turn"])})
+    return folder, items
+
+
+def summarize(scores: list[dict], resamples: int, seed: int) -> dict:
+    """Per metric: mean, bootstrap 95% interval and n over the items the judge could score."""
+    metrics = {}
+    keys = dict.fromkeys(k for s in scores if s["scores"] for k in s["scores"])
+    for key in keys:
+        values = [s["scores"][key] for s in scores if s["scores"] and s["scores"].get(key) is not None]
+        metrics[key] = bootstrap(values, resamples=resamples, seed=seed).as_dict()
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict:
+    """Check the inputs (judge name, generation records) before loading the judge's model,
+    then score only the items not yet scored."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resolved["judge"].get("name") not in JUDGES:
+        raise ValueError(f"unknown judge {resolved['judge'].get('name')!r}; accepted: {', '.join(sorted(JUDGES))}")
+    validate_logger(resolved["logger"])
+    generation, items = generation_items(cfg)
+    out = judge_dir(cfg, generation)
+    out.mkdir(parents=True, exist_ok=True)
+    score_file = RecordFile(out / "scores.jsonl")
+    done = {s["id"]: s for s in score_file.read()}
+    todo = [item for item in items if item["id"] not in done]
+    name = resolved["judge"]["name"]
+    log.info("judge %s on %s: %d items, %d already scored, in %s", name, generation.name, len(items),
+             len(items) - len(todo), out)
+    with tracked(resolved["logger"], stage="evaluate", group=cfg.name, config=resolved, folder=out,
+                 name=f"{cfg.benchmark.name}/{generation.name}/{name}") as tracker:
+        judge = build_judge(resolved["judge"])  # loads its model: fails here with the model's name
+        if todo:
+            from tqdm import tqdm
+
+            with tqdm(total=len(todo), desc=f"{name} {generation.name}", unit="item") as progress:
+                for start in range(0, len(todo), cfg.score_batch_size):
+                    batch = todo[start : start + cfg.score_batch_size]
+                    for item, scores in zip(batch, judge.score(batch)):
+                        row = {"id": item["id"], "question_id": item["question_id"], "turn": item["turn"],
+                               "judge": name, "scores": scores}
+                        score_file.append(row)
+                        done[item["id"]] = row
+                    progress.update(len(batch))
+        scores = [done[item["id"]] for item in items]
+        summary = {"judge": name, "proxy": judge.proxy, "benchmark": cfg.benchmark.name,
+                   "method": cfg.method.name, "generation": str(generation), "items": len(items),
+                   "metrics": summarize(scores, cfg.bootstrap_resamples, cfg.seed),
+                   "scores": str(score_file.path)}
+        write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+        tracker.table("scores", [{"id": s["id"], **(s["scores"] or {})} for s in scores])
+        tracker.summary({f"{k}/{stat}": v for k, est in summary["metrics"].items() for stat, v in est.items()})
+    for key, est in summary["metrics"].items():
+        log.info("%s%s: %.3f [%.3f, %.3f] (n=%d)", key, " (proxy)" if judge.proxy else "", est["mean"], est["low"],
+                 est["high"], est["n"])
+    return summary
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """This stage's config as `python -m pipelines.evaluate <overrides>` builds it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(generate.CONF), version_base="1.3"):
+        return hydra_compose("evaluate", overrides=overrides)
+
+
+def print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    label = " (offline proxy)" if summary["proxy"] else ""
+    table = Table(title=f"{summary['judge']}{label}: {summary['method']} on {summary['benchmark']}")
+    for column in ("metric", "mean", "95% interval", "n"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, est in summary["metrics"].items():
+        table.add_row(key, f"{est['mean']:.3f}", f"[{est['low']:.3f}, {est['high']:.3f}]", str(est["n"]))
+    Console().print(table)
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    print_table(run(cfg))
+
+
+if __name__ == "__main__":
+    main()
