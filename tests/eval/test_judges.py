@@ -99,3 +99,31 @@ def test_unknown_judge_and_a_judge_model_that_does_not_load(tmp_path):
         build_judge({"name": "gpt5"})
     with pytest.raises(ValueError, match="judge model '.*nothing-here' does not load"):
         build_judge({"name": "reward_model", "model": str(tmp_path / "nothing-here")})
+
+
+@pytest.fixture(scope="module")
+def pairwise(tiny_models, tmp_path_factory):
+    from eval.judges import PairwiseLLMJudge
+
+    return PairwiseLLMJudge(model={"name": "tiny-judge", "path": tiny_models["pilot"]},
+                            model_cache_dir=str(tmp_path_factory.mktemp("cache")), batch_size=3)
+
+
+def test_pairwise_judge_both_orders_cancel_position(pairwise):
+    x, y = "Paris is the capital of France.", "I like turtles."
+    items = [{"prompt": "What is the capital of France?", "response": x, "reference": y},
+             {"prompt": "What is the capital of France?", "response": y, "reference": x},
+             {"prompt": "What is the capital of France?", "response": x, "reference": x},
+             {"prompt": "Hi", "response": x, "reference": None}]
+    forward, swapped, same, none = pairwise.score(items)
+    assert forward["win"] + swapped["win"] == pytest.approx(1.0, abs=1e-5)
+    assert forward["win_as_a"] == pytest.approx(1 - swapped["win_as_b"], abs=1e-5)
+    assert same["win"] == pytest.approx(0.5, abs=1e-6)
+    assert none is None
+    assert 0.0 <= forward["win"] <= 1.0 and forward["consistent"] in (0.0, 1.0)
+
+
+def test_pairwise_prompt_shows_both_answers_in_order(pairwise):
+    text = pairwise._prompt("Q?", "first answer", "second answer")
+    assert text.index("[Answer A]\nfirst answer") < text.index("[Answer B]\nsecond answer")
+    assert text.startswith(pairwise._judge.tokenizer.bos_token or "")
