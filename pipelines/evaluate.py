@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from eval.judges import JUDGES, build_judge, reference_for
-from eval.stats import bootstrap
+from eval.stats import bootstrap, bootstrap_ratio
 from pipelines import generate
 from wsd.benchmarks import load_benchmark
 from wsd.store import RecordFile, RunRecords, config_key, write_atomic
@@ -34,7 +34,7 @@ def judge_dir(cfg: DictConfig, generation: Path) -> Path:
 
 def generation_items(cfg: DictConfig) -> tuple[Path, list[dict]]:
     """The finished generation run this config names, as judge items in benchmark order:
-    each record with its benchmark `reference` for that turn."""
+    each record with its benchmark `meta` and `reference` for that turn."""
     folder = generate.run_dir(cfg)
     summary_path = folder / "summary.json"
     if not summary_path.exists():
@@ -57,17 +57,23 @@ def generation_items(cfg: DictConfig) -> tuple[Path, list[dict]]:
             raise ValueError(f"{folder / 'records.jsonl'}: record {prompt_id!r} lacks {', '.join(absent)}")
         question = record.get("question_id", prompt_id)
         items.append({**{f: record[f] for f in RECORD_FIELDS}, "question_id": question,
+                      "meta": meta.get(question, {}),
                       "reference": reference_for(meta.get(question, {}), record["turn"])})
     return folder, items
 
 
-def summarize(scores: list[dict], resamples: int, seed: int) -> dict:
-    """Per metric: mean, bootstrap 95% interval and n over the items the judge could score."""
+def summarize(scores: list[dict], resamples: int, seed: int, ratios: dict | None = None) -> dict:
+    """Per metric: mean, bootstrap 95% interval and n over the items the judge could score;
+    a judge's `ratios` are reported as ratios of sums (micro averages)."""
     metrics = {}
-    keys = dict.fromkeys(k for s in scores if s["scores"] for k in s["scores"])
-    for key in keys:
-        values = [s["scores"][key] for s in scores if s["scores"] and s["scores"].get(key) is not None]
+    scored = [s["scores"] for s in scores if s["scores"]]
+    for key in dict.fromkeys(k for s in scored for k in s):
+        values = [s[key] for s in scored if s.get(key) is not None]
         metrics[key] = bootstrap(values, resamples=resamples, seed=seed).as_dict()
+    for key, (numerator, denominator) in (ratios or {}).items():
+        if scored:
+            metrics[key] = bootstrap_ratio([s[numerator] for s in scored], [s[denominator] for s in scored],
+                                           resamples=resamples, seed=seed).as_dict()
     return metrics
 
 
@@ -105,7 +111,7 @@ def run(cfg: DictConfig) -> dict:
         scores = [done[item["id"]] for item in items]
         summary = {"judge": name, "proxy": judge.proxy, "benchmark": cfg.benchmark.name,
                    "method": cfg.method.name, "generation": str(generation), "items": len(items),
-                   "metrics": summarize(scores, cfg.bootstrap_resamples, cfg.seed),
+                   "metrics": summarize(scores, cfg.bootstrap_resamples, cfg.seed, getattr(judge, "ratios", None)),
                    "scores": str(score_file.path)}
         write_atomic(out / "summary.json", json.dumps(summary, indent=1))
         tracker.table("scores", [{"id": s["id"], **(s["scores"] or {})} for s in scores])

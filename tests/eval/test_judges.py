@@ -95,7 +95,7 @@ def test_reward_model_scores_match_a_direct_forward_and_win_against_the_referenc
 
 
 def test_unknown_judge_and_a_judge_model_that_does_not_load(tmp_path):
-    with pytest.raises(ValueError, match="unknown judge 'gpt5'; accepted: harmlessness, reference_similarity"):
+    with pytest.raises(ValueError, match="unknown judge .gpt5.; accepted: harmlessness, ifeval, local_llm_judge, reference_similarity, reward_model"):
         build_judge({"name": "gpt5"})
     with pytest.raises(ValueError, match="judge model '.*nothing-here' does not load"):
         build_judge({"name": "reward_model", "model": str(tmp_path / "nothing-here")})
@@ -127,3 +127,39 @@ def test_pairwise_prompt_shows_both_answers_in_order(pairwise):
     text = pairwise._prompt("Q?", "first answer", "second answer")
     assert text.index("[Answer A]\nfirst answer") < text.index("[Answer B]\nsecond answer")
     assert text.startswith(pairwise._judge.tokenizer.bos_token or "")
+
+
+@pytest.fixture(scope="module")
+def ifeval_judge(tmp_path_factory):
+    from eval.judges import IFEvalJudge
+
+    return IFEvalJudge(nltk_data_dir=str(tmp_path_factory.mktemp("nltk_data")))
+
+
+def ifeval_item(response, ids, kwargs):
+    return {"prompt": "Follow the instructions.", "response": response,
+            "meta": {"key": 1, "instruction_id_list": ids, "kwargs": kwargs}}
+
+
+def test_ifeval_checks_pass_and_fail_known_instructions(ifeval_judge):
+    passing = ifeval_item("leaves fall softly now. autumn wind carries them far. silence fills the field.",
+                          ["punctuation:no_comma", "change_case:english_lowercase",
+                           "length_constraints:number_sentences"],
+                          [{}, {}, {"relation": "at least", "num_sentences": 3}])
+    failing = ifeval_item("Hello, World. This is Fine.", ["punctuation:no_comma", "change_case:english_lowercase"],
+                          [{}, {}])
+    partly = ifeval_item("no commas here and all lowercase", ["punctuation:no_comma",
+                                                               "detectable_format:number_bullet_lists"],
+                         [{}, {"num_bullets": 2}])
+    good, bad, half = ifeval_judge.score([passing, failing, partly])
+    assert (good["prompt_strict"], good["followed_strict"], good["instructions"]) == (1.0, 3.0, 3.0)
+    assert (bad["prompt_strict"], bad["followed_strict"]) == (0.0, 0.0)
+    assert (half["prompt_strict"], half["followed_strict"], half["instructions"]) == (0.0, 1.0, 2.0)
+    assert ifeval_judge.score([{"prompt": "x", "response": "y", "meta": {}}]) == [None]
+
+
+def test_punkt_tab_is_installed_offline_from_the_registry_package(ifeval_judge):
+    import nltk
+
+    sentences = nltk.sent_tokenize("Dr. Smith arrived at 5 p.m. on Monday. It rained. We left.")
+    assert sentences == ["Dr. Smith arrived at 5 p.m. on Monday.", "It rained.", "We left."]

@@ -19,3 +19,11 @@ def test_constant_values_have_a_zero_width_interval():
 def test_no_values_is_an_error():
     with pytest.raises(ValueError, match="no values"):
         bootstrap([])
+
+
+def test_ratio_of_sums_is_a_micro_average():
+    from eval.stats import bootstrap_ratio
+
+    est = bootstrap_ratio([1, 3], [1, 4])  # per item 1.0 and 0.75; over instructions 4 of 5
+    assert est.mean == pytest.approx(0.8) and est.n == 2
+    assert est.low <= 0.8 <= est.high
