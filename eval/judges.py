@@ -22,7 +22,8 @@ from wsd.store import write_atomic
 
 class Judge(Protocol):
     """Optionally also `ratios`: metric -> (numerator key, denominator key), reported as a
-    ratio of sums over items."""
+    ratio of sums over items; and `set_metrics(scores) -> dict`, metrics of the whole set
+    (alpaca_eval's win rate)."""
 
     name: str
     proxy: bool
@@ -264,6 +265,43 @@ class PairwiseLLMJudge:
 
 
 # ---------------------------------------------------------------------------------------
+# alpaca_eval: its metric code on pairwise annotations (output_1 = reference, output_2 = ours)
+
+
+@dataclass
+class AlpacaEvalJudge:
+    """AlpacaEval-style win rate against the reference outputs, computed by alpaca_eval's
+    own metric code (`alpaca_eval.metrics.get_winrate`) on annotations in its convention
+    (preference 1 = reference wins, 2 = our response wins, fractional = weighted).
+
+    Offline the annotations come from the local pairwise judge (`local_judge`: its
+    order-averaged win probability, like alpaca_eval's weighted annotators), so the win rate
+    is an offline proxy. alpaca_eval's GPT-4 annotators and the length-controlled win rate
+    need an API endpoint and the Hub (instruction difficulties); they are not wired here yet."""
+
+    local_judge: dict = None  # PairwiseLLMJudge parameters
+    name: str = "alpaca_eval"
+    proxy: bool = True
+
+    def __post_init__(self):
+        from alpaca_eval.metrics import get_winrate
+
+        self._get_winrate = get_winrate
+        self._annotator = PairwiseLLMJudge(**(self.local_judge or {}))
+
+    def score(self, items: list[dict]) -> list[dict | None]:
+        return [None if s is None else {"preference": 1.0 + s["win"]} for s in self._annotator.score(items)]
+
+    def set_metrics(self, scores: list[dict]) -> dict:
+        """alpaca_eval's head-to-head metrics over all annotated items."""
+        preferences = [s["preference"] for s in scores if s]
+        if not preferences:
+            return {}
+        out = self._get_winrate([{"preference": p} for p in preferences])
+        return {"alpaca_eval": {k: float(v) for k, v in out.items()}}
+
+
+# ---------------------------------------------------------------------------------------
 # IFEval: the official verifiable-instruction checks (lm-eval's copy of Google's code)
 
 
@@ -343,6 +381,7 @@ JUDGES: dict[str, Callable[..., Judge]] = {
     "reward_model": RewardModelJudge,
     "local_llm_judge": PairwiseLLMJudge,
     "ifeval": IFEvalJudge,
+    "alpaca_eval": AlpacaEvalJudge,
 }
 
 

@@ -109,13 +109,16 @@ def run(cfg: DictConfig) -> dict:
                         done[item["id"]] = row
                     progress.update(len(batch))
         scores = [done[item["id"]] for item in items]
+        set_metrics = judge.set_metrics([s["scores"] for s in scores]) if hasattr(judge, "set_metrics") else {}
         summary = {"judge": name, "proxy": judge.proxy, "benchmark": cfg.benchmark.name,
                    "method": cfg.method.name, "generation": str(generation), "items": len(items),
                    "metrics": summarize(scores, cfg.bootstrap_resamples, cfg.seed, getattr(judge, "ratios", None)),
+                   "set_metrics": set_metrics,
                    "scores": str(score_file.path)}
         write_atomic(out / "summary.json", json.dumps(summary, indent=1))
         tracker.table("scores", [{"id": s["id"], **(s["scores"] or {})} for s in scores])
-        tracker.summary({f"{k}/{stat}": v for k, est in summary["metrics"].items() for stat, v in est.items()})
+        tracker.summary({f"{k}/{stat}": v for k, est in {**summary["metrics"], **set_metrics}.items()
+                         for stat, v in est.items()})
     for key, est in summary["metrics"].items():
         log.info("%s%s: %.3f [%.3f, %.3f] (n=%d)", key, " (proxy)" if judge.proxy else "", est["mean"], est["low"],
                  est["high"], est["n"])
@@ -142,6 +145,8 @@ def print_table(summary: dict) -> None:
     for key, est in summary["metrics"].items():
         table.add_row(key, f"{est['mean']:.3f}", f"[{est['low']:.3f}, {est['high']:.3f}]", str(est["n"]))
     Console().print(table)
+    for name, values in summary["set_metrics"].items():
+        Console().print(f"{name}{label}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")

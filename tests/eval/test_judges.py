@@ -95,7 +95,8 @@ def test_reward_model_scores_match_a_direct_forward_and_win_against_the_referenc
 
 
 def test_unknown_judge_and_a_judge_model_that_does_not_load(tmp_path):
-    with pytest.raises(ValueError, match="unknown judge .gpt5.; accepted: harmlessness, ifeval, local_llm_judge, reference_similarity, reward_model"):
+    accepted = "alpaca_eval, harmlessness, ifeval, local_llm_judge, reference_similarity, reward_model"
+    with pytest.raises(ValueError, match=f"unknown judge .gpt5.; accepted: {accepted}"):
         build_judge({"name": "gpt5"})
     with pytest.raises(ValueError, match="judge model '.*nothing-here' does not load"):
         build_judge({"name": "reward_model", "model": str(tmp_path / "nothing-here")})
@@ -163,3 +164,18 @@ def test_punkt_tab_is_installed_offline_from_the_registry_package(ifeval_judge):
 
     sentences = nltk.sent_tokenize("Dr. Smith arrived at 5 p.m. on Monday. It rained. We left.")
     assert sentences == ["Dr. Smith arrived at 5 p.m. on Monday.", "It rained.", "We left."]
+
+
+def test_alpaca_eval_metrics_on_a_fixture_annotation_set(tiny_models, tmp_path):
+    from eval.judges import AlpacaEvalJudge
+
+    judge = AlpacaEvalJudge(local_judge={"model": {"name": "tiny-judge", "path": tiny_models["pilot"]},
+                                         "model_cache_dir": str(tmp_path)})
+    metrics = judge.set_metrics([{"preference": 1.0}, {"preference": 2.0}, {"preference": 2.0},
+                                 {"preference": 1.5}, None])["alpaca_eval"]
+    assert metrics["win_rate"] == pytest.approx(62.5)  # mean(preference - 1) in percent
+    assert (metrics["n_wins"], metrics["n_wins_base"], metrics["n_draws"], metrics["n_total"]) == (2, 1, 1, 4)
+    items = [{"prompt": "Q?", "response": "An answer.", "reference": "Another answer."},
+             {"prompt": "Q?", "response": "An answer.", "reference": None}]
+    scored, unscored = judge.score(items)
+    assert 1.0 <= scored["preference"] <= 2.0 and unscored is None
