@@ -155,6 +155,7 @@ class RewardModelJudge:
                              "a reward model has one scalar output")
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._tokenizer.truncation_side = "left"  # over-long inputs lose the prompt's start, not the answer
         self._model.config.pad_token_id = self._tokenizer.pad_token_id
 
     def _text(self, messages: list[dict], response: str) -> str:
@@ -170,8 +171,10 @@ class RewardModelJudge:
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
+                templated = bool(getattr(self._tokenizer, "chat_template", None))  # the template writes BOS
                 batch = self._tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                        truncation=True, max_length=self.max_length)
+                                        truncation=True, max_length=self.max_length,
+                                        add_special_tokens=not templated)
                 out += self._model(**batch).logits[:, 0].float().tolist()
         return out
 
@@ -201,6 +204,15 @@ PAIRWISE_PROMPT = (
     "[Question]\n{question}\n\n[Answer A]\n{a}\n\n[Answer B]\n{b}\n\n"
     "Reply with one letter, A or B."
 )
+
+
+def _conversation(item: dict) -> str:
+    """The question a pairwise judge sees: the last user turn, after any earlier turns
+    (MT-Bench's turn 2 refers to turn 1)."""
+    messages = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
 @dataclass
@@ -253,7 +265,7 @@ class PairwiseLLMJudge:
         judged = [i for i, item in enumerate(items) if item.get("reference")]
         pairs = []
         for i in judged:
-            question, response, reference = items[i]["prompt"], items[i]["response"], items[i]["reference"]
+            question, response, reference = _conversation(items[i]), items[i]["response"], items[i]["reference"]
             pairs += [(question, response, reference), (question, reference, response)]
         probs = self.prefer_a(pairs)
         results: list[dict | None] = [None] * len(items)

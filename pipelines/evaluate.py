@@ -26,10 +26,25 @@ log = logging.getLogger("wsd.evaluate")
 RECORD_FIELDS = ("id", "turn", "prompt", "messages", "response")
 
 
+# Judge settings that change where or how fast, not what, it scores: left out of the folder key.
+_NOT_RESULTS = ("model_cache_dir", "nltk_data_dir", "batch_size")
+
+
+def _result_keys(value):
+    if isinstance(value, dict):
+        return {k: _result_keys(v) for k, v in value.items() if k not in _NOT_RESULTS}
+    return value
+
+
 def judge_dir(cfg: DictConfig, generation: Path) -> Path:
     judge = OmegaConf.to_container(cfg.judge, resolve=True)
     return (Path(cfg.output_root) / "evaluate" / cfg.benchmark.name / generation.name /
-            f"{judge['name']}__{config_key(judge)}")
+            f"{judge['name']}__{config_key(_result_keys(judge))}")
+
+
+def item_key(item: dict) -> str:
+    """What a score depends on: a regenerated response (or a changed reference) is rescored."""
+    return config_key([item["response"], item.get("reference")])
 
 
 def generation_items(cfg: DictConfig) -> tuple[Path, list[dict]]:
@@ -88,7 +103,8 @@ def run(cfg: DictConfig) -> dict:
     out = judge_dir(cfg, generation)
     out.mkdir(parents=True, exist_ok=True)
     score_file = RecordFile(out / "scores.jsonl")
-    done = {s["id"]: s for s in score_file.read()}
+    keys = {item["id"]: item_key(item) for item in items}
+    done = {s["id"]: s for s in score_file.read() if s.get("item_key") == keys.get(s["id"])}
     todo = [item for item in items if item["id"] not in done]
     name = resolved["judge"]["name"]
     log.info("judge %s on %s: %d items, %d already scored, in %s", name, generation.name, len(items),
@@ -104,7 +120,7 @@ def run(cfg: DictConfig) -> dict:
                     batch = todo[start : start + cfg.score_batch_size]
                     for item, scores in zip(batch, judge.score(batch)):
                         row = {"id": item["id"], "question_id": item["question_id"], "turn": item["turn"],
-                               "judge": name, "scores": scores}
+                               "judge": name, "item_key": keys[item["id"]], "scores": scores}
                         score_file.append(row)
                         done[item["id"]] = row
                     progress.update(len(batch))

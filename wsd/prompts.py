@@ -83,8 +83,10 @@ def stop_strings_with_eos(stop_strings: Sequence[str], tokenizer) -> list[str]:
 #: The default URIAL prefix (instruction + restyled examples), written for this project.
 URIAL_DEFAULT = Path(__file__).with_name("data") / "urial.txt"
 
-#: Strings that end a URIAL answer (its closing fence, or the model starting a new query).
-URIAL_STOP_STRINGS = ("```", "# Query:", "# Answer:")
+#: Strings that end a URIAL answer: the model starting a new block, as URIAL's own code
+#: stops (a fence alone may open a code block inside the answer; the closing fence is
+#: stripped afterwards).
+URIAL_STOP_STRINGS = ("# Query:", "# Answer:")
 
 
 def load_urial_prefix(path: str | Path | None) -> str:

@@ -35,16 +35,15 @@ class RecordFile:
 
     def __init__(self, path: Path):
         self.path = path
+        self._tail_checked = False
 
     def read(self) -> list[dict]:
-        """All complete records; a torn last line (a kill mid-write) is dropped from the file."""
+        """All complete records. A torn last line (a writer killed mid-write) is ignored, not
+        removed: the reader may be another stage while the writer is still running."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) != len(data):
-            with self.path.open("r+b") as f:
-                f.truncate(len(complete))
         records = []
         for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
             try:
@@ -54,6 +53,14 @@ class RecordFile:
         return records
 
     def append(self, record: dict) -> None:
+        """Append one record and flush; a writer's first append first drops a torn last line
+        that a killed earlier writer left."""
+        if not self._tail_checked and self.path.exists():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with self.path.open("r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+        self._tail_checked = True
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()

@@ -87,7 +87,8 @@ def test_reward_model_scores_match_a_direct_forward_and_win_against_the_referenc
     scores = judge.score(items)
     text = judge._tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": "Blue."}], tokenize=False)
     with torch.inference_mode():
-        direct = judge._model(**judge._tokenizer([text], return_tensors="pt")).logits[0, 0].item()
+        inputs = judge._tokenizer([text], return_tensors="pt", add_special_tokens=False)  # BOS is in the template
+        direct = judge._model(**inputs).logits[0, 0].item()
     assert scores[0]["reward"] == pytest.approx(direct, abs=1e-4)
     assert scores[0]["win"] == (1.0 if scores[0]["reward"] > scores[0]["reference_reward"] else 0.0)
     assert scores[1]["win"] == 0.5  # the same text as its reference: a tie
@@ -179,3 +180,14 @@ def test_alpaca_eval_metrics_on_a_fixture_annotation_set(tiny_models, tmp_path):
              {"prompt": "Q?", "response": "An answer.", "reference": None}]
     scored, unscored = judge.score(items)
     assert 1.0 <= scored["preference"] <= 2.0 and unscored is None
+
+
+def test_pairwise_judge_sees_earlier_turns():
+    from eval.judges import _conversation
+
+    single = {"prompt": "Q1", "messages": [{"role": "user", "content": "Q1"}]}
+    multi = {"prompt": "Rewrite it.", "messages": [{"role": "user", "content": "Write a poem."},
+                                                   {"role": "assistant", "content": "Roses."},
+                                                   {"role": "user", "content": "Rewrite it."}]}
+    assert _conversation(single) == "Q1"
+    assert _conversation(multi) == "User: Write a poem.\n\nAssistant: Roses.\n\nUser: Rewrite it."

@@ -64,3 +64,18 @@ def test_bad_judges_fail_with_their_name(tiny_models, tmp_path, prompt_file, ext
     generate.run(generate.compose(overrides(tiny_models, tmp_path, prompt_file)))
     with pytest.raises(ValueError, match=message):
         evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file, *extra)))
+
+
+def test_a_regenerated_response_is_rescored(tiny_models, tmp_path, prompt_file, monkeypatch):
+    summary = generate.run(generate.compose(overrides(tiny_models, tmp_path, prompt_file)))
+    evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file)))
+    records = [json.loads(line) for line in open(summary["records"])]
+    records[2]["response"] = "I'm sorry, but I can't help with that."
+    with open(summary["records"], "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    scored = []
+    real = HarmlessnessJudge.score
+    monkeypatch.setattr(HarmlessnessJudge, "score", lambda self, items: scored.extend(items) or real(self, items))
+    again = evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file)))
+    assert [i["id"] for i in scored] == ["weapon"]
+    assert again["metrics"]["refusal"]["mean"] >= 1 / 3

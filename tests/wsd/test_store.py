@@ -20,6 +20,7 @@ def test_torn_last_line_is_dropped_and_appending_continues(tmp_path):
     path.write_text(json.dumps({"id": "a"}) + "\n" + '{"id": "b", "resp')
     records = RecordFile(path)
     assert records.read() == [{"id": "a"}]
+    assert path.read_text().endswith('"resp')  # a reader leaves a live writer's line alone
     records.append({"id": "b"})
     assert records.read() == [{"id": "a"}, {"id": "b"}]
 
