@@ -397,10 +397,14 @@ JUDGES: dict[str, Callable[..., Judge]] = {
 }
 
 
+def judge_class(name) -> Callable[..., Judge]:
+    """The judge a config names; checked in milliseconds, before any judge model loads."""
+    if name not in JUDGES:
+        raise ValueError(f"unknown judge {name!r}; accepted: {', '.join(sorted(JUDGES))}")
+    return JUDGES[name]
+
+
 def build_judge(cfg: dict) -> Judge:
     """A judge from its `conf/judge/*.yaml` entry (`name` plus its own parameters)."""
     cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    if name not in JUDGES:
-        raise ValueError(f"unknown judge {name!r}; accepted: {', '.join(sorted(JUDGES))}")
-    return JUDGES[name](**cfg)
+    return judge_class(cfg.pop("name", None))(**cfg)

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eval.judges import JUDGES, build_judge, reference_for
+from eval.judges import build_judge, judge_class, reference_for
 from eval.stats import bootstrap, bootstrap_ratio
 from pipelines import generate
 from wsd.benchmarks import load_benchmark
@@ -96,8 +96,7 @@ def run(cfg: DictConfig) -> dict:
     """Check the inputs (judge name, generation records) before loading the judge's model,
     then score only the items not yet scored."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if resolved["judge"].get("name") not in JUDGES:
-        raise ValueError(f"unknown judge {resolved['judge'].get('name')!r}; accepted: {', '.join(sorted(JUDGES))}")
+    judge_class(resolved["judge"].get("name"))
     validate_logger(resolved["logger"])
     generation, items = generation_items(cfg)
     out = judge_dir(cfg, generation)
@@ -143,11 +142,7 @@ def run(cfg: DictConfig) -> dict:
 
 def compose(overrides: list[str]) -> DictConfig:
     """This stage's config as `python -m pipelines.evaluate <overrides>` builds it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(generate.CONF), version_base="1.3"):
-        return hydra_compose("evaluate", overrides=overrides)
+    return generate.compose(overrides, config_name="evaluate")
 
 
 def print_table(summary: dict) -> None:

@@ -243,14 +243,14 @@ def write_alpaca_eval(path: Path, records: list[dict], prompts: list[Prompt], ge
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """This stage's config as `python -m pipelines.generate <overrides>` builds it (for tests
-    and benchmarks, which call `run` or the library directly)."""
+def compose(overrides: list[str], config_name: str = "generate") -> DictConfig:
+    """A stage's config as `python -m pipelines.<stage> <overrides>` builds it (for tests and
+    benchmarks, which call `run` or the library directly)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("generate", overrides=overrides)
+        return hydra_compose(config_name, overrides=overrides)
 
 
 def _detail(record: dict) -> str:

@@ -164,8 +164,9 @@ class Nudging:
                 return text, True
             new.append(top)
             text = _delta(tok, ids, new)
-            if self.pilot_stops and cut_at_stop(text, self.pilot_stops)[1]:
-                return cut_at_stop(text, self.pilot_stops)[0], True
+            before_stop, stopped = cut_at_stop(text, self.pilot_stops)
+            if stopped:
+                return before_stop, True
             body = text.lstrip()
             if body and any(c.isspace() for c in body):  # a whole word, and the next one began
                 end = len(text) - len(body) + next(i for i, c in enumerate(body) if c.isspace())
