@@ -29,21 +29,27 @@ from wsd.tracking import tracked, validate_logger
 log = logging.getLogger("wsd.generate")
 
 
-def run_dir(cfg: DictConfig) -> Path:
-    """Folder keyed by everything that determines the records: the method, the models it
-    uses, the shared decoding options, the `wsd` block only for WSD, the benchmark without
-    `limit` (so a larger run resumes a smaller one) and the seed. Baselines are thus shared
-    by every point of a WSD sweep."""
+def method_identity(cfg: DictConfig) -> tuple[str, dict]:
+    """A readable name (the method and its models) and everything else that determines a
+    method's outputs on a given prompt: its models, the method block, the shared decoding
+    options, the `wsd` block only for WSD, and the seed. Baselines are thus shared by every
+    point of a WSD sweep."""
     entry = method_entry(cfg.method.name)
-    benchmark = OmegaConf.to_container(cfg.benchmark, resolve=True)
-    benchmark.pop("limit", None)
     payload = {role: OmegaConf.to_container(cfg[role], resolve=True) for role in entry.roles}
-    payload.update(method=OmegaConf.to_container(cfg.method, resolve=True), benchmark=benchmark, seed=cfg.seed,
+    payload.update(method=OmegaConf.to_container(cfg.method, resolve=True), seed=cfg.seed,
                    generation=OmegaConf.to_container(cfg.generation, resolve=True))
     if entry.uses_wsd_block:
         payload["wsd"] = OmegaConf.to_container(cfg.wsd, resolve=True)
-    name = "__".join([cfg.method.name, *(slug(cfg[role].name) for role in entry.roles), config_key(payload)])
-    return Path(cfg.output_root) / "generate" / cfg.benchmark.name / name
+    return "__".join([cfg.method.name, *(slug(cfg[role].name) for role in entry.roles)]), payload
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """Folder keyed by the method's identity and the benchmark without `limit` (so a larger
+    run resumes a smaller one)."""
+    name, payload = method_identity(cfg)
+    benchmark = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    benchmark.pop("limit", None)
+    return Path(cfg.output_root) / "generate" / cfg.benchmark.name / f"{name}__{config_key({**payload, 'benchmark': benchmark})}"
 
 
 # Loaded models stay in memory across the jobs of a multirun, so a grid over benchmarks and

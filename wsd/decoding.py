@@ -33,6 +33,7 @@ class WSDSettings:
     # Benchmarks only: no EOS and no stop strings anywhere, and the base writes exactly
     # target - k tokens, so every method produces the same number of tokens.
     fixed_length: bool = False
+    extra_stops: tuple[str, ...] = ()  # added to both models' stop strings (lm-eval's `until`)
 
     def __post_init__(self):
         validate_switch_params(self.window, self.threshold)
@@ -42,10 +43,12 @@ class WSDSettings:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     def draft_stops(self, pilot: LoadedModel) -> list[str]:
-        return [] if self.fixed_length else stop_strings_with_eos(DRAFT_STOP_STRINGS, pilot.tokenizer)
+        return [] if self.fixed_length else stop_strings_with_eos((*DRAFT_STOP_STRINGS, *self.extra_stops),
+                                                                  pilot.tokenizer)
 
     def base_stops(self, base: LoadedModel) -> list[str]:
-        return [] if self.fixed_length else stop_strings_with_eos(BASE_STOP_STRINGS, base.tokenizer)
+        return [] if self.fixed_length else stop_strings_with_eos((*BASE_STOP_STRINGS, *self.extra_stops),
+                                                                  base.tokenizer)
 
     def base_budget(self, kept: int) -> int:
         if self.fixed_length:

@@ -55,12 +55,18 @@ class DecodeOptions:
     batch_size: int = 8
     chunk_tokens: int = 16  # tokens per batched generate call; finished rows leave between calls
     fixed_length: bool = False  # benchmarks of speed: no EOS or stop strings, every row runs its budget
+    # Stop strings added to every model's own (lm-eval's `until`, a benchmark's answer delimiter)
+    stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("max_new_tokens", "batch_size", "chunk_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"generation.{name} must be an integer >= 1, got {value!r}")
+        stops = self.stop_strings
+        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"generation.stop_strings must be a list of non-empty strings, got {stops!r}")
+        object.__setattr__(self, "stop_strings", tuple(stops))
 
 
 class PromptedModel:
@@ -70,7 +76,7 @@ class PromptedModel:
     def __init__(self, loaded: LoadedModel, render: Callable[[list[Message]], str], stops: list[str],
                  options: DecodeOptions, finish: Callable[[str], str] = lambda text: text):
         self.loaded, self.render, self.options, self.finish = loaded, render, options, finish
-        self.stops = [] if options.fixed_length else stops
+        self.stops = [] if options.fixed_length else [*stops, *options.stop_strings]
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
         prompt_tokens = len(encode(self.loaded.tokenizer, self.render(messages)))
@@ -134,7 +140,8 @@ def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
     if w.get("engine") not in ENGINES:
         raise ValueError(f"unknown wsd.engine {w.get('engine')!r}; accepted: {', '.join(ENGINES)}")
     settings = WSDSettings(window=w["window"], threshold=w["threshold"], draft_max_tokens=w["draft_max_tokens"],
-                           target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length)
+                           target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length,
+                           extra_stops=g.stop_strings)
     options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w["early_stop"])
     return w["engine"], settings, options
 
@@ -147,7 +154,8 @@ def build_wsd(cfg: dict, models: dict[str, LoadedModel]) -> Method:
     draft_cache = None
     if cfg.get("draft_cache_dir"):
         identity = {"pilot": cfg["pilot"], "base": cfg["base"], "draft_max_tokens": settings.draft_max_tokens,
-                    "fixed_length": settings.fixed_length, "seed": cfg["seed"]}
+                    "fixed_length": settings.fixed_length, "extra_stops": list(settings.extra_stops),
+                    "seed": cfg["seed"]}
         draft_cache = DraftCache(cfg["draft_cache_dir"], identity)
     return WSDMethod(FastWSD(pilot, base, settings, options, draft_cache))
 
@@ -178,7 +186,8 @@ def build_pilot(cfg: dict, models: dict[str, LoadedModel]) -> Method:
 def build_nudging(cfg: dict, models: dict[str, LoadedModel]) -> Method:
     options, params = decode_options(cfg), cfg["method"]
     return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
-                   threshold=params["threshold"], word_max_tokens=params["word_max_tokens"])
+                   threshold=params["threshold"], word_max_tokens=params["word_max_tokens"],
+                   extra_stops=options.stop_strings)
 
 
 @dataclass(frozen=True)

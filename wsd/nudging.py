@@ -74,13 +74,15 @@ class Nudging:
     """Base decodes, pilot nudges one word where the base's top-1 probability < `threshold`."""
 
     def __init__(self, pilot: LoadedModel, base: LoadedModel, max_new_tokens: int, fixed_length: bool,
-                 threshold: float = 0.4, word_max_tokens: int = 8):
+                 threshold: float = 0.4, word_max_tokens: int = 8, extra_stops: tuple[str, ...] = ()):
         validate_nudging(threshold, word_max_tokens)
         self.pilot, self.base = pilot, base
         self.max_new_tokens, self.fixed_length = max_new_tokens, fixed_length
         self.threshold, self.word_max_tokens = threshold, word_max_tokens
-        self.base_stops = [] if fixed_length else stop_strings_with_eos(BASE_STOP_STRINGS, base.tokenizer)
-        self.pilot_stops = [] if fixed_length else stop_strings_with_eos(DRAFT_STOP_STRINGS, pilot.tokenizer)
+        self.base_stops = [] if fixed_length else stop_strings_with_eos((*BASE_STOP_STRINGS, *extra_stops),
+                                                                        base.tokenizer)
+        self.pilot_stops = [] if fixed_length else stop_strings_with_eos((*DRAFT_STOP_STRINGS, *extra_stops),
+                                                                         pilot.tokenizer)
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
         base_len = len(encode(self.base.tokenizer, base_prompt(messages, self.base.tokenizer.bos_token)))
