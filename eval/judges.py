@@ -280,37 +280,103 @@ class PairwiseLLMJudge:
 # alpaca_eval: its metric code on pairwise annotations (output_1 = reference, output_2 = ours)
 
 
+#: AlpacaEval 2's own annotator: its numbers are the paper's metric only with this config
+#: against the real GPT-4-turbo API.
+ALPACA_EVAL_2_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+
+
 @dataclass
 class AlpacaEvalJudge:
     """AlpacaEval-style win rate against the reference outputs, computed by alpaca_eval's
-    own metric code (`alpaca_eval.metrics.get_winrate`) on annotations in its convention
-    (preference 1 = reference wins, 2 = our response wins, fractional = weighted).
+    own metric code on annotations in its convention (preference 1 = reference wins, 2 = our
+    response wins, fractional = weighted).
 
-    Offline the annotations come from the local pairwise judge (`local_judge`: its
-    order-averaged win probability, like alpaca_eval's weighted annotators), so the win rate
-    is an offline proxy. alpaca_eval's GPT-4 annotators and the length-controlled win rate
-    need an API endpoint and the Hub (instruction difficulties); they are not wired here yet."""
+    The annotations come from alpaca_eval's own annotators when `annotators_config` names one
+    (any config name or path alpaca_eval accepts; with `base_url`, an OpenAI-compatible
+    endpoint such as `vllm serve` or a llama.cpp server, the key from OPENAI_API_KEY), and
+    otherwise, offline, from the local pairwise judge (`local_judge`: its order-averaged win
+    probability, like alpaca_eval's weighted annotators). The length-controlled win rate is
+    alpaca_eval's `get_length_controlled_winrate`, which reads its instruction difficulties
+    from the Hub: where that read fails it is left out and the summary says why."""
 
+    annotators_config: str | None = None  # null: the local pairwise judge (offline proxy)
+    base_url: str | None = None  # OpenAI-compatible endpoint for alpaca_eval's OpenAI annotators
     local_judge: dict = None  # PairwiseLLMJudge parameters
     name: str = "alpaca_eval"
     proxy: bool = True
 
     def __post_init__(self):
-        from alpaca_eval.metrics import get_winrate
+        from alpaca_eval.metrics import get_length_controlled_winrate, get_winrate
 
-        self._get_winrate = get_winrate
-        self._annotator = PairwiseLLMJudge(**(self.local_judge or {}))
+        self._get_winrate, self._get_lc_winrate = get_winrate, get_length_controlled_winrate
+        self._annotator, self._local = None, None
+        if self.annotators_config:
+            from alpaca_eval.annotators import PairwiseAnnotator
+
+            # no alpaca_eval cache: the evaluate stage keeps every annotation in scores.jsonl
+            self._annotator = _load_judge_model(self.annotators_config, lambda: PairwiseAnnotator(
+                annotators_config=self.annotators_config, caching_path=None))
+            self.proxy = not (self.annotators_config == ALPACA_EVAL_2_ANNOTATOR and not self.base_url)
+        else:
+            self._local = PairwiseLLMJudge(**(self.local_judge or {}))
+
+    @property
+    def annotator_name(self) -> str:
+        return self.annotators_config or f"local_llm_judge:{self._local.model.get('name')}"
+
+    def _client_config(self) -> dict:
+        """alpaca_eval's OpenAI client config (its `client_config_path`) pointing at `base_url`;
+        the OpenAI client reads the key from OPENAI_API_KEY itself, so no secret is written."""
+        if not self.base_url:
+            return {}
+        import tempfile
+
+        import yaml
+
+        path = Path(tempfile.mkdtemp(prefix="wsd-alpaca-eval-")) / "openai_configs.yaml"
+        path.write_text(yaml.safe_dump({"default": [{"base_url": self.base_url}]}))
+        return {"client_config_path": str(path)}
 
     def score(self, items: list[dict]) -> list[dict | None]:
-        return [None if s is None else {"preference": 1.0 + s["win"]} for s in self._annotator.score(items)]
+        judged = [i for i, item in enumerate(items) if item.get("reference")]
+        results: list[dict | None] = [None] * len(items)
+        if self._local is not None:
+            for i, s in zip(judged, self._local.score([items[i] for i in judged])):
+                results[i] = {"preference": 1.0 + s["win"]}
+            return results
+        if judged:
+            question = [_conversation(items[i]) for i in judged]
+            reference = [{"instruction": q, "output": items[i]["reference"]} for q, i in zip(question, judged)]
+            ours = [{"instruction": q, "output": items[i]["response"]} for q, i in zip(question, judged)]
+            annotated = self._annotator.annotate_head2head(reference, ours, is_ordered=True, **self._client_config())
+            for i, row in zip(judged, annotated):
+                preference = row.get("preference")
+                results[i] = None if preference is None else {"preference": float(preference)}
+        return results
 
-    def set_metrics(self, scores: list[dict]) -> dict:
-        """alpaca_eval's head-to-head metrics over all annotated items."""
-        preferences = [s["preference"] for s in scores if s]
-        if not preferences:
+    def set_metrics(self, scores: list[dict | None], items: list[dict]) -> dict:
+        """alpaca_eval's head-to-head metrics over all annotated items, and its length-controlled
+        win rate where its instruction difficulties can be read."""
+        rows = [{"preference": s["preference"], "instruction": _conversation(item), "output_1": item["reference"],
+                 "output_2": item["response"], "generator_1": "reference", "generator_2": "model",
+                 "annotator": self.annotator_name, "index": (item.get("meta") or {}).get("index")}
+                for s, item in zip(scores, items) if s]
+        if not rows:
             return {}
-        out = self._get_winrate([{"preference": p} for p in preferences])
-        return {"alpaca_eval": {k: float(v) for k, v in out.items()}}
+        metrics = {k: float(v) for k, v in self._get_winrate(rows).items()}
+        notes = {}
+        if all(r["index"] is not None for r in rows):
+            import pandas as pd
+
+            try:
+                lc = self._get_lc_winrate(pd.DataFrame(rows), save_weights_dir=None)
+                metrics.update(length_controlled_winrate=float(lc["length_controlled_winrate"]),
+                               lc_standard_error=float(lc["lc_standard_error"]))
+            except Exception as err:  # alpaca_eval reads the GLM's data from the Hub
+                notes["length_controlled_winrate"] = f"unavailable: {type(err).__name__}: {str(err)[:200]}"
+        else:
+            notes["length_controlled_winrate"] = "unavailable: needs AlpacaEval's own 805 instructions"
+        return {"alpaca_eval": metrics, **({"notes": notes} if notes else {})}
 
 
 # ---------------------------------------------------------------------------------------

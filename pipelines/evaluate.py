@@ -124,7 +124,8 @@ def run(cfg: DictConfig) -> dict:
                         done[item["id"]] = row
                     progress.update(len(batch))
         scores = [done[item["id"]] for item in items]
-        set_metrics = judge.set_metrics([s["scores"] for s in scores]) if hasattr(judge, "set_metrics") else {}
+        set_metrics = (judge.set_metrics([s["scores"] for s in scores], items) if hasattr(judge, "set_metrics")
+                       else {})
         summary = {"judge": name, "proxy": judge.proxy, "benchmark": cfg.benchmark.name,
                    "method": cfg.method.name, "generation": str(generation), "items": len(items),
                    "metrics": summarize(scores, cfg.bootstrap_resamples, cfg.seed, getattr(judge, "ratios", None)),
@@ -157,7 +158,8 @@ def print_table(summary: dict) -> None:
         table.add_row(key, f"{est['mean']:.3f}", f"[{est['low']:.3f}, {est['high']:.3f}]", str(est["n"]))
     Console().print(table)
     for name, values in summary["set_metrics"].items():
-        Console().print(f"{name}{label}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+        Console().print(f"{name}{label}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in values.items()))
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")

@@ -164,7 +164,7 @@ def alpaca_eval_prompts(rows: list[dict], source: str) -> list[Prompt]:
     """AlpacaEval: `instruction`, with the reference `output` (GPT-4-turbo) when present."""
     return _to_prompts(rows, source, ("instruction",), lambda row, i: (
         f"alpaca_eval-{i:03d}", _user(row["instruction"]),
-        {"meta": {"dataset": row.get("dataset"), "reference": row.get("output"),
+        {"meta": {"dataset": row.get("dataset"), "reference": row.get("output"), "index": i,
                   "reference_generator": row.get("generator")}}))
 
 

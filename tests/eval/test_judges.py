@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -167,19 +169,97 @@ def test_punkt_tab_is_installed_offline_from_the_registry_package(ifeval_judge):
     assert sentences == ["Dr. Smith arrived at 5 p.m. on Monday.", "It rained.", "We left."]
 
 
+def _alpaca_items(n):
+    return [{"prompt": f"Question {i}?", "response": "An answer." * (i + 1), "reference": "Another answer.",
+             "meta": {"index": i}} for i in range(n)]
+
+
 def test_alpaca_eval_metrics_on_a_fixture_annotation_set(tiny_models, tmp_path):
     from eval.judges import AlpacaEvalJudge
 
     judge = AlpacaEvalJudge(local_judge={"model": {"name": "tiny-judge", "path": tiny_models["pilot"]},
                                          "model_cache_dir": str(tmp_path)})
-    metrics = judge.set_metrics([{"preference": 1.0}, {"preference": 2.0}, {"preference": 2.0},
-                                 {"preference": 1.5}, None])["alpaca_eval"]
+    assert judge.proxy
+    out = judge.set_metrics([{"preference": 1.0}, {"preference": 2.0}, {"preference": 2.0},
+                             {"preference": 1.5}, None], _alpaca_items(5))
+    metrics = out["alpaca_eval"]
     assert metrics["win_rate"] == pytest.approx(62.5)  # mean(preference - 1) in percent
     assert (metrics["n_wins"], metrics["n_wins_base"], metrics["n_draws"], metrics["n_total"]) == (2, 1, 1, 4)
+    # the length-controlled win rate needs alpaca_eval's data from the Hub: offline it says so
+    assert out["notes"]["length_controlled_winrate"].startswith("unavailable")
     items = [{"prompt": "Q?", "response": "An answer.", "reference": "Another answer."},
              {"prompt": "Q?", "response": "An answer.", "reference": None}]
     scored, unscored = judge.score(items)
     assert 1.0 <= scored["preference"] <= 2.0 and unscored is None
+
+
+@pytest.fixture
+def openai_compatible_server():
+    """A local stand-in for an OpenAI-compatible server (`vllm serve`, llama.cpp): it prefers,
+    with probability 0.75 as logprobs, whichever of the two shown outputs says "WINNER"
+    (alpaca_eval shows them in a random order and undoes it)."""
+    import json
+    import math
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            prompt = body["messages"][-1]["content"]
+            second = prompt.split('"model_identifier": "M"')[1]
+            best = "M" if "WINNER" in second else "m"
+            top = [{"token": best, "logprob": math.log(0.75), "bytes": [ord(best)]},
+                   {"token": best.swapcase(), "logprob": math.log(0.25), "bytes": [ord(best.swapcase())]}]
+            reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "length",
+                                  "message": {"role": "assistant", "content": best},
+                                  "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}],
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1", seen
+    server.shutdown()
+
+
+def test_alpaca_eval_own_annotator_through_an_openai_compatible_endpoint(openai_compatible_server, monkeypatch):
+    from eval.judges import AlpacaEvalJudge
+
+    url, seen = openai_compatible_server
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    judge = AlpacaEvalJudge(annotators_config="weighted_alpaca_eval_gpt4_turbo", base_url=url)
+    assert judge.proxy  # AlpacaEval 2's annotator, but not the real GPT-4-turbo
+    items = [{**item, "response": f"WINNER {i}"} for i, item in enumerate(_alpaca_items(3))]
+    scores = judge.score(items)
+    assert [s["preference"] for s in scores] == pytest.approx([1.75] * 3)
+    assert len(seen) == 3 and all(path == "/v1/chat/completions" for path, _ in seen)
+    assert all(body["model"] == "gpt-4-1106-preview" for _, body in seen)
+    asked = " ".join(json.dumps(body["messages"]) for _, body in seen)  # sent in parallel, in any order
+    assert all(f"Question {i}?" in asked for i in range(3))
+    metrics = judge.set_metrics(scores, items)["alpaca_eval"]
+    assert metrics["win_rate"] == pytest.approx(75.0) and metrics["n_total"] == 3
+    assert not AlpacaEvalJudge(annotators_config="weighted_alpaca_eval_gpt4_turbo").proxy
+
+
+def test_an_unknown_alpaca_eval_annotator_is_named():
+    from eval.judges import AlpacaEvalJudge
+
+    with pytest.raises(ValueError, match="judge model 'no_such_annotator' does not load"):
+        AlpacaEvalJudge(annotators_config="no_such_annotator")
 
 
 def test_pairwise_judge_sees_earlier_turns():
