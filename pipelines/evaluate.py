@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from eval.judges import build_judge, judge_class, reference_for
+from eval.results import write_tables
 from eval.stats import bootstrap, bootstrap_ratio
 from pipelines import generate
 from wsd.benchmarks import load_benchmark
@@ -127,7 +128,8 @@ def run(cfg: DictConfig) -> dict:
         set_metrics = (judge.set_metrics([s["scores"] for s in scores], items) if hasattr(judge, "set_metrics")
                        else {})
         summary = {"judge": name, "proxy": judge.proxy, "benchmark": cfg.benchmark.name,
-                   "method": cfg.method.name, "generation": str(generation), "items": len(items),
+                   "method": cfg.method.name, "run": generate.run_description(cfg),
+                   "generation": str(generation), "items": len(items),
                    "metrics": summarize(scores, cfg.bootstrap_resamples, cfg.seed, getattr(judge, "ratios", None)),
                    "set_metrics": set_metrics,
                    "scores": str(score_file.path)}
@@ -138,6 +140,7 @@ def run(cfg: DictConfig) -> dict:
     for key, est in summary["metrics"].items():
         log.info("%s%s: %.3f [%.3f, %.3f] (n=%d)", key, " (proxy)" if judge.proxy else "", est["mean"], est["low"],
                  est["high"], est["n"])
+    log.info("comparison table of experiment %r: %s", cfg.name, write_tables(cfg.output_root, cfg.name))
     return summary
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from eval.results import write_tables
 from eval.stats import bootstrap, bootstrap_ratio
 from pipelines import generate
 from wsd.methods import method_entry
@@ -146,7 +147,7 @@ def run(cfg: DictConfig) -> dict:
         metrics = {task: [m for m in results["higher_is_better"].get(task, {})] for task in samples}
         generated = answers.read()
         summary = {
-            "method": method_name, "models": {role: cfg[role].name for role in entry.roles},
+            "method": method_name, "run": generate.run_description(cfg),
             "tasks": list(tax["tasks"]), "limit": tax["limit"],
             "n": {task: len({r["doc_id"] for r in rows}) for task, rows in samples.items()},
             "metrics": sample_metrics(samples, metrics, cfg.bootstrap_resamples, cfg.seed),
@@ -157,6 +158,7 @@ def run(cfg: DictConfig) -> dict:
         }
         write_atomic(summary_path, json.dumps(summary, indent=1, default=str))
         tracker.summary({f"{k}/{stat}": v for k, est in summary["metrics"].items() for stat, v in est.items()})
+        log.info("comparison table of experiment %r: %s", cfg.name, write_tables(cfg.output_root, cfg.name))
         tracker.table("samples", [{"task": t, "doc_id": r["doc_id"], "filter": r["filter"],
                                    "response": str(r["filtered_resps"][0] if r["filtered_resps"] else ""),
                                    **{m: str(r[m]) for m in metrics[t] if m in r}}
@@ -173,7 +175,7 @@ def print_table(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"alignment tax: {summary['method']} ({', '.join(summary['models'].values())})")
+    table = Table(title=f"alignment tax: {summary['method']} ({', '.join(summary['run']['models'].values())})")
     for column in ("task / metric", "mean", "95% interval", "n"):
         table.add_column(column, justify="left" if column == "task / metric" else "right")
     for key, est in summary["metrics"].items():

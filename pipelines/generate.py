@@ -43,6 +43,14 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict]:
     return "__".join([cfg.method.name, *(slug(cfg[role].name) for role in entry.roles)]), payload
 
 
+def run_description(cfg: DictConfig) -> dict:
+    """What tables name a run by: the experiment, the method, its models, WSD's settings."""
+    entry = method_entry(cfg.method.name)
+    wsd = {k: cfg.wsd[k] for k in ("window", "threshold", "draft_max_tokens")} if entry.uses_wsd_block else None
+    return {"experiment": cfg.name, "method": cfg.method.name,
+            "models": {role: cfg[role].name for role in entry.roles}, "wsd": wsd}
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """Folder keyed by the method's identity and the benchmark without `limit` (so a larger
     run resumes a smaller one)."""

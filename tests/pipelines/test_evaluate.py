@@ -41,6 +41,21 @@ def test_judges_score_a_generation_run_with_intervals_and_resume(tiny_models, tm
     assert again["metrics"] == summary["metrics"]
 
 
+def test_every_evaluation_of_an_experiment_lands_in_one_comparison_table(tiny_models, tmp_path, prompt_file):
+    for method in ("base", "wsd"):
+        generate.run(generate.compose(overrides(tiny_models, tmp_path, prompt_file, f"method={method}")))
+        for judge in ("harmlessness", "reference_similarity"):
+            evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file, f"method={method}",
+                                                    f"judge={judge}")))
+    table = (tmp_path / "outputs" / "tables" / "default" / "evaluation.md").read_text().splitlines()
+    assert table[0].startswith("| method | jsonl: harmlessness/empty† |") and "reference_similarity/similarity†" in table[0]
+    assert table[2].startswith("| base | ") and table[3].startswith("| wsd (w=6, γ=0.8) | ")
+    assert "n=3" in table[2] and "n=2" in table[3]  # similarity needs a reference: 2 of 3 prompts
+    assert "offline proxy" in table[-1]
+    rows = (tmp_path / "outputs" / "tables" / "default" / "evaluation.csv").read_text().splitlines()
+    assert rows[0] == "method,benchmark,metric,mean,low,high,n,proxy,summary" and len(rows) == 1 + 2 * (4 + 1)
+
+
 def test_missing_generation_run_is_reported(tiny_models, tmp_path, prompt_file):
     with pytest.raises(FileNotFoundError, match="no finished generation run at .*run `python -m pipelines.generate`"):
         evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file)))

@@ -31,6 +31,9 @@ def test_wsd_runs_gsm8k_4_shot_through_lm_eval_and_resumes(tiny_models, tmp_path
     assert all(g["context"].count("Question:") == 5 and g["until"] == ["Question:"] for g in generations)
     [samples] = (folder / "lm_eval").glob("samples_wsd_gsm8k_*.jsonl")
     assert len(samples.read_text().splitlines()) == 4  # 2 documents x 2 filters, lm-eval's --log_samples format
+    table = (tmp_path / "outputs" / "tables" / "default" / "evaluation.md").read_text()
+    assert "alignment tax: wsd_gsm8k/exact_match/flexible-extract" in table.splitlines()[0]
+    assert table.splitlines()[2].startswith("| wsd (w=6, γ=0.8) | ")
 
     monkeypatch.setattr(MethodLM, "generate_until", lambda *a, **k: pytest.fail("answers are cached per request"))
     assert evaluate_tax.run(evaluate_tax.compose(overrides(tiny_models, tmp_path)))["metrics"] == summary["metrics"]
