@@ -73,10 +73,14 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def greedy_config(loaded: LoadedModel, max_new_tokens: int, fixed_length: bool) -> GenerationConfig:
-    """Greedy decoding; in fixed-length mode EOS is suppressed so every row runs its budget."""
+def greedy_config(loaded: LoadedModel, max_new_tokens: int, fixed_length: bool,
+                  sampling: tuple[float, float] | None = None) -> GenerationConfig:
+    """Greedy decoding (the paper's everywhere), or `sampling` = (temperature, top_p) where
+    several candidates per prompt are wanted (GenerAlign's teachers); in fixed-length mode EOS
+    is suppressed so every row runs its budget."""
+    temperature, top_p = sampling or (None, None)
     return GenerationConfig(
-        do_sample=False,
+        do_sample=sampling is not None, temperature=temperature, top_p=top_p, top_k=None if sampling else 50,
         max_new_tokens=max_new_tokens,
         min_new_tokens=max_new_tokens if fixed_length else None,
         eos_token_id=eos_ids(loaded),
@@ -244,7 +248,7 @@ class _PerRowBudget(StoppingCriteria):
 
 @torch.inference_mode()
 def chunked_greedy(loaded: LoadedModel, seqs, mask, cache, budgets: list[int], stops, fixed_length: bool,
-                   chunk: int, after_chunk=None) -> list:
+                   chunk: int, after_chunk=None, sampling: tuple[float, float] | None = None) -> list:
     """Greedy decoding of a left-padded batch, `chunk` tokens per `generate` call. Between
     calls, rows that are done leave the batch and its KV cache, so on a compute-bound CPU they
     cost nothing more. `after_chunk({row: Generated})` may end further rows (WSD: a switch).
@@ -254,7 +258,7 @@ def chunked_greedy(loaded: LoadedModel, seqs, mask, cache, budgets: list[int], s
     while active:
         made = seqs.shape[1] - start
         stop = StopOnStrings(loaded.tokenizer, stops, start)
-        config = greedy_config(loaded, min(chunk, max(budgets[r] for r in active) - made), fixed_length)
+        config = greedy_config(loaded, min(chunk, max(budgets[r] for r in active) - made), fixed_length, sampling)
         config.return_dict_in_generate = True  # the cache goes on to the next chunk
         out = loaded.model.generate(
             input_ids=seqs, attention_mask=mask, past_key_values=cache, generation_config=config,

@@ -57,6 +57,10 @@ class DecodeOptions:
     fixed_length: bool = False  # benchmarks of speed: no EOS or stop strings, every row runs its budget
     # Stop strings added to every model's own (lm-eval's `until`, a benchmark's answer delimiter)
     stop_strings: tuple[str, ...] = ()
+    # 0: greedy, as the paper decodes. > 0 samples (with top_p): the single-model methods only,
+    # for GenerAlign's candidate answers
+    temperature: float = 0.0
+    top_p: float = 1.0
 
     def __post_init__(self):
         for name in ("max_new_tokens", "batch_size", "chunk_tokens"):
@@ -67,11 +71,19 @@ class DecodeOptions:
         if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
             raise ValueError(f"generation.stop_strings must be a list of non-empty strings, got {stops!r}")
         object.__setattr__(self, "stop_strings", tuple(stops))
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"generation.temperature must be a number >= 0, got {self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"generation.top_p must be in (0, 1], got {self.top_p!r}")
+
+    @property
+    def sampling(self) -> tuple[float, float] | None:
+        return (float(self.temperature), float(self.top_p)) if self.temperature > 0 else None
 
 
 class PromptedModel:
-    """One model decoding greedily from a rendered prompt, in batches: the `base`, `urial`
-    and `pilot` baselines."""
+    """One model decoding from a rendered prompt, in batches (greedily unless the options
+    sample): the `base`, `urial` and `pilot` baselines."""
 
     def __init__(self, loaded: LoadedModel, render: Callable[[list[Message]], str], stops: list[str],
                  options: DecodeOptions, finish: Callable[[str], str] = lambda text: text):
@@ -90,7 +102,8 @@ class PromptedModel:
             ids = [encode(tok, self.render(p.messages)) for p in batch]
             seqs, mask = left_pad(ids, pad_id(self.loaded), self.loaded.device)
             generated = chunked_greedy(self.loaded, seqs, mask, None, [self.options.max_new_tokens] * len(batch),
-                                       self.stops, self.options.fixed_length, self.options.chunk_tokens)
+                                       self.stops, self.options.fixed_length, self.options.chunk_tokens,
+                                       sampling=self.options.sampling)
             share = (time.perf_counter() - began) / len(batch)
             for prompt, prompt_ids, g in zip(batch, ids, generated):
                 text, cut = cut_at_stop(tok.decode(g.ids, skip_special_tokens=True), self.stops)
@@ -131,12 +144,22 @@ def decode_options(cfg: dict) -> DecodeOptions:
     return DecodeOptions(**cfg["generation"])
 
 
+def greedy_options(cfg: dict) -> DecodeOptions:
+    """The options of a method that decodes greedily only (WSD's switch and nudging's
+    handovers are defined on greedy decoding)."""
+    options = decode_options(cfg)
+    if options.sampling:
+        raise ValueError(f"method {cfg['method']['name']!r} decodes greedily; generation.temperature must be 0, "
+                         f"got {options.temperature}")
+    return options
+
+
 ENGINES = ("fast", "reference")
 
 
 def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
     """Validate the `wsd` block: the engine, the switch rule and budgets, the fast options."""
-    w, g = dict(cfg["wsd"]), decode_options(cfg)
+    w, g = dict(cfg["wsd"]), greedy_options(cfg)
     if w.get("engine") not in ENGINES:
         raise ValueError(f"unknown wsd.engine {w.get('engine')!r}; accepted: {', '.join(ENGINES)}")
     settings = WSDSettings(window=w["window"], threshold=w["threshold"], draft_max_tokens=w["draft_max_tokens"],
@@ -184,7 +207,7 @@ def build_pilot(cfg: dict, models: dict[str, LoadedModel]) -> Method:
 
 
 def build_nudging(cfg: dict, models: dict[str, LoadedModel]) -> Method:
-    options, params = decode_options(cfg), cfg["method"]
+    options, params = greedy_options(cfg), cfg["method"]
     return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
                    threshold=params["threshold"], word_max_tokens=params["word_max_tokens"],
                    extra_stops=options.stop_strings)
@@ -205,7 +228,7 @@ METHODS = {
                          lambda cfg: (decode_options(cfg), load_urial_prefix(cfg["method"].get("prompt_file")))),
     "pilot": MethodEntry(("pilot",), build_pilot, decode_options),
     "nudging": MethodEntry(("pilot", "base"), build_nudging,
-                           lambda cfg: (decode_options(cfg), validate_nudging(cfg["method"]["threshold"],
+                           lambda cfg: (greedy_options(cfg), validate_nudging(cfg["method"]["threshold"],
                                                                               cfg["method"]["word_max_tokens"]))),
 }
 

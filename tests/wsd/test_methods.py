@@ -112,3 +112,26 @@ def test_bad_nudging_parameters(params, message):
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown method 'beam'; accepted: base, nudging, pilot, urial, wsd"):
         method_entry("beam")
+
+
+def test_sampling_is_seeded_and_only_for_single_model_methods(tiny_pair):
+    from transformers import set_seed
+
+    def sample(seed):
+        cfg = config("pilot")
+        cfg["generation"].update(temperature=1.5, top_p=0.95)
+        method = method_entry("pilot").build(cfg, dict(zip(("pilot", "base"), tiny_pair)))
+        set_seed(seed)
+        return [r["response"] for _, r in method.generate_many(PROMPTS)]
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+    greedy = [r["response"] for _, r in build("pilot", tiny_pair).generate_many(PROMPTS)]
+    assert sample(1) != greedy
+    for name in ("wsd", "nudging"):
+        cfg = config(name, **DEFAULTS.get(name, {}))
+        cfg["generation"]["temperature"] = 0.7
+        with pytest.raises(ValueError, match=f"method '{name}' decodes greedily; generation.temperature must be 0"):
+            method_entry(name).check(cfg)
+    with pytest.raises(ValueError, match="generation.top_p must be in"):
+        DecodeOptions(top_p=0)
