@@ -1,0 +1,90 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines import generate, train_pilot
+from tests.conftest import CORPUS, QUESTIONS, REPO, tiny_overrides
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """Preference pairs in TRL's conversational format, with a `split` column (JSONL); the SFT
+    completions are answers the tiny pilot has not learnt for these questions."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
+             "rejected": [{"role": "assistant", "content": CORPUS[(i + 2) % len(CORPUS)]}],
+             "completion": [{"role": "assistant", "content": CORPUS[(i + 2) % len(CORPUS)]}],
+             "split": "train" if i < 15 else "test"}
+            for i, (q, a) in enumerate(zip(QUESTIONS * 3, CORPUS * 3))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def overrides(tiny_models, tmp_path, pairs, *extra):
+    return tiny_overrides(tiny_models, tmp_path, f"train.dataset={pairs}", "deepspeed=none", "train.max_steps=4",
+                          "train.learning_rate=1e-3", "train.save_steps=2", *extra)
+
+
+def weights(folder):
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "sft"])
+def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models, tmp_path, pairs, algorithm):
+    summary = train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, f"train.algorithm={algorithm}")))
+    assert summary["global_steps"] == 4 and summary["train_rows"] == 15 and summary["test_rows"] == 3
+    loss = summary["curve"]["loss"]
+    assert loss["last"] < loss["first"]
+    if algorithm == "dpo":
+        assert summary["curve"]["rewards/margins"]["last"] > 0
+    before, after = weights(tiny_models["pilot"]), weights(summary["model"])
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the trained pilot drives WSD through `pilot=trained` (this experiment's latest pilot)
+    generation = [o for o in tiny_overrides(tiny_models, tmp_path) if not o.startswith("pilot")]
+    records = generate.run(generate.compose([*generation, "pilot=trained", "method=wsd", "benchmark=mt_bench",
+                                             "benchmark.limit=1"]))
+    assert records["prompts"] == 2 and records["generator"] == "wsd__trained-pilot-default__tiny-base"
+
+
+def test_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
+    args = overrides(tiny_models, tmp_path, pairs, "train.max_steps=40", "train.save_steps=2",
+                     "train.learning_rate=1e-4")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-m", "pipelines.train_pilot", *args], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = train_pilot.train_dir(train_pilot.compose(args))
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert child.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    summary = train_pilot.run(train_pilot.compose(args))
+    assert summary["resumed_from"] and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 4
+    assert summary["global_steps"] == 40
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (["train.algorithm=ppo"], ValueError, "unknown train.algorithm 'ppo'; accepted: dpo, sft"),
+    (["train.dataset=/no/such/data"], FileNotFoundError, "/no/such/data"),
+    (["pilot.path=/no/such/model"], FileNotFoundError, "/no/such/model"),
+    (["deepspeed=zero2", "deepspeed.train_batch_size=7"], ValueError, "train_batch_size 7 must equal micro batch 2"),
+])
+def test_bad_input_is_named_before_training(tiny_models, tmp_path, pairs, extra, error, message):
+    with pytest.raises(error, match=message):
+        train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, *extra)))
+
+
+def test_data_without_the_columns_is_named(tiny_models, tmp_path, pairs):
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    pairs.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "rejected"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="lacks column\\(s\\) rejected that DPO needs"):
+        train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs)))
+    assert train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.algorithm=sft")))
