@@ -2,8 +2,8 @@
 full fine-tuning or LoRA, under DeepSpeed ZeRO-2/3 when a config names it. Resumes from the
 last checkpoint; saves a plain HF folder the generate stage takes as `pilot=trained`.
 
-    make train                          # 2 ranks on this CPU (gloo), experiment=mini
-    accelerate launch --num_processes 8 --use_deepspeed -m pipelines.train_pilot   (GPUs, nccl)
+    python -m pipelines.train_pilot experiment=mini deepspeed=none     # one process (this CPU)
+    accelerate launch --num_processes 8 -m pipelines.train_pilot       # GPUs, DeepSpeed ZeRO-2 (untested here)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import evaluate, evaluate_tax, generate
+from pipelines import collect_generalign, evaluate, evaluate_tax, generate, train_pilot
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = Path(__file__).resolve().parents[1] / "eval" / "tasks"
@@ -13,13 +13,13 @@ CHOICES = sorted((path.parent.name, path.stem) for path in CONF.glob("*/*.yaml")
 
 @pytest.mark.parametrize("group, choice", CHOICES, ids=[f"{g}/{c}" for g, c in CHOICES])
 def test_every_config_choice_composes(group, choice):
-    compose = evaluate.compose if group == "judge" else generate.compose
+    compose = {"judge": evaluate.compose, "deepspeed": train_pilot.compose}.get(group, generate.compose)
     needed = [f"{group}.path=/models/mine"] if choice == "custom" else []  # `custom` takes any id or folder
     cfg = compose([f"{group}={choice}", *needed])
     assert cfg.method.name and cfg.pilot.name and cfg.base.name
 
 
-@pytest.mark.parametrize("stage", [generate, evaluate, evaluate_tax])
+@pytest.mark.parametrize("stage", [generate, evaluate, evaluate_tax, collect_generalign, train_pilot])
 def test_every_stage_config_composes(stage):
     assert stage.compose([]).seed == 42
 
