@@ -45,3 +45,16 @@ def bootstrap_ratio(numerators, denominators, resamples: int = 2000, seed: int =
     ratios = num[picks].sum(axis=1) / np.maximum(den[picks].sum(axis=1), 1e-12)
     low, high = np.percentile(ratios, [2.5, 97.5])
     return Estimate(float(num.sum() / den.sum()), float(low), float(high), int(num.size))
+
+
+def print_estimates(title: str, metrics: dict[str, dict], first_column: str = "metric") -> None:
+    """A terminal table of `Estimate.as_dict()`s: mean, 95% interval and n per metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in (first_column, "mean", "95% interval", "n"):
+        table.add_column(column, justify="left" if column == first_column else "right")
+    for key, est in metrics.items():
+        table.add_row(key, f"{est['mean']:.3f}", f"[{est['low']:.3f}, {est['high']:.3f}]", str(est["n"]))
+    Console().print(table)

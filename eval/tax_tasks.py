@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import datasets
 
@@ -16,7 +15,6 @@ from wsd.benchmarks import BenchmarkUnavailable, hub_rows, load_benchmark, read_
 
 log = logging.getLogger("wsd.tax")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GSM8K_HUB = {"dataset": "openai/gsm8k", "config": "main"}
 GSM8K_COLUMNS = ("question", "answer")
 
@@ -71,10 +69,9 @@ def humaneval_dataset(humaneval_timeout: float = 10.0, **_) -> datasets.DatasetD
 
 def ifeval_dataset(**_) -> datasets.DatasetDict:
     """IFEval's 541 prompts as the generate stage reads them (`conf/benchmark/ifeval.yaml`)."""
-    from omegaconf import OmegaConf
+    from pipelines.generate import benchmark_config
 
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "benchmark" / "ifeval.yaml"))
-    rows = [{**p.meta, "prompt": p.instruction} for p in load_benchmark(cfg)]
+    rows = [{**p.meta, "prompt": p.instruction} for p in load_benchmark(benchmark_config("ifeval"))]
     return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
 
 

@@ -28,15 +28,12 @@ from wsd.tracking import tracked, validate_logger
 
 log = logging.getLogger("wsd.generalign")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
 def evaluation_prompts(names: list[str], paths: dict) -> list[str]:
     """Every user turn of every evaluation benchmark named (their shipped configs; `paths`
     gives local files for the Hub-only ones)."""
     texts = []
     for name in names:
-        cfg = OmegaConf.to_container(OmegaConf.load(CONF / "benchmark" / f"{name}.yaml"))
+        cfg = generate.benchmark_config(name)
         if paths.get(name):
             cfg["path"] = paths[name]
         for prompt in load_benchmark(cfg):

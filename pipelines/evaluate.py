@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.judges import build_judge, judge_class, reference_for
 from eval.results import write_tables
-from eval.stats import bootstrap, bootstrap_ratio
+from eval.stats import bootstrap, bootstrap_ratio, print_estimates
 from pipelines import generate
 from wsd.benchmarks import load_benchmark
 from wsd.store import RecordFile, RunRecords, config_key, write_atomic
@@ -151,15 +151,9 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def print_table(summary: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     label = " (offline proxy)" if summary["proxy"] else ""
-    table = Table(title=f"{summary['judge']}{label}: {summary['method']} on {summary['benchmark']}")
-    for column in ("metric", "mean", "95% interval", "n"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for key, est in summary["metrics"].items():
-        table.add_row(key, f"{est['mean']:.3f}", f"[{est['low']:.3f}, {est['high']:.3f}]", str(est["n"]))
-    Console().print(table)
+    print_estimates(f"{summary['judge']}{label}: {summary['method']} on {summary['benchmark']}", summary["metrics"])
     for name, values in summary["set_metrics"].items():
         Console().print(f"{name}{label}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in values.items()))

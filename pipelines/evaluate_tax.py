@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from eval.results import write_tables
-from eval.stats import bootstrap, bootstrap_ratio
+from eval.stats import bootstrap, bootstrap_ratio, print_estimates
 from pipelines import generate
 from wsd.methods import method_entry
 from wsd.models import ModelSpec, check_available
@@ -144,7 +144,7 @@ def run(cfg: DictConfig) -> dict:
         lm_eval_out.save_results_aggregated(results=results, samples=samples)
         for task, rows in samples.items():
             lm_eval_out.save_results_samples(task_name=task, samples=rows)
-        metrics = {task: [m for m in results["higher_is_better"].get(task, {})] for task in samples}
+        metrics = {task: list(results["higher_is_better"].get(task, {})) for task in samples}
         generated = answers.read()
         summary = {
             "method": method_name, "run": generate.run_description(cfg),
@@ -172,15 +172,8 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def print_table(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"alignment tax: {summary['method']} ({', '.join(summary['run']['models'].values())})")
-    for column in ("task / metric", "mean", "95% interval", "n"):
-        table.add_column(column, justify="left" if column == "task / metric" else "right")
-    for key, est in summary["metrics"].items():
-        table.add_row(key, f"{est['mean']:.3f}", f"[{est['low']:.3f}, {est['high']:.3f}]", str(est["n"]))
-    Console().print(table)
+    print_estimates(f"alignment tax: {summary['method']} ({', '.join(summary['run']['models'].values())})",
+                    summary["metrics"], first_column="task / metric")
 
 
 @hydra.main(config_path="../conf", config_name="evaluate_tax", version_base="1.3")

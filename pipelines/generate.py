@@ -257,6 +257,16 @@ def write_alpaca_eval(path: Path, records: list[dict], prompts: list[Prompt], ge
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def benchmark_config(name: str) -> dict:
+    """A shipped `conf/benchmark/<name>.yaml` entry, for stages that read a benchmark's
+    prompts beside their own (decontamination, the IFEval tax task)."""
+    path = CONF / "benchmark" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown benchmark {name!r}; accepted: "
+                         f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
 def compose(overrides: list[str], config_name: str = "generate") -> DictConfig:
     """A stage's config as `python -m pipelines.<stage> <overrides>` builds it (for tests and
     benchmarks, which call `run` or the library directly)."""

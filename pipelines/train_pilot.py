@@ -185,7 +185,7 @@ def run(cfg: DictConfig) -> dict | None:
         trainer.save_model(str(tmp))  # every rank joins (ZeRO-3 gathers the weights)
         summary = None
         if trainer.is_world_process_zero():
-            if trainer.is_world_process_zero() and cfg.train.lora:
+            if cfg.train.lora:
                 _merge_lora(tmp, folder, cfg.train.dtype)
             tokenizer.save_pretrained(str(tmp))
             if final.exists():
