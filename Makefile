@@ -9,7 +9,11 @@ STAMP := $(VENV)/.wsd-installed
 EXPERIMENT ?= mini
 PYTEST_ARGS ?=
 
-.PHONY: setup test reproduce bench clean-venv
+RANKS ?= 2
+DEEPSPEED ?= zero2
+ARGS ?=
+
+.PHONY: setup test reproduce generalign train bench clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +31,17 @@ test: setup
 
 reproduce: setup
 	$(PY) -m pipelines.generate experiment=$(EXPERIMENT)
+
+# GenerAlign collection for this experiment (resumable per prompt).
+generalign: setup
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m pipelines.collect_generalign experiment=$(EXPERIMENT) $(ARGS)
+
+# DPO pilot training under DeepSpeed on $(RANKS) ranks: gloo on this CPU, nccl on GPUs.
+# accelerate spells its torchrun launcher --multi_gpu.
+train: generalign
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(RANKS) \
+	    --num_machines 1 --mixed_precision no --dynamo_backend no -m pipelines.train_pilot \
+	    experiment=$(EXPERIMENT) deepspeed=$(DEEPSPEED) $(ARGS)
 
 # Decode benchmark on the embedded pair (about 25 minutes on 2 cores); JSON in outputs/bench/.
 bench: setup

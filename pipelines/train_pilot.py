@@ -2,8 +2,9 @@
 full fine-tuning or LoRA, under DeepSpeed ZeRO-2/3 when a config names it. Resumes from the
 last checkpoint; saves a plain HF folder the generate stage takes as `pilot=trained`.
 
-    python -m pipelines.train_pilot experiment=mini deepspeed=none     # one process (this CPU)
-    accelerate launch --num_processes 8 -m pipelines.train_pilot       # GPUs, DeepSpeed ZeRO-2 (untested here)
+    python -m pipelines.train_pilot experiment=mini deepspeed=none     # one process
+    make train                                                          # DeepSpeed ZeRO-2, 2 ranks (gloo here)
+    accelerate launch --multi_gpu --num_processes 8 -m pipelines.train_pilot deepspeed=zero3   # GPUs (nccl)
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def dataset_path(cfg: DictConfig) -> Path:
 
 def load_data(cfg: DictConfig):
     """The train/test DatasetDict (a `save_to_disk` folder, or a JSONL file with a `split`
-    column), checked for the algorithm's columns."""
+    column), checked for the algorithm's columns (other columns, such as GenerAlign's
+    `category`, are kept for the held-out comparison)."""
     import datasets
 
     algorithm, path = cfg.train.algorithm, dataset_path(cfg)
@@ -63,8 +65,7 @@ def load_data(cfg: DictConfig):
     if missing:
         raise ValueError(f"training data {str(path)!r} lacks column(s) {', '.join(missing)} that "
                          f"{algorithm.upper()} needs; found {', '.join(data['train'].column_names)}")
-    keep = list(COLUMNS[algorithm])
-    return datasets.DatasetDict({s: d.select_columns(keep) for s, d in data.items() if d.num_rows})
+    return datasets.DatasetDict({s: d for s, d in data.items() if d.num_rows})
 
 
 def deepspeed_config(cfg: DictConfig) -> dict | None:
@@ -99,17 +100,40 @@ def train_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_root) / "pilots" / f"{cfg.name}__{slug(cfg.pilot.name)}__{config_key(payload)}"
 
 
+def deepspeed_on_cpu_ranks(ds: dict | None) -> bool:
+    """Set up accelerate's state for DeepSpeed ranks on a host without GPUs, before the
+    Trainer's arguments: accelerate finds no backend there (it would count one process while
+    DeepSpeed runs them all), so the ranks join a gloo group and the Trainer takes that
+    state as configured (`use_configured_state`). False where accelerate manages alone."""
+    import torch
+    from accelerate import PartialState
+
+    if ds is None or "LOCAL_RANK" not in os.environ or torch.cuda.is_available():
+        return False
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # what the Trainer sets while it builds the state
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return True
+
+
 def trainer_args(cfg: DictConfig, out: Path, ds: dict | None, report_to: list[str]):
     from trl import DPOConfig, SFTConfig
 
+    import torch
+
     t = cfg.train
+    configured = deepspeed_on_cpu_ranks(ds)
+    use_cpu = not torch.cuda.is_available() if t.use_cpu is None else t.use_cpu
     common = dict(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs, max_steps=t.max_steps, lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_steps, logging_steps=t.logging_steps, save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, max_length=t.max_length, seed=cfg.seed, data_seed=cfg.seed,
-        report_to=report_to, deepspeed=ds, use_cpu=t.use_cpu, bf16=t.bf16, gradient_checkpointing=False,
+        report_to=report_to, deepspeed=ds, use_cpu=use_cpu and not configured, bf16=t.bf16,
+        accelerator_config={"use_configured_state": configured},
         dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,
         eval_strategy="no", per_device_eval_batch_size=t.per_device_train_batch_size,
     )
@@ -169,8 +193,10 @@ def run(cfg: DictConfig) -> dict | None:
     trainer_class = DPOTrainer if cfg.train.algorithm == "dpo" else SFTTrainer
     with tracked(resolved["logger"], stage="train_pilot", group=cfg.name, name=f"train/{out.name}", config=resolved,
                  folder=out, enabled=rank == 0) as tracker:
-        trainer = trainer_class(model=model, args=args, train_dataset=data["train"],
-                                eval_dataset=data.get("test"), processing_class=tokenizer, peft_config=peft_config)
+        columns = list(COLUMNS[cfg.train.algorithm])
+        trainer = trainer_class(model=model, args=args, train_dataset=data["train"].select_columns(columns),
+                                eval_dataset=data["test"].select_columns(columns) if "test" in data else None,
+                                processing_class=tokenizer, peft_config=peft_config)
         last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).exists() else None
         if last:
             log.info("resuming from %s", last)
@@ -199,14 +225,56 @@ def run(cfg: DictConfig) -> dict | None:
             link.symlink_to(final.resolve(), target_is_directory=True)
             summary = {"algorithm": cfg.train.algorithm, "pilot": cfg.pilot.name, "data": str(dataset_path(cfg)),
                        "train_rows": data["train"].num_rows, "test_rows": data["test"].num_rows if "test" in data else 0,
-                       "deepspeed": ds, "world_size": world_size(), "resumed_from": last,
+                       "deepspeed": ds, "world_size": world_size(),
+                       "distributed_type": str(trainer.accelerator.distributed_type), "resumed_from": last,
                        "global_steps": trainer.state.global_step, "train_seconds": wall,
                        "train_metrics": result.metrics, "eval_metrics": metrics,
                        "curve": summarize_history(history), "model": str(final), "latest": str(link)}
+            if cfg.train.heldout_comparison and "test" in data:
+                summary["heldout"] = compare_on_heldout(resolved, spec, final, data["test"])
             write_atomic(out / "log_history.json", json.dumps(history, indent=1))
             write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
-            tracker.summary({f"curve/{k}/{e}": v for k, d in summary["curve"].items() for e, v in d.items()})
+            tracker.summary({f"curve/{k}/{e}": v for k, d in summary["curve"].items() for e, v in d.items()}
+                            | {f"heldout/{k}": v["mean"] for k, v in summary.get("heldout", {}).items()
+                               if isinstance(v, dict)})
     return summary
+
+
+def compare_on_heldout(resolved: dict, pilot: ModelSpec, trained: Path, test) -> dict:
+    """The untrained and the trained pilot answer the held-out prompts (greedy, as long as
+    GenerAlign's answers), and GenerAlign's own scorers judge them together: each pilot's mean
+    score, and the trained pilot's round-robin win rate against the untrained one."""
+    from eval.stats import bootstrap, print_estimates
+    from pipelines.collect_generalign import Scorer
+    from wsd.benchmarks import Prompt
+    from wsd.generalign import SourcePrompt
+    from wsd.methods import method_entry
+
+    g = resolved["generalign"]
+    config = {**resolved, "method": {**resolved["method"], "name": "pilot"},
+              "generation": {**resolved["generation"], "max_new_tokens": g["max_new_tokens"],
+                             "temperature": 0.0}}
+    def user_text(prompt) -> str:  # TRL's conversational or plain prompt
+        return prompt if isinstance(prompt, str) else next(m["content"] for m in prompt if m["role"] == "user")
+
+    prompts = [SourcePrompt(str(r.get("id", k)), r.get("category") or "helpful", r.get("source") or "test",
+                            user_text(r["prompt"])) for k, r in enumerate(test)]
+    candidates = [[] for _ in prompts]
+    pilots = {"untrained": pilot, "trained": ModelSpec.from_config({"name": "trained-pilot", "path": str(trained)})}
+    for label, spec in pilots.items():
+        method = method_entry("pilot").build(config, generate.pooled_models({"pilot": spec}, resolved["model_cache_dir"]))
+        batch = [Prompt(str(k), [{"role": "user", "content": p.prompt}]) for k, p in enumerate(prompts)]
+        for prompt, record in method.generate_many(batch):
+            candidates[int(prompt.id)].append({"teacher": label, "response": record["response"].strip()})
+    Scorer(g["scorers"]).score(prompts, candidates)
+    result = {"prompts": len(prompts), "max_new_tokens": g["max_new_tokens"]}
+    for i, label in enumerate(pilots):
+        result[f"{label}_score"] = bootstrap([c[i]["score"] for c in candidates]).as_dict()
+    for key in (f"{s['judge']['name']}/round_robin" for s in g["scorers"] if s["metric"] == "round_robin"):
+        won = [c[1]["scores"][key] for c in candidates if key in c[1].get("scores", {})]
+        result["trained_win_rate"] = bootstrap(won).as_dict() if won else None
+    print_estimates("held-out prompts: trained vs untrained pilot", {k: v for k, v in result.items() if isinstance(v, dict)})
+    return result
 
 
 def _merge_lora(adapter_dir: Path, base_folder: str, dtype: str) -> None:

@@ -46,6 +46,9 @@ def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models
         assert summary["curve"]["rewards/margins"]["last"] > 0
     before, after = weights(tiny_models["pilot"]), weights(summary["model"])
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    heldout = summary["heldout"]  # both pilots answered the 3 test prompts and were judged together
+    assert heldout["prompts"] == 3 and heldout["trained_score"]["n"] == heldout["untrained_score"]["n"] == 3
+    assert 0 <= heldout["trained_win_rate"]["mean"] <= 1
     # the trained pilot drives WSD through `pilot=trained` (this experiment's latest pilot)
     generation = [o for o in tiny_overrides(tiny_models, tmp_path) if not o.startswith("pilot")]
     records = generate.run(generate.compose([*generation, "pilot=trained", "method=wsd", "benchmark=mt_bench",
@@ -88,3 +91,29 @@ def test_data_without_the_columns_is_named(tiny_models, tmp_path, pairs):
     with pytest.raises(ValueError, match="lacks column\\(s\\) rejected that DPO needs"):
         train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs)))
     assert train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.algorithm=sft")))
+
+
+def launch_two_ranks(args: list[str], log) -> subprocess.CompletedProcess:
+    """The README's launcher: accelerate's torchrun with 2 processes, here on gloo."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
+               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", "0", "-m", "pipelines.train_pilot", *args]
+    return subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=900)
+
+
+@pytest.mark.parametrize("algorithm, zero", [("dpo", 2), ("sft", 2), ("dpo", 3)])
+def test_deepspeed_on_two_gloo_ranks(tiny_models, tmp_path, pairs, algorithm, zero):
+    args = overrides(tiny_models, tmp_path, pairs, f"deepspeed=zero{zero}", f"train.algorithm={algorithm}",
+                     "train.heldout_comparison=false",
+                     "train.per_device_train_batch_size=1")
+    with open(tmp_path / "launch.log", "w") as log:
+        done = launch_two_ranks(args, log)
+    assert done.returncode == 0, (tmp_path / "launch.log").read_text()[-3000:]
+    summary = json.loads((train_pilot.train_dir(train_pilot.compose(args)) / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["distributed_type"] == "DistributedType.DEEPSPEED"
+    assert summary["deepspeed"]["zero_optimization"]["stage"] == zero
+    assert summary["global_steps"] == 4
+    assert summary["curve"]["loss"]["last"] < summary["curve"]["loss"]["first"]
+    before, after = weights(tiny_models["pilot"]), weights(summary["model"])
+    assert any(not torch.equal(before[k], after[k]) for k in before)
