@@ -13,7 +13,11 @@ RANKS ?= 2
 DEEPSPEED ?= zero2
 ARGS ?=
 
-.PHONY: setup test reproduce generalign train bench clean-venv
+SWEEP ?= threshold
+SWEEP_JUDGE ?= reference_similarity
+OFFLINE := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1}
+
+.PHONY: setup test reproduce generalign train sweep report bench clean-venv
 
 setup: $(STAMP)
 
@@ -29,19 +33,33 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) requirements/packaged.txt
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole chain (collection, training, generation, evaluation, tax, report); finished steps are skipped.
 reproduce: setup
-	$(PY) -m pipelines.generate experiment=$(EXPERIMENT)
+	$(OFFLINE) PYTHONUNBUFFERED=1 $(PY) -m pipelines.reproduce experiment=$(EXPERIMENT) $(ARGS)
 
 # GenerAlign collection for this experiment (resumable per prompt).
 generalign: setup
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m pipelines.collect_generalign experiment=$(EXPERIMENT) $(ARGS)
+	$(OFFLINE) $(PY) -m pipelines.collect_generalign experiment=$(EXPERIMENT) $(ARGS)
 
 # DPO pilot training under DeepSpeed on $(RANKS) ranks: gloo on this CPU, nccl on GPUs.
 # accelerate spells its torchrun launcher --multi_gpu.
 train: generalign
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(RANKS) \
+	$(OFFLINE) $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(RANKS) \
 	    --num_machines 1 --mixed_precision no --dynamo_backend no -m pipelines.train_pilot \
 	    experiment=$(EXPERIMENT) deepspeed=$(DEEPSPEED) $(ARGS)
+
+# The switch sweep (conf/sweep/$(SWEEP).yaml) with the base model's run as the time reference,
+# one judge over every point, then the report's sweep table and plots.
+sweep: setup
+	$(OFFLINE) $(PY) -m pipelines.generate +sweep=$(SWEEP) experiment=$(EXPERIMENT) $(ARGS)
+	$(OFFLINE) $(PY) -m pipelines.generate method=base experiment=$(EXPERIMENT) $(ARGS)
+	$(OFFLINE) $(PY) -m pipelines.evaluate +sweep=$(SWEEP) judge=$(SWEEP_JUDGE) experiment=$(EXPERIMENT) $(ARGS)
+	$(OFFLINE) $(PY) -m pipelines.evaluate method=base judge=$(SWEEP_JUDGE) experiment=$(EXPERIMENT) $(ARGS)
+	$(PY) -m pipelines.report experiment=$(EXPERIMENT)
+
+# Paper tables beside ours, plots, the W&B report (online) or its definition: outputs/reports/$(EXPERIMENT)/
+report: setup
+	$(PY) -m pipelines.report experiment=$(EXPERIMENT) $(ARGS)
 
 # Decode benchmark on the embedded pair (about 25 minutes on 2 cores); JSON in outputs/bench/.
 bench: setup

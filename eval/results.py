@@ -13,6 +13,7 @@ from pathlib import Path
 from wsd.store import write_atomic
 
 PROXY_MARK = "†"
+PROXY_NOTE = f"{PROXY_MARK} offline proxy metric (not the paper's judge)."
 
 
 def evaluation_rows(output_root: str | Path, experiment: str) -> list[dict]:
@@ -30,21 +31,43 @@ def evaluation_rows(output_root: str | Path, experiment: str) -> list[dict]:
             rows.append({"method": run_label(run), "benchmark": benchmark,
                          "metric": metric if tax else f"{summary['judge']}/{metric}",
                          "proxy": bool(summary.get("proxy", False)), **est, "summary": str(path),
-                         "mtime": path.stat().st_mtime})
+                         "mtime": path.stat().st_mtime, "run": run,
+                         "generation": summary.get("generation") or summary.get("run_dir")})
+    with_models = ambiguous_labels([r["run"] for r in rows])
+    for row in rows:
+        if row["method"] in with_models:
+            row["method"] = run_label(row["run"], with_models=True)
     return rows
 
 
-def run_label(run: dict) -> str:
-    """`wsd (w=6, γ=0.8)`-style names for table rows; the models when they are not the
-    experiment's only pair are in the `models` column of the CSV."""
+def run_label(run: dict, with_models: bool = False) -> str:
+    """`wsd (w=6, γ=0.8)`-style names for table rows, with the models (`wsd (w=6, γ=0.8) ·
+    SmolLM2-135M-Instruct → gemma-3-270m`) where one name would cover several model sets."""
     label = run["method"]
     if run.get("wsd"):
         label += f" (w={run['wsd']['window']}, γ={run['wsd']['threshold']})"
+    if with_models:
+        label += " · " + " → ".join(run["models"].values())
     return label
 
 
-def _cell(row: dict) -> str:
-    return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}] n={row['n']}"
+def ambiguous_labels(runs: list[dict]) -> set[str]:
+    """The short labels that name runs with different models (a packaged and a trained pilot)."""
+    models: dict[str, set] = {}
+    for run in runs:
+        models.setdefault(run_label(run), set()).add(tuple(run["models"].items()))
+    return {label for label, sets in models.items() if len(sets) > 1}
+
+
+def estimate_cell(est: dict) -> str:
+    """One estimate as a table cell: mean [bootstrap 95% interval] n."""
+    return f"{est['mean']:.3f} [{est['low']:.3f}, {est['high']:.3f}] n={est['n']}"
+
+
+def markdown_table(header: list[str], body: list[list[str]], note: str = "") -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+             *("| " + " | ".join(r) + " |" for r in body)]
+    return "\n".join(lines + (["", note] if note else [])) + "\n"
 
 
 def comparison_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -57,7 +80,7 @@ def comparison_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     columns = sorted(dict.fromkeys(c for _, c in newest))
     proxies = {c for (_, c), r in newest.items() if r["proxy"]}
     header = ["method", *(f"{c}{PROXY_MARK if c in proxies else ''}" for c in columns)]
-    body = [[m, *(_cell(newest[(m, c)]) if (m, c) in newest else "" for c in columns)] for m in methods]
+    body = [[m, *(estimate_cell(newest[(m, c)]) if (m, c) in newest else "" for c in columns)] for m in methods]
     return header, body
 
 
@@ -69,10 +92,8 @@ def write_tables(output_root: str | Path, experiment: str) -> Path | None:
     header, body = comparison_table(rows)
     folder = Path(output_root) / "tables" / experiment
     folder.mkdir(parents=True, exist_ok=True)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-             *("| " + " | ".join(r) + " |" for r in body), "",
-             f"Mean [bootstrap 95% interval] n. {PROXY_MARK} offline proxy metric (not the paper's judge)."]
-    write_atomic(folder / "evaluation.md", "\n".join(lines) + "\n")
+    write_atomic(folder / "evaluation.md",
+                 markdown_table(header, body, f"Mean [bootstrap 95% interval] n. {PROXY_NOTE}"))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=["method", "benchmark", "metric", "mean", "low", "high", "n", "proxy",
                                              "summary"], extrasaction="ignore")

@@ -36,6 +36,9 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict]:
     point of a WSD sweep."""
     entry = method_entry(cfg.method.name)
     payload = {role: OmegaConf.to_container(cfg[role], resolve=True) for role in entry.roles}
+    for model in payload.values():  # `pilot=trained` links to the latest training: key by what it points at
+        if model.get("path") and Path(model["path"]).expanduser().is_symlink():
+            model["resolved_path"] = str(Path(model["path"]).expanduser().resolve())
     payload.update(method=OmegaConf.to_container(cfg.method, resolve=True), seed=cfg.seed,
                    generation=OmegaConf.to_container(cfg.generation, resolve=True))
     if entry.uses_wsd_block:

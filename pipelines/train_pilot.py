@@ -86,6 +86,12 @@ def deepspeed_config(cfg: DictConfig) -> dict | None:
     return ds
 
 
+def initial_model(cfg: DictConfig) -> DictConfig:
+    """The model training starts from: `train.model`, else the experiment's pilot (whose
+    judge and teachers made the data either way)."""
+    return cfg.train.model or cfg.pilot
+
+
 # How long and how often, not what: a longer run resumes a shorter one's checkpoints.
 _NOT_KEYED = ("max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps")
 
@@ -93,11 +99,11 @@ _NOT_KEYED = ("max_steps", "num_train_epochs", "save_steps", "save_total_limit",
 def train_dir(cfg: DictConfig) -> Path:
     """Keyed by the pilot, the data, the training and DeepSpeed settings and the seed."""
     train = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k not in _NOT_KEYED}
-    payload = {"pilot": OmegaConf.to_container(cfg.pilot, resolve=True), "data": str(dataset_path(cfg)),
+    payload = {"pilot": OmegaConf.to_container(initial_model(cfg), resolve=True), "data": str(dataset_path(cfg)),
                "train": train,
                "deepspeed": OmegaConf.to_container(cfg.deepspeed, resolve=True) if cfg.deepspeed else None,
                "seed": cfg.seed}
-    return Path(cfg.output_root) / "pilots" / f"{cfg.name}__{slug(cfg.pilot.name)}__{config_key(payload)}"
+    return Path(cfg.output_root) / "pilots" / f"{cfg.name}__{slug(initial_model(cfg).name)}__{config_key(payload)}"
 
 
 def deepspeed_on_cpu_ranks(ds: dict | None) -> bool:
@@ -165,7 +171,7 @@ def run(cfg: DictConfig) -> dict | None:
     validate_logger(resolved["logger"])
     data = load_data(cfg)
     ds = deepspeed_config(cfg)
-    spec = ModelSpec.from_config(cfg.pilot)
+    spec = ModelSpec.from_config(initial_model(cfg))
     check_available(spec)
     out = train_dir(cfg)
     rank = int(os.environ.get("RANK", "0"))
@@ -223,7 +229,7 @@ def run(cfg: DictConfig) -> dict | None:
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(final.resolve(), target_is_directory=True)
-            summary = {"algorithm": cfg.train.algorithm, "pilot": cfg.pilot.name, "data": str(dataset_path(cfg)),
+            summary = {"algorithm": cfg.train.algorithm, "pilot": spec.name, "data": str(dataset_path(cfg)),
                        "train_rows": data["train"].num_rows, "test_rows": data["test"].num_rows if "test" in data else 0,
                        "deepspeed": ds, "world_size": world_size(),
                        "distributed_type": str(trainer.accelerator.distributed_type), "resumed_from": last,

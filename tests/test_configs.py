@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import collect_generalign, evaluate, evaluate_tax, generate, train_pilot
+from pipelines import collect_generalign, evaluate, evaluate_tax, generate, report, reproduce, train_pilot
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = Path(__file__).resolve().parents[1] / "eval" / "tasks"
@@ -15,11 +15,12 @@ CHOICES = sorted((path.parent.name, path.stem) for path in CONF.glob("*/*.yaml")
 def test_every_config_choice_composes(group, choice):
     compose = {"judge": evaluate.compose, "deepspeed": train_pilot.compose}.get(group, generate.compose)
     needed = [f"{group}.path=/models/mine"] if choice == "custom" else []  # `custom` takes any id or folder
-    cfg = compose([f"{group}={choice}", *needed])
+    added = "+" if group == "sweep" else ""  # a sweep is added to a stage's defaults, not chosen among them
+    cfg = compose([f"{added}{group}={choice}", *needed])
     assert cfg.method.name and cfg.pilot.name and cfg.base.name
 
 
-@pytest.mark.parametrize("stage", [generate, evaluate, evaluate_tax, collect_generalign, train_pilot])
+@pytest.mark.parametrize("stage", [generate, evaluate, evaluate_tax, collect_generalign, train_pilot, report, reproduce])
 def test_every_stage_config_composes(stage):
     assert stage.compose([]).seed == 42
 

@@ -61,6 +61,7 @@ def tracked(logger_cfg: dict, *, stage: str, group: str, name: str, config: dict
             enabled: bool = True):
     """A `Tracker` for one stage run; W&B only where `enabled` (rank 0 of a sharded run)."""
     validate_logger(logger_cfg)
+    group = logger_cfg.get("group") or group  # a sweep names its own group
     run = None
     if enabled and logger_cfg["name"] == "wandb":
         import wandb

@@ -1,0 +1,505 @@
+"""Report stage: the paper's tables with ours beside them, plots, and a W&B Report, from
+everything the generate, evaluate and evaluate_tax stages left on disk for one experiment.
+It runs no model, so it can be rerun after every stage.
+
+    python -m pipelines.report experiment=mini
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from eval.results import PROXY_MARK, estimate_cell, evaluation_rows, markdown_table, run_label
+from eval.stats import bootstrap_ratio
+from pipelines import generate
+from wsd.store import RunRecords, write_atomic
+
+log = logging.getLogger("wsd.report")
+
+PAPER_RESULTS = Path(__file__).resolve().parents[1] / "eval" / "paper_results.yaml"
+TAX = "alignment tax"  # the benchmark name eval.results gives alignment-tax rows
+PROXY_NOTE = f"{PROXY_MARK} offline proxy metric: not the paper's judge, not comparable to the paper's number."
+OURS_NOTE = ("Our cells: mean [bootstrap 95% interval] n, as fractions (0-1) where the paper reports percentages. "
+             "Our benchmarks, models and judges differ from the paper's: compare directions, not levels.")
+
+
+@dataclasses.dataclass
+class Generation:
+    """One finished generate-stage run: what it was, its summary and its records in benchmark order."""
+
+    folder: Path
+    run: dict
+    benchmark: str
+    settings: dict  # the config's `generation` block: runs are compared only under equal settings
+    records: list[dict]
+
+    @property
+    def source(self) -> str:
+        return ours_source(self.run)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.run)
+
+
+def ours_source(run: dict) -> str:
+    """`ours (gemma-3-270m, SmolLM2-135M-Instruct pilot)`: which models a row of ours used."""
+    models = run["models"]
+    pilot = f", {models['pilot']} pilot" if "pilot" in models and "base" in models else ""
+    return f"ours ({models.get('base') or models.get('pilot')}{pilot})"
+
+
+def paper_source(base_model: str) -> str:
+    return f"paper ({base_model})"
+
+
+def load_paper() -> dict:
+    return yaml.safe_load(PAPER_RESULTS.read_text())
+
+
+def generation_runs(output_root: Path, experiment: str, evaluated: set[str]) -> list[Generation]:
+    """The experiment's generate runs: those whose config names it, and those its evaluations
+    scored (a folder is shared by experiments with identical settings)."""
+    runs = []
+    for path in sorted(output_root.glob("generate/*/*/summary.json")):
+        folder = path.parent
+        cfg = OmegaConf.load(folder / "config.yaml")
+        if cfg.name != experiment and folder.name not in evaluated:
+            continue
+        summary = json.loads(path.read_text())
+        done = RunRecords(folder).done()
+        runs.append(Generation(folder, {**generate.run_description(cfg), "experiment": experiment},
+                               summary["benchmark"], OmegaConf.to_container(cfg.generation, resolve=True),
+                               [done[i] for i in summary["ids"] if i in done]))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+
+
+def paper_vs_ours(paper: dict, columns: dict, ours: list[dict], paper_column) -> pd.DataFrame:
+    """The paper's rows (`paper[base][method][column]`) and ours in one table. Each paper column
+    is followed by the metrics of ours that correspond to it (`paper_column(row)`); the rest
+    of ours come last. Where one of our metrics was computed twice, the newest summary wins."""
+    newest = {}
+    for row in sorted(ours, key=lambda r: r["mtime"]):
+        newest[(ours_source(row["run"]), run_label(row["run"]), row["column"])] = row
+    ours_columns = {}
+    for row in newest.values():
+        mapped = paper_column(row)
+        name = f"{mapped + ' · ' if mapped else ''}ours: {row['column']}{PROXY_MARK if row['proxy'] else ''}"
+        ours_columns.setdefault(mapped, {})[row["column"]] = name
+    order = []
+    for column, about in columns.items():
+        order += [f"{column} · paper: {about['metric']}", *sorted(ours_columns.get(column, {}).values())]
+    order += sorted(ours_columns.get(None, {}).values())
+    rows = [{"source": paper_source(base), "method": method,
+             **{f"{c} · paper: {columns[c]['metric']}": f"{v:.2f}" for c, v in values.items()}}
+            for base, methods in paper.items() for method, values in methods.items()]
+    ours_rows: dict[tuple, dict] = {}
+    for (source, method, column), row in newest.items():
+        cells = ours_rows.setdefault((source, method), {"source": source, "method": method})
+        cells[ours_columns[paper_column(row)][column]] = estimate_cell(row)
+    ours_sorted = [ours_rows[key] for key in sorted(ours_rows)]
+    return pd.DataFrame(rows + ours_sorted, columns=["source", "method", *order]).fillna("")
+
+
+def main_table(paper: dict, rows: list[dict]) -> pd.DataFrame | None:
+    """Preference benchmarks x methods per base model (the paper's main table)."""
+    ours = [{**r, "column": f"{r['benchmark']}: {r['metric']}"} for r in rows if r["benchmark"] != TAX]
+    if not ours:
+        return None
+    by_benchmark = {about["ours"]: column for column, about in paper["benchmarks"].items()}
+    return paper_vs_ours(paper["main"], paper["benchmarks"], ours, lambda r: by_benchmark.get(r["benchmark"]))
+
+
+def tax_table(paper: dict, rows: list[dict]) -> pd.DataFrame | None:
+    """GSM8K / HumanEval (and whatever else the tax stage ran) before and after alignment."""
+    ours = [{**r, "column": r["metric"]} for r in rows if r["benchmark"] == TAX]
+    if not ours:
+        return None
+    by_task = {about["ours"]: column for column, about in paper["tax_tasks"].items()}
+    return paper_vs_ours(paper["tax"], paper["tax_tasks"], ours, lambda r: by_task.get(r["metric"].split("/")[0]))
+
+
+def seconds(generation: Generation) -> dict[str, float]:
+    return {r["id"]: r["seconds"]["total"] for r in generation.records}
+
+
+def time_ratios(generations: list[Generation], resamples: int, seed: int) -> dict[Path, dict]:
+    """Per run (any method but `base`): its decoding time over the base model's alone on the
+    same benchmark, prompts, base model and generation settings, as a ratio of summed
+    per-record seconds with prompts resampled in pairs."""
+    bases = [g for g in generations if g.run["method"] == "base"]
+    out = {}
+    for g in generations:
+        pair = [b for b in bases if g.run["method"] != "base" and b.benchmark == g.benchmark
+                and b.run["models"]["base"] == g.run["models"].get("base") and b.settings == g.settings]
+        if not pair:
+            continue
+        ours, base = seconds(g), seconds(pair[-1])
+        common = [i for i in ours if i in base]
+        if not common:
+            continue
+        est = bootstrap_ratio([ours[i] for i in common], [base[i] for i in common], resamples, seed)
+        cached = [r.get("draft_cache_hit", False) for r in g.records if r["id"] in base]
+        out[g.folder] = {"estimate": est.as_dict(), "seconds_per_prompt": sum(ours[i] for i in common) / len(common),
+                         "base_seconds_per_prompt": sum(base[i] for i in common) / len(common),
+                         "draft_cache_hits": sum(cached) / len(cached)}
+    return out
+
+
+def time_table(paper: dict, generations: list[Generation], ratios: dict[Path, dict]) -> pd.DataFrame | None:
+    if not ratios:
+        return None
+    rows = [{"source": paper_source(base), "method": method, "time / base alone (x)": f"{ratio:.2f}"}
+            for base, methods in paper["time_ratio"].items() for method, ratio in methods.items()]
+    for g in generations:
+        if g.folder in ratios:
+            r = ratios[g.folder]
+            rows.append({"source": g.source, "method": g.label, "benchmark": g.benchmark,
+                         "time / base alone (x)": estimate_cell(r["estimate"]),
+                         "seconds per prompt": f"{r['seconds_per_prompt']:.2f}",
+                         "base seconds per prompt": f"{r['base_seconds_per_prompt']:.2f}",
+                         "draft cache hits": f"{r['draft_cache_hits']:.0%}"})
+    return pd.DataFrame(rows).fillna("")
+
+
+def switch_positions(g: Generation) -> list[int]:
+    """Kept draft tokens (base tokenization) of the responses that switched: position i + 1."""
+    return [r["keep_count"] for r in g.records if r["switched"]]
+
+
+def switch_table(generations: list[Generation]) -> pd.DataFrame | None:
+    """Where WSD hands over, per run: quantiles of the switch position and the share of
+    responses whose pilot draft never reached the threshold (kept whole)."""
+    rows = []
+    for g in generations:
+        if g.run["method"] != "wsd" or not g.records:
+            continue
+        positions = switch_positions(g)
+        quantiles = np.percentile(positions, [0, 25, 50, 75, 100]) if positions else [None] * 5
+        rows.append({"source": g.source, "method": g.label, "benchmark": g.benchmark, "responses": len(g.records),
+                     "never switched": 1 - len(positions) / len(g.records),
+                     "switched": len(positions), "mean position": np.mean(positions) if positions else None,
+                     **dict(zip(("min", "p25", "median", "p75", "max"), quantiles))})
+    return pd.DataFrame(rows) if rows else None
+
+
+def sweep_table(generations: list[Generation], rows: list[dict], ratios: dict[Path, dict]) -> pd.DataFrame | None:
+    """One row per WSD (window, threshold) point: its metrics, relative time and switch share."""
+    wsd = [g for g in generations if g.run["method"] == "wsd"]
+    if not wsd:
+        return None
+    scored: dict[tuple, dict] = {}
+    for row in sorted(rows, key=lambda r: r["mtime"]):
+        if row["benchmark"] != TAX and row.get("generation"):
+            name = f"{row['metric']}{PROXY_MARK if row['proxy'] else ''}"
+            scored.setdefault((row["benchmark"], Path(row["generation"]).name), {})[name] = estimate_cell(row)
+    table = []
+    for g in sorted(wsd, key=lambda g: (g.benchmark, g.source, g.run["wsd"]["window"], g.run["wsd"]["threshold"])):
+        ratio = ratios.get(g.folder)
+        table.append({"source": g.source, "benchmark": g.benchmark, "window": g.run["wsd"]["window"],
+                      "threshold": g.run["wsd"]["threshold"], "draft_max_tokens": g.run["wsd"]["draft_max_tokens"],
+                      "switched share": np.mean([r["switched"] for r in g.records]) if g.records else None,
+                      "time / base alone (x)": estimate_cell(ratio["estimate"]) if ratio else "",
+                      **scored.get((g.benchmark, g.folder.name), {})})
+    return pd.DataFrame(table).fillna("")
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def latex(df: pd.DataFrame, caption: str) -> str:
+    """pandas' LaTeX (booktabs) with our marks spelled for pdflatex."""
+    text = df.to_latex(index=False, escape=True, caption=caption, float_format="%.3f", na_rep="")
+    for mark, spelled in ((PROXY_MARK, r"\textsuperscript{\dag}"), ("γ", r"$\gamma$"), ("→", r"$\to$"),
+                          ("·", r"$\cdot$")):
+        text = text.replace(mark, spelled)
+    return text
+
+
+def write_table(folder: Path, name: str, df: pd.DataFrame, note: str) -> dict[str, Path]:
+    """`<name>.md` (with its note), `<name>.csv` and `<name>.tex` (the note as caption)."""
+    shown = df.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v))
+                   else f"{v:.3f}" if isinstance(v, float) else str(v))
+    paths = {ext: folder / f"{name}.{ext}" for ext in ("md", "csv", "tex")}
+    write_atomic(paths["md"], markdown_table(list(df.columns), shown.values.tolist(), note))
+    write_atomic(paths["csv"], df.to_csv(index=False))
+    write_atomic(paths["tex"], latex(df, note))
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _by_window(points: list[tuple]) -> dict:
+    """(line key, threshold, value...) points -> line key -> points sorted by threshold."""
+    lines: dict = {}
+    for key, *point in sorted(points, key=lambda p: (str(p[0]), p[1])):
+        lines.setdefault(key, []).append(point)
+    return lines
+
+
+def plot_metric_vs_threshold(path: Path, generations: list[Generation], rows: list[dict]) -> Path | None:
+    """One panel per (benchmark, metric) evaluated at two or more thresholds; a line per window
+    (and pilot), the bootstrap interval as error bars."""
+    wsd = {(g.benchmark, g.folder.name): g for g in generations if g.run["method"] == "wsd"}
+    panels: dict[str, list] = {}
+    for row in rows:
+        g = wsd.get((row["benchmark"], Path(row.get("generation") or "").name))
+        if g is not None:
+            title = f"{row['benchmark']}: {row['metric']}{PROXY_MARK if row['proxy'] else ''}"
+            key = f"w={g.run['wsd']['window']} · {g.source}"
+            panels.setdefault(title, []).append((key, g.run["wsd"]["threshold"], row["mean"], row["low"], row["high"]))
+    panels = {t: p for t, p in panels.items() if len({x[1] for x in p}) > 1}
+    if not panels:
+        return None
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    rows_needed = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_needed, columns, figsize=(5.5 * columns, 4 * rows_needed), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    for ax, (title, points) in zip(axes.flat, sorted(panels.items())):
+        for key, line in _by_window(points).items():
+            x, y, low, high = map(np.array, zip(*line))
+            ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=key)
+        ax.set(title=title, xlabel="threshold γ", ylabel="mean (95% interval)")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_time_vs_threshold(path: Path, generations: list[Generation], ratios: dict[Path, dict]) -> Path | None:
+    points = [(f"{g.benchmark} · w={g.run['wsd']['window']} · {g.source}", g.run["wsd"]["threshold"],
+               ratios[g.folder]["estimate"]["mean"]) for g in generations
+              if g.run["method"] == "wsd" and g.folder in ratios]
+    if len({p[1] for p in points}) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, line in _by_window(points).items():
+        ax.plot(*zip(*line), marker="o", label=key)
+    ax.axhline(1.0, color="grey", linestyle=":", label="base model alone")
+    ax.set(title="decoding time relative to the base model alone", xlabel="threshold γ", ylabel="time / base (x)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_switch_histogram(path: Path, generations: list[Generation]) -> Path | None:
+    runs = [(f"{g.benchmark} · {g.label} · {g.source}", switch_positions(g))
+            for g in generations if g.run["method"] == "wsd"]
+    runs = [(label, positions) for label, positions in runs if positions]
+    if not runs:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    top = max(max(p) for _, p in runs)
+    for label, positions in runs:
+        ax.hist(positions, bins=np.arange(0.5, top + 1.5), histtype="step", linewidth=1.5, label=label)
+    ax.set(title="switch positions (responses that switched)", xlabel="kept draft tokens k (base tokenization)",
+           ylabel="responses")
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# W&B Report
+
+
+def wandb_metric_keys(rows: list[dict]) -> dict[str, list[str]]:
+    """The run-summary keys the evaluate (`<metric>/mean`) and tax stages logged, per stage."""
+    keys = {"evaluate": [], "evaluate_tax": []}
+    for row in rows:
+        stage, metric = ("evaluate_tax", row["metric"]) if row["benchmark"] == TAX else \
+            ("evaluate", row["metric"].partition("/")[2])
+        keys[stage].append(f"{metric}/mean")
+    return {stage: list(dict.fromkeys(k)) for stage, k in keys.items()}
+
+
+RUN_COLUMNS = ["run:displayName", "config:benchmark.name.value", "config:method.name.value",
+               "config:pilot.name.value", "config:base.name.value", "config:wsd.window.value",
+               "config:wsd.threshold.value"]
+GENERATE_KEYS = ["mean_seconds", "tokens_per_second", "switched_share", "mean_keep_count"]
+
+
+def wandb_report(cfg: DictConfig, rows: list[dict]):
+    """A W&B Report comparing the experiment's methods and sweep points: per stage a runset of
+    the experiment's W&B group (runs table) with bar plots of its summary metrics, metric vs
+    threshold scatter plots, and a run comparer. Building it makes no API call (entity given)."""
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    entity, project = cfg.logger.entity or "", cfg.logger.project
+    keys = {"generate": GENERATE_KEYS, **wandb_metric_keys(rows)}
+    blocks = [wr.H1(f"Experiment {cfg.name}"),
+              wr.P("Methods (base, baselines, WSD with each pilot) and WSD sweep points (window, threshold) "
+                   f"of the W&B group {cfg.name!r}. Metrics marked as proxies in the Markdown report are offline "
+                   "stand-ins for the paper's judges; the paper's own numbers are in the report's tables.")]
+    for stage, metrics in keys.items():
+        if not metrics:
+            continue
+        runset = wr.Runset(entity=entity, project=project, name=f"{cfg.name} {stage}",
+                           filters=expr.And(expr.Metric("Group") == cfg.name, expr.Metric("JobType") == stage),
+                           pinned_columns=RUN_COLUMNS + [f"summary:{m}" for m in metrics])
+        panels = [wr.BarPlot(title=m, metrics=[wr.SummaryMetric(m)], orientation="h") for m in metrics]
+        panels += [wr.ScatterPlot(title=f"{m} vs threshold", x=wr.Config("wsd.threshold"), y=wr.SummaryMetric(m))
+                   for m in metrics]
+        panels.append(wr.RunComparer(diff_only="split"))
+        blocks += [wr.H2(stage), wr.PanelGrid(runsets=[runset], panels=panels)]
+    return wr.Report(project=project, entity=entity, title=cfg.report.wandb_title[:128],
+                     description=f"Weak-to-Strong Decoding: methods and sweep points of experiment {cfg.name}",
+                     blocks=blocks)
+
+
+def definition(value):
+    """The report as plain JSON: every block, panel and metric with its type name."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__, **{f.name: definition(getattr(value, f.name))
+                                                 for f in dataclasses.fields(value) if not f.name.startswith("_")}}
+    if isinstance(value, (list, tuple)):
+        return [definition(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): definition(v) for k, v in value.items()}
+    return value
+
+
+def publish_report(cfg: DictConfig, rows: list[dict], folder: Path) -> dict:
+    """Save the report to W&B when online with an entity; otherwise write its definition and
+    say how to upload the offline runs it shows."""
+    report = wandb_report(cfg, rows)
+    online = cfg.logger.name == "wandb" and cfg.logger.mode == "online" and cfg.logger.entity
+    if online:
+        report.save()
+        return {"wandb_report": report.url}
+    path = folder / "wandb_report.json"
+    write_atomic(path, json.dumps(definition(report), indent=1, default=str))
+    offline = sorted((Path(cfg.logger.dir) / "wandb").glob("offline-run-*")) if cfg.logger.name == "wandb" else []
+    sync = f"wandb sync {Path(cfg.logger.dir) / 'wandb'}/offline-run-*" if offline else None
+    return {"wandb_report": str(path), "wandb_sync": sync, "offline_runs": len(offline)}
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+
+TABLES = {
+    "main": "Preference benchmarks: the paper's numbers and ours",
+    "alignment_tax": "Alignment tax: the paper's GSM8K / HumanEval and our tax-stage metrics",
+    "time": "Decoding time relative to the base model alone",
+    "switch": "Where WSD switches from the pilot to the base model",
+    "sweep": "WSD sweep points (window, threshold)",
+}
+TIME_NOTE = ("Ours: sum over the prompts both runs decoded of each record's `seconds.total` (its share of its "
+             "batch's wall time), this run over the base model alone on the same benchmark, base model and "
+             "generation settings; mean [bootstrap 95% interval over prompts] n (prompts of one batch share its "
+             "time, so the interval is narrow when few batches ran). Runs with draft cache hits "
+             "reused drafts and base probabilities of an earlier sweep point, so they under-count drafting.")
+SWITCH_NOTE = ("Position = kept draft tokens k (base tokenization; the switch is at draft token k - 1), over "
+               "the responses that switched; `never switched` responses kept their whole draft.")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Read every result of experiment `cfg.name`, write the tables, plots, W&B report and an index."""
+    root, experiment = Path(cfg.output_root), cfg.name
+    rows = evaluation_rows(root, experiment)
+    generations = generation_runs(root, experiment, {Path(r["generation"]).name for r in rows if r.get("generation")})
+    if not rows and not generations:
+        raise FileNotFoundError(
+            f"no results for experiment {experiment!r} under {root}: run `python -m pipelines.generate "
+            f"name={experiment}` (or experiment=...), then `python -m pipelines.evaluate` / "
+            "`python -m pipelines.evaluate_tax` with the same overrides first")
+    folder = Path(cfg.report.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paper = load_paper()
+    ratios = time_ratios(generations, cfg.bootstrap_resamples, cfg.seed)
+    notes = {"main": f"{OURS_NOTE} {PROXY_NOTE}", "alignment_tax": OURS_NOTE, "time": TIME_NOTE,
+             "switch": SWITCH_NOTE, "sweep": f"{OURS_NOTE} {PROXY_NOTE}"}
+    frames = {"main": main_table(paper, rows), "alignment_tax": tax_table(paper, rows),
+              "time": time_table(paper, generations, ratios), "switch": switch_table(generations),
+              "sweep": sweep_table(generations, rows, ratios)}
+    reasons = {"main": "no evaluate-stage summary (python -m pipelines.evaluate)",
+               "alignment_tax": "no alignment-tax summary (python -m pipelines.evaluate_tax)",
+               "time": "no base-model run on the same benchmark and generation settings as another method",
+               "switch": "no WSD generate run", "sweep": "no WSD generate run"}
+    tables = {name: write_table(folder, name, df, f"{TABLES[name]}. {notes[name]}")
+              for name, df in frames.items() if df is not None}
+    plots = {"metric_vs_threshold": plot_metric_vs_threshold(folder / "metric_vs_threshold.png", generations, rows),
+             "switch_positions": plot_switch_histogram(folder / "switch_positions.png", generations),
+             "time_vs_threshold": plot_time_vs_threshold(folder / "time_vs_threshold.png", generations, ratios)}
+    skipped = {name: reasons[name] for name, df in frames.items() if df is None}
+    skipped.update({name: "fewer than two WSD thresholds with data" if name != "switch_positions"
+                    else "no WSD run, or no WSD response switched" for name, path in plots.items() if path is None})
+    wandb = publish_report(cfg, rows, folder)
+    proxies = sorted({f"{r['benchmark']}: {r['metric']}" for r in rows if r["proxy"]})
+    index = folder / "README.md"
+    write_atomic(index, index_text(experiment, tables, {k: v for k, v in plots.items() if v}, skipped, proxies, wandb,
+                                   paper["citation"]))
+    return {"experiment": experiment, "dir": str(folder), "index": str(index),
+            "tables": {name: {ext: str(p) for ext, p in paths.items()} for name, paths in tables.items()},
+            "plots": {k: str(v) for k, v in plots.items() if v}, "skipped": skipped, **wandb}
+
+
+def index_text(experiment: str, tables: dict, plots: dict, skipped: dict, proxies: list[str], wandb: dict,
+               citation: str) -> str:
+    lines = [f"# Report: experiment `{experiment}`", "",
+             f"Rows whose `source` starts with `paper` are the paper's numbers ({citation}; "
+             "`eval/paper_results.yaml`). Rows starting with `ours` are ours, with their base model and pilot; "
+             "our metrics are mean [bootstrap 95% interval] n.", "",
+             f"Offline proxy metrics (marked {PROXY_MARK} in every table): "
+             + (", ".join(proxies) if proxies else "none") + ".", "", "## Tables", ""]
+    lines += [f"- {TABLES[name]}: [{name}.md]({name}.md), [{name}.csv]({name}.csv), [{name}.tex]({name}.tex)"
+              for name in tables]
+    lines += ["", "## Plots", "", *(f"- [{Path(p).name}]({Path(p).name})" for p in plots.values())]
+    if skipped:
+        lines += ["", "## Skipped (no data)", "", *(f"- {name}: {why}" for name, why in skipped.items())]
+    lines += ["", "## W&B", "", f"- Report: {wandb['wandb_report']}"]
+    if wandb.get("wandb_sync"):
+        lines.append(f"- Upload the {wandb['offline_runs']} offline runs first: `{wandb['wandb_sync']}`")
+    return "\n".join(lines) + "\n"
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """This stage's config as `python -m pipelines.report <overrides>` builds it."""
+    return generate.compose(overrides, config_name="report")
+
+
+@hydra.main(config_path="../conf", config_name="report", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = run(cfg)
+    print(f"report of experiment {result['experiment']!r}: {result['index']}")
+    for name, why in result["skipped"].items():
+        print(f"skipped {name}: {why}")
+    print(f"W&B report: {result['wandb_report']}")
+    if result.get("wandb_sync"):
+        print(f"upload the offline runs: {result['wandb_sync']}")
+
+
+if __name__ == "__main__":
+    main()

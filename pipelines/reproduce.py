@@ -1,0 +1,188 @@
+"""`make reproduce`: the whole chain for one experiment, stage after stage:
+GenerAlign collection -> pilot training (DeepSpeed ranks through a launcher) -> generation
+(benchmarks x methods, with the experiment's pilot and the trained one) -> alignment
+evaluation -> alignment tax -> report.
+
+Every step is one stage run with the user's overrides plus its own (a benchmark, a method,
+a judge). All step configs are composed and checked before anything runs. A step whose
+output is recorded as finished for the same resolved config is skipped, so a rerun after an
+interruption finishes the rest, and a rerun after completion only prints where the results
+are (each stage also resumes inside itself).
+
+    python -m pipelines.reproduce experiment=mini
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines import generate
+from wsd.store import config_key, write_atomic
+
+log = logging.getLogger("wsd.reproduce")
+
+STAGES = ("collect_generalign", "train_pilot", "generate", "evaluate", "evaluate_tax", "report")
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str
+    overrides: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.stage, *self.overrides])
+
+
+def plan(cfg: DictConfig) -> list[Step]:
+    """The steps of `cfg.reproduce` in order: each benchmark's generation runs (the trained
+    pilot's too) and their judges, then the tax runs, then the report."""
+    r = OmegaConf.to_container(cfg.reproduce, resolve=True)
+    unknown = [s for s in r["stages"] if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown reproduce.stages {unknown}; accepted: {', '.join(STAGES)}")
+    trained = "train_pilot" in r["stages"]
+    # the trained pilot is judged by the same local judge as the experiment's own pilot
+    judge_model = f"judge_model={hydra_value(OmegaConf.to_container(cfg.judge_model, resolve=True))}"
+    pilots = [()] + ([("pilot=trained", judge_model)] if trained else [])
+    steps = []
+    if "collect_generalign" in r["stages"]:
+        steps.append(Step("collect_generalign", ()))
+    if trained:
+        steps.append(Step("train_pilot", tuple(r["train_overrides"])))
+    runs = []
+    for benchmark in r["benchmarks"]:
+        if benchmark not in r["judges"]:
+            raise ValueError(f"reproduce.judges has no entry for benchmark {benchmark!r}")
+        for pilot in pilots:
+            methods = r["methods"] if not pilot else r["trained_pilot_methods"]
+            runs += [(benchmark, (f"benchmark={benchmark}", f"method={m}", *pilot)) for m in methods]
+    if "generate" in r["stages"]:
+        steps += [Step("generate", run) for _, run in runs]
+    if "evaluate" in r["stages"]:
+        steps += [Step("evaluate", (*run, *shlex.split(judge))) for benchmark, run in runs
+                  for judge in r["judges"][benchmark]]
+    if "evaluate_tax" in r["stages"]:
+        steps += [Step("evaluate_tax", (f"method={m}", *pilot)) for pilot in pilots
+                  for m in (r["tax_methods"] if not pilot else r["trained_pilot_methods"])]
+    if "report" in r["stages"]:
+        steps.append(Step("report", ()))
+    return steps
+
+
+def hydra_value(value) -> str:
+    """`value` in Hydra's override grammar (strings quoted), for a whole config node."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _stage(name: str):
+    import importlib
+
+    return importlib.import_module(f"pipelines.{name}")
+
+
+def finished_output(step: Step, cfg: DictConfig) -> Path:
+    """The file a step writes last: its summary, or the report's index."""
+    from pipelines import collect_generalign, evaluate, evaluate_tax, train_pilot
+
+    if step.stage == "collect_generalign":
+        return collect_generalign.collect_dir(cfg) / "summary.json"
+    if step.stage == "train_pilot":
+        return train_pilot.train_dir(cfg) / "summary.json"
+    if step.stage == "generate":
+        return generate.run_dir(cfg) / "summary.json"
+    if step.stage == "evaluate":
+        return evaluate.judge_dir(cfg, generate.run_dir(cfg)) / "summary.json"
+    if step.stage == "evaluate_tax":
+        return evaluate_tax.tax_dir(cfg) / "summary.json"
+    return Path(cfg.output_root) / "reports" / cfg.name / "README.md"
+
+
+class Ledger:
+    """Which steps finished for which resolved config (`outputs/reproduce/<name>/ledger.json`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries = json.loads(path.read_text()) if path.exists() else {}
+
+    def done(self, step: Step, key: str, output: Path) -> bool:
+        entry = self.entries.get(step.label)
+        return entry is not None and entry["key"] == key and output.exists()
+
+    def record(self, step: Step, key: str, output: Path, seconds: float) -> None:
+        self.entries[step.label] = {"key": key, "output": str(output), "seconds": round(seconds, 1),
+                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps(self.entries, indent=1))
+
+
+def run(cfg: DictConfig, overrides: list[str]) -> dict:
+    """Compose (and so check) every step first; then run the unfinished ones in order. A
+    step's output and key are taken just before it runs: `pilot=trained` names a model that
+    only exists once training is done."""
+    steps = plan(cfg)
+    configs = [_stage(s.stage).compose([*overrides, *s.overrides]) for s in steps]
+    root = Path(cfg.output_root) / "reproduce" / cfg.name
+    ledger = Ledger(root / "ledger.json")
+    log.info("experiment %s: %d steps", cfg.name, len(steps))
+    started, timings = time.perf_counter(), []
+    for i, (step, step_cfg) in enumerate(zip(steps, configs)):
+        key, output = config_key(OmegaConf.to_container(step_cfg, resolve=True)), finished_output(step, step_cfg)
+        if ledger.done(step, key, output) and not (step.stage == "report" and timings):
+            continue  # (the report is rebuilt whenever a step before it ran)
+        log.info("[%d/%d] %s", i + 1, len(steps), step.label)
+        began = time.perf_counter()
+        if step.stage == "train_pilot" and cfg.reproduce.train_launcher:
+            launch_training(cfg.reproduce.train_launcher, [*overrides, *step.overrides])
+        else:
+            _stage(step.stage).run(step_cfg)
+        seconds = time.perf_counter() - began
+        timings.append({"step": step.label, "seconds": round(seconds, 1)})
+        ledger.record(step, key, output, seconds)
+    summary = {"experiment": cfg.name, "steps": len(steps), "ran": timings,
+               "wall_seconds": round(time.perf_counter() - started, 1),
+               "report": str(Path(cfg.output_root) / "reports" / cfg.name / "README.md")}
+    if timings:
+        write_atomic(root / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def launch_training(launcher: str, overrides: list[str]) -> None:
+    """The training stage in its own ranks (e.g. `accelerate launch --num_processes 2`)."""
+    command = [*shlex.split(launcher), "-m", "pipelines.train_pilot", *overrides]
+    if command[0] == "accelerate":  # the one next to this interpreter (the project's venv)
+        command[0] = str(Path(sys.executable).with_name("accelerate"))
+    log.info("launching: %s", shlex.join(command))
+    subprocess.run(command, check=True)
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    return generate.compose(overrides, config_name="reproduce")
+
+
+@hydra.main(config_path="../conf", config_name="reproduce", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    summary = run(cfg, list(HydraConfig.get().overrides.task))
+    done = "nothing left to run" if not summary["ran"] else f"ran {len(summary['ran'])} steps in {summary['wall_seconds']:.0f} s"
+    print(f"experiment {summary['experiment']}: {done}; results: {summary['report']}")
+
+
+if __name__ == "__main__":
+    main()

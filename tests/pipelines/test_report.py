@@ -1,0 +1,132 @@
+"""The report stage on real stage outputs: tests/fixtures/report/outputs holds the summaries,
+records and configs that generate / evaluate / evaluate_tax wrote for experiment `fixture` on
+the tiny models (jsonl and alpaca_eval; base, pilot, a WSD sweep over window x threshold and
+WSD with a `trained-pilot-fixture` pilot; GSM8K tax)."""
+
+import json
+import shutil
+import socket
+import statistics
+
+import pandas as pd
+import pytest
+
+from pipelines import report
+from tests.conftest import REPO
+
+FIXTURE = REPO / "tests" / "fixtures" / "report" / "outputs"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report") / "outputs"
+    shutil.copytree(FIXTURE, root)
+    result = report.run(report.compose(["name=fixture", f"output_root={root}", "bootstrap_resamples=200"]))
+    return root, result
+
+
+def records_of(root, method, **wsd):
+    """Records of the generate runs on `jsonl` whose config matches (independently of the stage)."""
+    import yaml
+
+    found = []
+    for config in sorted(root.glob("generate/jsonl/*/config.yaml")):
+        cfg = yaml.safe_load(config.read_text())
+        if cfg["method"]["name"] == method and all(cfg["wsd"][k] == v for k, v in wsd.items()) \
+                and cfg["pilot"]["name"] == "tiny-pilot":
+            found.append([json.loads(line) for line in (config.parent / "records.jsonl").open()])
+    [records] = found
+    return records
+
+
+def test_main_table_holds_the_papers_numbers_and_ours_with_proxies_marked(built):
+    root, result = built
+    main = (root / "reports" / "fixture" / "main.md").read_text()
+    assert "| paper (Llama-3-70B) | wsd | 96.48 | 87.88 | 20.13 |" in main
+    lines = main.splitlines()
+    header = lines[0]
+    # our alpaca_eval metric sits beside the paper's AlpacaEval2 column, proxy-marked
+    assert "AlpacaEval2 · paper: length-controlled win rate (%) | AlpacaEval2 · ours: alpaca_eval: " \
+           "reference_similarity/similarity† |" in header
+    assert "ours: jsonl: harmlessness/refusal†" in header and "offline proxy metric" in lines[-1]
+    # the packaged and the trained pilot are separate rows, told apart by their models
+    assert any(line.startswith("| ours (tiny-base, tiny-pilot pilot) | wsd (w=6, γ=0.8) |") for line in lines)
+    assert any(line.startswith("| ours (tiny-base, trained-pilot-fixture pilot) | wsd (w=6, γ=0.8) |")
+               for line in lines)
+    evaluation = json.loads(next(root.glob("evaluate/jsonl/base__*/harmlessness__*/summary.json")).read_text())
+    refusal = evaluation["metrics"]["offensive_probability"]
+    base_row = next(line for line in lines if line.startswith("| ours (tiny-base) | base |"))
+    assert f"{refusal['mean']:.3f} [{refusal['low']:.3f}, {refusal['high']:.3f}] n={refusal['n']}" in base_row
+
+    tax = (root / "reports" / "fixture" / "alignment_tax.md").read_text()
+    assert "| paper (Gemma-2-27B) | wsd | 85.52 |" in tax and "65.85" in tax
+    assert "GSM8K · ours: wsd_gsm8k/exact_match/strict-match" in tax.splitlines()[0]
+
+    for name in ("main", "alignment_tax", "time", "switch", "sweep"):
+        for ext in ("md", "csv", "tex"):
+            assert (root / "reports" / "fixture" / f"{name}.{ext}").stat().st_size > 0
+    assert r"\textsuperscript{\dag}" in (root / "reports" / "fixture" / "main.tex").read_text()
+    assert "AlpacaEval2 · ours: alpaca_eval: reference_similarity/similarity†" in \
+        pd.read_csv(root / "reports" / "fixture" / "main.csv").columns
+    for plot in ("metric_vs_threshold", "switch_positions", "time_vs_threshold"):
+        assert (root / "reports" / "fixture" / f"{plot}.png").stat().st_size > 1000
+    index = (root / "reports" / "fixture" / "README.md").read_text()
+    assert "[main.md](main.md)" in index and "[switch_positions.png](switch_positions.png)" in index
+    assert "secondary paper notes" in index and "jsonl: harmlessness/refusal" in index
+    assert result["skipped"] == {}
+
+
+def test_switch_analysis_and_time_ratio_match_the_records(built):
+    root, _ = built
+    switch = pd.read_csv(root / "reports" / "fixture" / "switch.csv")
+    for window, threshold in ((6, 0.8), (3, 0.5)):
+        records = records_of(root, "wsd", window=window, threshold=threshold)
+        positions = [r["keep_count"] for r in records if r["switched"]]
+        row = switch[(switch.benchmark == "jsonl") & (switch.method == f"wsd (w={window}, γ={threshold})")
+                     & switch.source.str.contains("tiny-pilot pilot")].iloc[0]
+        assert row["responses"] == len(records) and row["switched"] == len(positions)
+        assert row["never switched"] == pytest.approx(sum(not r["switched"] for r in records) / len(records))
+        assert row["median"] == statistics.median(positions) and row["min"] == min(positions)
+        assert row["mean position"] == pytest.approx(statistics.fmean(positions))
+    never = switch[switch.benchmark == "alpaca_eval"].iloc[0]
+    assert never["never switched"] == 1.0 and pd.isna(never["median"])  # no switch: no position
+
+    time = pd.read_csv(root / "reports" / "fixture" / "time.csv")
+    wsd, base = records_of(root, "wsd", window=6, threshold=0.8), records_of(root, "base")
+    expected = sum(r["seconds"]["total"] for r in wsd) / sum(r["seconds"]["total"] for r in base)
+    row = time[(time.benchmark == "jsonl") & (time.method == "wsd (w=6, γ=0.8)")
+               & time.source.str.contains("tiny-pilot pilot")].iloc[0]
+    assert row["time / base alone (x)"].startswith(f"{expected:.3f} [") and row["draft cache hits"] == "0%"
+    assert set(time[time.source == "paper (Llama-3-70B)"]["time / base alone (x)"]) == {"0.84", "2.25", "3.23"}
+
+    sweep = pd.read_csv(root / "reports" / "fixture" / "sweep.csv")
+    points = sweep[(sweep.benchmark == "jsonl") & sweep.source.str.contains("tiny-pilot pilot")]
+    assert sorted(zip(points.window, points.threshold)) == [(3, 0.5), (3, 0.8), (6, 0.5), (6, 0.8)]
+    assert points["harmlessness/refusal†"].str.contains("n=6").all()
+
+
+def test_wandb_report_definition_builds_offline(built, monkeypatch):
+    root, result = built
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("building the report definition touched the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    again = report.run(report.compose(["name=fixture", f"output_root={root}", "bootstrap_resamples=200"]))
+    spec = json.loads((root / "reports" / "fixture" / "wandb_report.json").read_text())
+    assert again["wandb_report"] == result["wandb_report"] and spec["type"] == "Report" and spec["project"] == "wsd"
+    grids = [b for b in spec["blocks"] if b["type"] == "PanelGrid"]
+    filters = [rs["filters"] for g in grids for rs in g["runsets"]]
+    assert filters and all("Metric(\"Group\") == 'fixture'" in f for f in filters)
+    panels = [p for g in grids for p in g["panels"]]
+    bars = {p["metrics"][0]["name"] for p in panels if p["type"] == "BarPlot"}
+    assert {"refusal/mean", "similarity/mean", "wsd_gsm8k/exact_match/strict-match/mean", "switched_share"} <= bars
+    assert any(p["type"] == "ScatterPlot" and p["x"]["name"] == "wsd.threshold" for p in panels)
+    assert any(p["type"] == "RunComparer" for p in panels)
+
+
+def test_an_experiment_without_results_names_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results for experiment 'nothing'.*python -m pipelines.generate"):
+        report.run(report.compose(["name=nothing", f"output_root={tmp_path}"]))
