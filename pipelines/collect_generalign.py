@@ -168,7 +168,8 @@ def prepare_prompts(g: dict, out: Path) -> tuple[dict[str, list[SourcePrompt]], 
     decontamination.jsonl), and the decontamination statistics."""
     prompts_file, dropped_file = out / "prompts.jsonl", out / "decontamination.jsonl"
     if not prompts_file.exists():
-        prompts = [p for source in scaled_sources(g) for p in load_source({"seed": g["seed"], **source})]
+        prompts = [p for source in scaled_sources(g)
+                   for p in load_source({"seed": g["seed"], "max_chars": g["max_prompt_chars"], **source})]
         prompts = list({p.id: p for p in prompts}.values())
         evaluation = evaluation_prompts(g["evaluation_benchmarks"], g.get("evaluation_paths") or {})
         d = g["decontamination"]
@@ -331,7 +332,8 @@ def dataset_card(summary: dict, g: dict) -> str:
         "Prompts tagged harmless / helpful / honest, answered by teacher methods, scored by judges; "
         "DPO pairs are the best vs the worst candidate of a prompt (margin >= "
         f"{g['min_margin']}), SFT targets the best. Made by `pipelines/collect_generalign.py`.", "",
-        f"- Prompts: {summary['prompts']} (train/test split {1 - g['test_fraction']:.0%}/{g['test_fraction']:.0%} "
+        f"- Prompts: {summary['prompts']}, each at most {g['max_prompt_chars'] or 'any number of'} characters "
+        f"(train/test split {1 - g['test_fraction']:.0%}/{g['test_fraction']:.0%} "
         "by a seeded hash of the prompt id)",
         f"- DPO pairs: train {summary['pairs']['train']}, test {summary['pairs']['test']}; "
         f"SFT targets: train {summary['sft']['train']}, test {summary['sft']['test']}",

@@ -356,7 +356,7 @@ def wandb_report(cfg: DictConfig, rows: list[dict]):
     import wandb_workspaces.reports.v2 as wr
     from wandb_workspaces import expr
 
-    entity, project = cfg.logger.entity or "", cfg.logger.project
+    entity, project = cfg.logger.get("entity") or "", cfg.logger.get("project", "wsd")  # logger=none has neither
     keys = {"generate": GENERATE_KEYS, **wandb_metric_keys(rows)}
     blocks = [wr.H1(f"Experiment {cfg.name}"),
               wr.P("Methods (base, baselines, WSD with each pilot) and WSD sweep points (window, threshold) "
@@ -394,7 +394,7 @@ def publish_report(cfg: DictConfig, rows: list[dict], folder: Path) -> dict:
     """Save the report to W&B when online with an entity; otherwise write its definition and
     say how to upload the offline runs it shows."""
     report = wandb_report(cfg, rows)
-    online = cfg.logger.name == "wandb" and cfg.logger.mode == "online" and cfg.logger.entity
+    online = cfg.logger.name == "wandb" and cfg.logger.mode == "online" and cfg.logger.get("entity")
     if online:
         report.save()
         return {"wandb_report": report.url}

@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import generate
@@ -42,7 +40,8 @@ class Step:
 
     @property
     def label(self) -> str:
-        return " ".join([self.stage, *self.overrides])
+        """The stage and its overrides (the fixed judge model left out: it is always the same)."""
+        return " ".join([self.stage, *(o for o in self.overrides if not o.startswith("judge_model="))])
 
 
 def plan(cfg: DictConfig) -> list[Step]:
@@ -74,8 +73,8 @@ def plan(cfg: DictConfig) -> list[Step]:
         steps += [Step("evaluate", (*run, *shlex.split(judge))) for benchmark, run in runs
                   for judge in r["judges"][benchmark]]
     if "evaluate_tax" in r["stages"]:
-        steps += [Step("evaluate_tax", (f"method={m}", *pilot)) for pilot in pilots
-                  for m in (r["tax_methods"] if not pilot else r["trained_pilot_methods"])]
+        steps += [Step("evaluate_tax", (f"method={m}", *pilot)) for pilot in pilots for m in r["tax_methods"]
+                  if not pilot or m in r["trained_pilot_methods"]]
     if "report" in r["stages"]:
         steps.append(Step("report", ()))
     return steps
@@ -96,6 +95,21 @@ def _stage(name: str):
     import importlib
 
     return importlib.import_module(f"pipelines.{name}")
+
+
+def stage_overrides(stage: str, overrides: list[str]) -> list[str]:
+    """The user's overrides that this stage's config takes: `tax.limit=4` means nothing to
+    the generate stage (unless an experiment added a `tax` block there too)."""
+    from hydra.errors import ConfigCompositionException
+
+    kept = []
+    for override in sorted(overrides, key=lambda o: "." in o.split("=", 1)[0]):  # config choices first
+        try:
+            _stage(stage).compose([*kept, override])
+        except ConfigCompositionException:
+            continue
+        kept.append(override)
+    return kept
 
 
 def finished_output(step: Step, cfg: DictConfig) -> Path:
@@ -133,12 +147,18 @@ class Ledger:
         write_atomic(self.path, json.dumps(self.entries, indent=1))
 
 
-def run(cfg: DictConfig, overrides: list[str]) -> dict:
-    """Compose (and so check) every step first; then run the unfinished ones in order. A
+def run(overrides: list[str]) -> dict:
+    """Compose (and so check) every step first; then run the unfinished ones in order. Each
+    stage takes the overrides its config knows; one that no stage knows is an error. A
     step's output and key are taken just before it runs: `pilot=trained` names a model that
     only exists once training is done."""
+    cfg = compose(stage_overrides("reproduce", overrides))
     steps = plan(cfg)
-    configs = [_stage(s.stage).compose([*overrides, *s.overrides]) for s in steps]
+    fitting = {stage: stage_overrides(stage, overrides) for stage in ["reproduce", *dict.fromkeys(s.stage for s in steps)]}
+    unused = [o for o in overrides if not any(o in kept for kept in fitting.values())]
+    if unused:
+        raise ValueError(f"override(s) {unused} fit no stage of the plan ({', '.join(fitting)})")
+    configs = [_stage(s.stage).compose([*fitting[s.stage], *s.overrides]) for s in steps]
     root = Path(cfg.output_root) / "reproduce" / cfg.name
     ledger = Ledger(root / "ledger.json")
     log.info("experiment %s: %d steps", cfg.name, len(steps))
@@ -150,7 +170,7 @@ def run(cfg: DictConfig, overrides: list[str]) -> dict:
         log.info("[%d/%d] %s", i + 1, len(steps), step.label)
         began = time.perf_counter()
         if step.stage == "train_pilot" and cfg.reproduce.train_launcher:
-            launch_training(cfg.reproduce.train_launcher, [*overrides, *step.overrides])
+            launch_training(cfg.reproduce.train_launcher, [*fitting[step.stage], *step.overrides])
         else:
             _stage(step.stage).run(step_cfg)
         seconds = time.perf_counter() - began
@@ -174,12 +194,15 @@ def launch_training(launcher: str, overrides: list[str]) -> None:
 
 
 def compose(overrides: list[str]) -> DictConfig:
+    """The plan's config (conf/reproduce.yaml) with these overrides."""
     return generate.compose(overrides, config_name="reproduce")
 
 
-@hydra.main(config_path="../conf", config_name="reproduce", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    summary = run(cfg, list(HydraConfig.get().overrides.task))
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipelines.reproduce <overrides>`: not a Hydra app itself, since its
+    overrides are meant for the stages it runs (and each takes those it knows)."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    summary = run(list(sys.argv[1:] if argv is None else argv))
     done = "nothing left to run" if not summary["ran"] else f"ran {len(summary['ran'])} steps in {summary['wall_seconds']:.0f} s"
     print(f"experiment {summary['experiment']}: {done}; results: {summary['report']}")
 

@@ -55,7 +55,8 @@ def source_rows(source: dict) -> list[dict]:
 
 def load_source(source: dict) -> list[SourcePrompt]:
     """Up to `take` prompts of a source (a seeded sample, in source order) after its first
-    `skip` rows (a header line), filtered by `where` (field -> value), formatted by `template`
+    `skip` rows (a header line), filtered by `where` (field -> value) and `max_chars` (longer
+    prompts than the pilot will train on are not worth answering), formatted by `template`
     (`{text}`), tagged with its category."""
     name, category = source["name"], source["category"]
     if category not in CATEGORIES:
@@ -65,10 +66,10 @@ def load_source(source: dict) -> list[SourcePrompt]:
     where = source.get("where") or {}
     rows = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
     field, template = source.get("field") or "prompt", source.get("template") or "{text}"
-    texts = []
+    texts, max_chars = [], source.get("max_chars")
     for i, row in enumerate(rows):
         text = _text_of(row, field, f"{name} row {row.get('_line', i + 1)}")
-        if text:
+        if text and (max_chars is None or len(text) <= max_chars):
             texts.append(template.format(text=text))
     texts = list(dict.fromkeys(texts))  # repeated rows once
     take = source.get("take")

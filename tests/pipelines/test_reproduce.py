@@ -1,0 +1,88 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import reproduce
+from tests.conftest import REPO, tiny_overrides
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_step_of_every_experiment_composes(experiment):
+    """The paper experiments cannot run here, but every step of their chain is a valid config."""
+    cfg = reproduce.compose([f"experiment={experiment}"])
+    steps = reproduce.plan(cfg)
+    assert [s.stage for s in steps][:2] == ["collect_generalign", "train_pilot"] and steps[-1].stage == "report"
+    for step in steps:
+        step_cfg = reproduce._stage(step.stage).compose([f"experiment={experiment}", *step.overrides])
+        assert reproduce.finished_output(step, step_cfg).name in ("summary.json", "README.md")
+        if "pilot=trained" in step.overrides:  # judged by the experiment's own pilot, not the one under test
+            assert step_cfg.judge_model.name == cfg.pilot.name != step_cfg.pilot.name
+
+
+def test_paper_experiments_name_the_papers_models():
+    for experiment, base in (("paper_llama3_70b", "Llama-3-70B"), ("paper_llama31_70b", "Llama-3.1-70B"),
+                             ("paper_gemma2_27b", "Gemma-2-27B")):
+        cfg = reproduce.compose([f"experiment={experiment}"])
+        assert (cfg.name, cfg.base.name, cfg.pilot.name) == (experiment, base, "Pilot-3B")
+        assert cfg.train.model.path == "meta-llama/Llama-3.2-3B-Instruct"
+        assert list(cfg.reproduce.benchmarks) == ["hh_rlhf", "truthfulqa", "alpaca_eval", "arena_hard", "mt_bench"]
+
+
+def test_a_bad_plan_is_named_before_anything_runs(tmp_path):
+    cfg = reproduce.compose([f"output_root={tmp_path}", "reproduce.benchmarks=[ifeval, nosuch]"])
+    with pytest.raises(ValueError, match="no entry for benchmark 'nosuch'"):
+        reproduce.plan(cfg)
+    with pytest.raises(ValueError, match="unknown reproduce.stages \\['trian'\\]"):
+        reproduce.plan(reproduce.compose(["reproduce.stages=[trian]"]))
+    with pytest.raises(ValueError, match="override\\(s\\) \\['tax.limt=3'\\] fit no stage"):
+        reproduce.run([f"output_root={tmp_path}", "experiment=mini", "tax.limt=3"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_chain_runs_once_then_only_says_where_the_results_are(tiny_models, tmp_path):
+    overrides = tiny_overrides(
+        tiny_models, tmp_path, "name=chain", "reproduce.stages=[generate,evaluate,evaluate_tax,report]",
+        "reproduce.benchmarks=[mt_bench]", "reproduce.methods=[base,wsd]", "benchmark.limit=1",
+        "reproduce.judges.mt_bench=['judge=harmlessness']", "reproduce.tax_methods=[wsd]", "tax.tasks=[wsd_gsm8k]",
+        f"tax.gsm8k_path={GSM8K}", "tax.limit=2", "tax.max_gen_toks=16")
+    summary = reproduce.run(overrides)
+    assert [s["step"] for s in summary["ran"]] == [
+        "generate benchmark=mt_bench method=base", "generate benchmark=mt_bench method=wsd",
+        "evaluate benchmark=mt_bench method=base judge=harmlessness",
+        "evaluate benchmark=mt_bench method=wsd judge=harmlessness", "evaluate_tax method=wsd", "report"]
+    index = Path(summary["report"])
+    assert index.exists() and "main" in index.read_text()
+    main = (index.parent / "main.md").read_text()
+    assert "paper (Llama-3-70B)" in main and "ours (tiny-base, tiny-pilot pilot)" in main
+    again = reproduce.run(overrides)
+    assert again["ran"] == []
+
+
+def test_a_two_point_sweep_runs_through_evaluation_and_the_report(tiny_models, tmp_path):
+    """`make sweep`'s commands, with the sweep cut to two thresholds at one window."""
+    common = [*tiny_overrides(tiny_models, tmp_path, "benchmark=mt_bench", "benchmark.limit=1", "name=swept"),
+              "wsd.threshold=0.5,0.9", "wsd.window=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def stage(module, *args):
+        done = subprocess.run([sys.executable, "-m", f"pipelines.{module}", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    stage("generate", "+sweep=threshold", *common)
+    base = [o for o in common if not o.startswith("wsd.")]
+    stage("generate", "method=base", *base)
+    stage("evaluate", "+sweep=threshold", "judge=harmlessness", *common)
+    stage("evaluate", "method=base", "judge=harmlessness", *base)
+    stage("report", *base)
+    folder = tmp_path / "outputs" / "reports" / "swept"
+    sweep = pd.read_csv(folder / "sweep.csv")
+    assert sorted(sweep["threshold"]) == [0.5, 0.9] and set(sweep["window"]) == {2}
+    assert (folder / "metric_vs_threshold.png").stat().st_size > 0 and (folder / "time_vs_threshold.png").exists()
