@@ -96,11 +96,16 @@ class Scorer:
                 built[key] = build_judge(s["judge"])
         self.judges = [built[json.dumps(s["judge"], sort_keys=True)] for s in scorers]
 
+    @staticmethod
+    def key(scorer: dict) -> str:
+        """Where a scorer's value sits in a candidate's `scores`: `judge/metric`."""
+        return f"{scorer['judge']['name']}/{scorer['metric']}"
+
     def score(self, prompts: list[SourcePrompt], candidates: list[list[dict]]) -> None:
         """Adds `scores` (per scorer) and `score` to every candidate in place."""
         for scorer, judge in zip(self.scorers, self.judges):
             wanted = [i for i, p in enumerate(prompts) if p.category in scorer["categories"]]
-            key = f"{scorer['judge']['name']}/{scorer['metric']}"
+            key = self.key(scorer)
             if scorer["metric"] == "round_robin":
                 values = self._round_robin(judge, [prompts[i] for i in wanted], [candidates[i] for i in wanted])
             else:
@@ -117,7 +122,7 @@ class Scorer:
                     c.setdefault("scores", {})[key] = float(v)
         for p, cands in zip(prompts, candidates):
             for c in cands:
-                c["score"] = sum(s["weight"] * c.get("scores", {}).get(f"{s['judge']['name']}/{s['metric']}", 0.0)
+                c["score"] = sum(s["weight"] * c.get("scores", {}).get(self.key(s), 0.0)
                                  for s in self.scorers if p.category in s["categories"])
 
     @staticmethod
@@ -324,7 +329,7 @@ def dataset_card(summary: dict, g: dict) -> str:
                 *(f"| {k} | {v['prompts']} | {v['pairs']} |" for k, v in rows.items()), ""]
 
     d = summary["decontamination"]
-    scorers = ", ".join(f"{s['weight']:+g} x {s['judge']['name']}/{s['metric']} ({', '.join(s['categories'])})"
+    scorers = ", ".join(f"{s['weight']:+g} x {Scorer.key(s)} ({', '.join(s['categories'])})"
                         for s in g["scorers"])
     teachers = ", ".join(f"{t['method']} x {t['samples']}" for t in g["teachers"])
     lines = [

@@ -152,9 +152,10 @@ def run(overrides: list[str]) -> dict:
     stage takes the overrides its config knows; one that no stage knows is an error. A
     step's output and key are taken just before it runs: `pilot=trained` names a model that
     only exists once training is done."""
-    cfg = compose(stage_overrides("reproduce", overrides))
+    fitting = {"reproduce": stage_overrides("reproduce", overrides)}
+    cfg = compose(fitting["reproduce"])
     steps = plan(cfg)
-    fitting = {stage: stage_overrides(stage, overrides) for stage in ["reproduce", *dict.fromkeys(s.stage for s in steps)]}
+    fitting.update({stage: stage_overrides(stage, overrides) for stage in dict.fromkeys(s.stage for s in steps)})
     unused = [o for o in overrides if not any(o in kept for kept in fitting.values())]
     if unused:
         raise ValueError(f"override(s) {unused} fit no stage of the plan ({', '.join(fitting)})")

@@ -125,9 +125,8 @@ def deepspeed_on_cpu_ranks(ds: dict | None) -> bool:
 
 
 def trainer_args(cfg: DictConfig, out: Path, ds: dict | None, report_to: list[str]):
-    from trl import DPOConfig, SFTConfig
-
     import torch
+    from trl import DPOConfig, SFTConfig
 
     t = cfg.train
     configured = deepspeed_on_cpu_ranks(ds)
@@ -260,23 +259,24 @@ def compare_on_heldout(resolved: dict, pilot: ModelSpec, trained: Path, test) ->
     config = {**resolved, "method": {**resolved["method"], "name": "pilot"},
               "generation": {**resolved["generation"], "max_new_tokens": g["max_new_tokens"],
                              "temperature": 0.0}}
+
     def user_text(prompt) -> str:  # TRL's conversational or plain prompt
         return prompt if isinstance(prompt, str) else next(m["content"] for m in prompt if m["role"] == "user")
 
     prompts = [SourcePrompt(str(r.get("id", k)), r.get("category") or "helpful", r.get("source") or "test",
                             user_text(r["prompt"])) for k, r in enumerate(test)]
+    batch = [Prompt(str(k), [{"role": "user", "content": p.prompt}]) for k, p in enumerate(prompts)]
     candidates = [[] for _ in prompts]
     pilots = {"untrained": pilot, "trained": ModelSpec.from_config({"name": "trained-pilot", "path": str(trained)})}
     for label, spec in pilots.items():
         method = method_entry("pilot").build(config, generate.pooled_models({"pilot": spec}, resolved["model_cache_dir"]))
-        batch = [Prompt(str(k), [{"role": "user", "content": p.prompt}]) for k, p in enumerate(prompts)]
         for prompt, record in method.generate_many(batch):
             candidates[int(prompt.id)].append({"teacher": label, "response": record["response"].strip()})
     Scorer(g["scorers"]).score(prompts, candidates)
     result = {"prompts": len(prompts), "max_new_tokens": g["max_new_tokens"]}
     for i, label in enumerate(pilots):
         result[f"{label}_score"] = bootstrap([c[i]["score"] for c in candidates]).as_dict()
-    for key in (f"{s['judge']['name']}/round_robin" for s in g["scorers"] if s["metric"] == "round_robin"):
+    for key in (Scorer.key(s) for s in g["scorers"] if s["metric"] == "round_robin"):
         won = [c[1]["scores"][key] for c in candidates if key in c[1].get("scores", {})]
         result["trained_win_rate"] = bootstrap(won).as_dict() if won else None
     print_estimates("held-out prompts: trained vs untrained pilot", {k: v for k, v in result.items() if isinstance(v, dict)})
