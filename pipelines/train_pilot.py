@@ -147,6 +147,17 @@ def trainer_args(cfg: DictConfig, out: Path, ds: dict | None, report_to: list[st
     return SFTConfig(**common)
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing (its `trainer_state.json` is written
+    last): a kill during a save leaves a partial folder, which transformers'
+    `get_last_checkpoint` would pick and then refuse to resume from."""
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    done = [p for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if (p / TRAINER_STATE_NAME).is_file()]
+    return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if done else None
+
+
 def summarize_history(history: list[dict]) -> dict:
     """First and last values of the training curve (loss, DPO reward margins and accuracies)."""
     keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected",
@@ -164,7 +175,6 @@ def run(cfg: DictConfig) -> dict | None:
     from the last checkpoint; save the final model as a plain HF folder (rank 0)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     validate_logger(resolved["logger"])
@@ -202,7 +212,7 @@ def run(cfg: DictConfig) -> dict | None:
         trainer = trainer_class(model=model, args=args, train_dataset=data["train"].select_columns(columns),
                                 eval_dataset=data["test"].select_columns(columns) if "test" in data else None,
                                 processing_class=tokenizer, peft_config=peft_config)
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).exists() else None
+        last = last_complete_checkpoint(Path(args.output_dir))
         if last:
             log.info("resuming from %s", last)
         started = time.perf_counter()
