@@ -12,15 +12,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from wsd.models import LoadedModel
-from wsd.prompts import (
-    BASE_STOP_STRINGS,
-    DRAFT_STOP_STRINGS,
-    Message,
-    base_prompt,
-    cut_at_stop,
-    pilot_prompt,
-    stop_strings_with_eos,
-)
+from wsd.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
 from wsd.switch import validate_switch_params
 
 
@@ -33,7 +25,11 @@ class WSDSettings:
     # Benchmarks only: no EOS and no stop strings anywhere, and the base writes exactly
     # target - k tokens, so every method produces the same number of tokens.
     fixed_length: bool = False
-    extra_stops: tuple[str, ...] = ()  # added to both models' stop strings (lm-eval's `until`)
+    # Stop strings of the final answer (lm-eval's `until`): the base's continuation stops at
+    # them and the answer is cut at them. The pilot's draft does not: the switch is decided
+    # on the draft it would write anyway, and a kept draft that already reaches one of them
+    # ends the answer there.
+    answer_stops: tuple[str, ...] = ()
 
     def __post_init__(self):
         validate_switch_params(self.window, self.threshold)
@@ -43,14 +39,27 @@ class WSDSettings:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     def draft_stops(self, pilot: LoadedModel) -> list[str]:
-        return [] if self.fixed_length else stop_strings_with_eos((*DRAFT_STOP_STRINGS, *self.extra_stops),
-                                                                  pilot.tokenizer)
+        return stop_strings("pilot", pilot.tokenizer, fixed_length=self.fixed_length)
 
     def base_stops(self, base: LoadedModel) -> list[str]:
-        return [] if self.fixed_length else stop_strings_with_eos((*BASE_STOP_STRINGS, *self.extra_stops),
-                                                                  base.tokenizer)
+        return stop_strings("base", base.tokenizer, self.answer_stops, self.fixed_length)
 
     def base_budget(self, kept: int) -> int:
+        if self.fixed_length:
+            return max(1, self.target_max_tokens - kept)
+        return base_budget(self.target_max_tokens, kept)
+
+    def continuation_budget(self, base: LoadedModel, kept_ids: list[int]) -> int:
+        """New tokens the base may write after the kept draft: none when the kept draft
+        already reaches one of the base's stop strings (the answer is cut there whatever
+        follows), else `base_budget`."""
+        stops = self.base_stops(base)
+        if stops and cut_at_stop(base.tokenizer.decode(kept_ids, skip_special_tokens=True), stops)[1]:
+            return 0
+        return self.base_budget(len(kept_ids))
+
+
+def base_budget(self, kept: int) -> int:
         if self.fixed_length:
             return max(1, self.target_max_tokens - kept)
         return base_budget(self.target_max_tokens, kept)
@@ -171,8 +180,8 @@ def make_continuation(base: LoadedModel, kept_ids: list[int], generated: Generat
     decode = base.tokenizer.decode
     response, was_cut = cut_at_stop(decode(kept_ids + generated.ids, skip_special_tokens=True), stops)
     text, _ = cut_at_stop(decode(generated.ids, skip_special_tokens=True), stops)
-    reason = "stop_string" if was_cut and generated.stop_reason != "eos" else generated.stop_reason
-    return Continuation(ids=generated.ids, text=text, response=response, stop_reason=reason)
+    return Continuation(ids=generated.ids, text=text, response=response,
+                        stop_reason=stop_reason(generated.stop_reason, was_cut))
 
 
 def make_record(pilot, base, draft: Draft, draft_ids, probs, switch_at, kept_ids, cont: Continuation,
@@ -254,7 +263,13 @@ def chunked_greedy(loaded: LoadedModel, seqs, mask, cache, budgets: list[int], s
     cost nothing more. `after_chunk({row: Generated})` may end further rows (WSD: a switch).
     Returns each row's `Generated`."""
     eos = [] if fixed_length else eos_ids(loaded)
-    start, active, results = seqs.shape[1], list(range(len(budgets))), [None] * len(budgets)
+    start, active = seqs.shape[1], [r for r, b in enumerate(budgets) if b > 0]
+    results = [None if b > 0 else Generated([], "length") for b in budgets]
+    if len(active) < len(budgets) and active:  # rows with nothing to write leave at once
+        index = torch.tensor(active, device=seqs.device)
+        seqs, mask = seqs[index], mask[index]
+        if cache is not None:
+            cache.batch_select_indices(index)
     while active:
         made = seqs.shape[1] - start
         stop = StopOnStrings(loaded.tokenizer, stops, start)

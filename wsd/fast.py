@@ -328,7 +328,7 @@ class FastWSD:
         else from a batched prefill."""
         s = self.settings
         stops = s.base_stops(self.base)
-        budgets = [s.base_budget(len(k)) for k in kept]
+        budgets = [s.continuation_budget(self.base, k) for k in kept]
         if scorer is not None:
             seqs, mask, cache = scorer.continuation_inputs(
                 [len(r.result.prompt_ids) + len(k) for r, k in zip(rows, kept)])

@@ -27,15 +27,13 @@ from wsd.fast import FastOptions, FastWSD
 from wsd.models import LoadedModel
 from wsd.nudging import Nudging, validate_nudging
 from wsd.prompts import (
-    BASE_STOP_STRINGS,
-    DRAFT_STOP_STRINGS,
-    URIAL_STOP_STRINGS,
     Message,
     base_prompt,
     cut_at_stop,
     load_urial_prefix,
     pilot_prompt,
-    stop_strings_with_eos,
+    stop_reason,
+    stop_strings,
     urial_prompt,
 )
 from wsd.reference import ReferenceWSD
@@ -85,10 +83,11 @@ class PromptedModel:
     """One model decoding from a rendered prompt, in batches (greedily unless the options
     sample): the `base`, `urial` and `pilot` baselines."""
 
-    def __init__(self, loaded: LoadedModel, render: Callable[[list[Message]], str], stops: list[str],
+    def __init__(self, loaded: LoadedModel, render: Callable[[list[Message]], str], stop_kind: str,
                  options: DecodeOptions, finish: Callable[[str], str] = lambda text: text):
+        """`stop_kind`: which format's stop strings end its answers (see `stop_strings`)."""
         self.loaded, self.render, self.options, self.finish = loaded, render, options, finish
-        self.stops = [] if options.fixed_length else [*stops, *options.stop_strings]
+        self.stops = stop_strings(stop_kind, loaded.tokenizer, options.stop_strings, options.fixed_length)
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
         prompt_tokens = len(encode(self.loaded.tokenizer, self.render(messages)))
@@ -110,7 +109,7 @@ class PromptedModel:
                 yield prompt, {
                     "response": self.finish(text),
                     "response_tokens": len(g.ids),
-                    "stop_reason": "stop_string" if cut and g.stop_reason != "eos" else g.stop_reason,
+                    "stop_reason": stop_reason(g.stop_reason, cut),
                     "prompt_tokens": len(prompt_ids),
                     "seconds": {"total": share},
                     "model": self.loaded.name,
@@ -164,7 +163,7 @@ def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
         raise ValueError(f"unknown wsd.engine {w.get('engine')!r}; accepted: {', '.join(ENGINES)}")
     settings = WSDSettings(window=w["window"], threshold=w["threshold"], draft_max_tokens=w["draft_max_tokens"],
                            target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length,
-                           extra_stops=g.stop_strings)
+                           answer_stops=g.stop_strings)
     options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w["early_stop"])
     return w["engine"], settings, options
 
@@ -176,9 +175,9 @@ def build_wsd(cfg: dict, models: dict[str, LoadedModel]) -> Method:
         return WSDMethod(ReferenceWSD(pilot, base, settings))
     draft_cache = None
     if cfg.get("draft_cache_dir"):
+        # what a draft and its base probabilities depend on (the answer's stop strings do not)
         identity = {"pilot": cfg["pilot"], "base": cfg["base"], "draft_max_tokens": settings.draft_max_tokens,
-                    "fixed_length": settings.fixed_length, "extra_stops": list(settings.extra_stops),
-                    "seed": cfg["seed"]}
+                    "fixed_length": settings.fixed_length, "seed": cfg["seed"]}
         draft_cache = DraftCache(cfg["draft_cache_dir"], identity)
     return WSDMethod(FastWSD(pilot, base, settings, options, draft_cache))
 
@@ -186,31 +185,30 @@ def build_wsd(cfg: dict, models: dict[str, LoadedModel]) -> Method:
 def build_base(cfg: dict, models: dict[str, LoadedModel]) -> Method:
     """The base model alone, zero-shot, in the plain role-tagged format WSD hands over in."""
     base = models["base"]
-    return PromptedModel(base, lambda messages: base_prompt(messages, base.tokenizer.bos_token),
-                         stop_strings_with_eos(BASE_STOP_STRINGS, base.tokenizer), decode_options(cfg))
+    return PromptedModel(base, lambda messages: base_prompt(messages, base.tokenizer.bos_token), "base",
+                         decode_options(cfg))
 
 
 def build_urial(cfg: dict, models: dict[str, LoadedModel]) -> Method:
     """The base model with URIAL's in-context alignment prefix (ours by default)."""
     base = models["base"]
     prefix = load_urial_prefix(cfg["method"].get("prompt_file"))
-    stops = stop_strings_with_eos(URIAL_STOP_STRINGS, base.tokenizer)
     return PromptedModel(base, lambda messages: urial_prompt(prefix, messages, base.tokenizer.bos_token),
-                         stops, decode_options(cfg), finish=lambda text: text.rstrip().removesuffix("```").rstrip())
+                         "urial", decode_options(cfg), finish=lambda text: text.rstrip().removesuffix("```").rstrip())
 
 
 def build_pilot(cfg: dict, models: dict[str, LoadedModel]) -> Method:
     """The pilot alone, with its chat template."""
     pilot = models["pilot"]
-    return PromptedModel(pilot, lambda messages: pilot_prompt(pilot.tokenizer, messages),
-                         stop_strings_with_eos(DRAFT_STOP_STRINGS, pilot.tokenizer), decode_options(cfg))
+    return PromptedModel(pilot, lambda messages: pilot_prompt(pilot.tokenizer, messages), "pilot",
+                         decode_options(cfg))
 
 
 def build_nudging(cfg: dict, models: dict[str, LoadedModel]) -> Method:
     options, params = greedy_options(cfg), cfg["method"]
     return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
                    threshold=params["threshold"], word_max_tokens=params["word_max_tokens"],
-                   extra_stops=options.stop_strings)
+                   answer_stops=options.stop_strings)
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,7 @@ from transformers import DynamicCache
 
 from wsd.decoding import check_context, encode, eos_ids
 from wsd.models import LoadedModel
-from wsd.prompts import (
-    BASE_STOP_STRINGS,
-    DRAFT_STOP_STRINGS,
-    Message,
-    base_prompt,
-    cut_at_stop,
-    pilot_prompt,
-    stop_strings_with_eos,
-)
+from wsd.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
 
 
 class PrefixCachedLM:
@@ -74,15 +66,14 @@ class Nudging:
     """Base decodes, pilot nudges one word where the base's top-1 probability < `threshold`."""
 
     def __init__(self, pilot: LoadedModel, base: LoadedModel, max_new_tokens: int, fixed_length: bool,
-                 threshold: float = 0.4, word_max_tokens: int = 8, extra_stops: tuple[str, ...] = ()):
+                 threshold: float = 0.4, word_max_tokens: int = 8, answer_stops: tuple[str, ...] = ()):
+        """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them."""
         validate_nudging(threshold, word_max_tokens)
         self.pilot, self.base = pilot, base
         self.max_new_tokens, self.fixed_length = max_new_tokens, fixed_length
         self.threshold, self.word_max_tokens = threshold, word_max_tokens
-        self.base_stops = [] if fixed_length else stop_strings_with_eos((*BASE_STOP_STRINGS, *extra_stops),
-                                                                        base.tokenizer)
-        self.pilot_stops = [] if fixed_length else stop_strings_with_eos((*DRAFT_STOP_STRINGS, *extra_stops),
-                                                                         pilot.tokenizer)
+        self.base_stops = stop_strings("base", base.tokenizer, answer_stops, fixed_length)
+        self.pilot_stops = stop_strings("pilot", pilot.tokenizer, answer_stops, fixed_length)
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
         base_len = len(encode(self.base.tokenizer, base_prompt(messages, self.base.tokenizer.bos_token)))
@@ -106,47 +97,47 @@ class Nudging:
         n_prefix = len(encode(base_tok, base_prefix))
         base_lm, pilot_lm = PrefixCachedLM(self.base), PrefixCachedLM(self.pilot)
         base_eos = [] if self.fixed_length else eos_ids(self.base)
-        answer, words, base_tokens, stop_reason = "", [], 0, None
-        while stop_reason is None:
+        answer, words, base_tokens, reason = "", [], 0, None
+        while reason is None:
             # the base writes while it is sure of its next token
             ids = encode(base_tok, base_prefix + answer)
             new = []
             while True:
                 if len(ids) - n_prefix + len(new) >= self.max_new_tokens:
-                    stop_reason = "length"
+                    reason = "length"
                     break
                 probs = torch.softmax(base_lm.next_logits(ids + new), dim=-1)
                 top = int(probs.argmax())
                 if probs[top] < self.threshold:
                     break
                 if top in base_eos:
-                    stop_reason = "eos"
+                    reason = "eos"
                     break
                 new.append(top)
                 if self.base_stops and cut_at_stop(_delta(base_tok, ids[n_prefix:], new), self.base_stops)[1]:
-                    stop_reason = "stop_string"
+                    reason = "stop_string"
                     break
             answer += _delta(base_tok, ids[n_prefix:], new)
             base_tokens += len(new)
-            if stop_reason is not None:
+            if reason is not None:
                 break
             # the pilot inserts its next word
             word, pilot_done = self._pilot_word(pilot_lm, encode(pilot_tok, pilot_prefix + answer))
             answer += word
             words.append(word)
             if pilot_done or not word:  # an empty word would hand back to an unsure base forever
-                stop_reason = "pilot_stop"
+                reason = "pilot_stop"
         response, cut = cut_at_stop(answer, self.base_stops)
         joined = encode(base_tok, base_prefix + response)
         response_ids = joined[n_prefix:]
         if len(response_ids) > self.max_new_tokens:  # a last pilot word may overshoot the budget
             response = _delta(base_tok, joined[:n_prefix], response_ids[: self.max_new_tokens])
-            response_ids, stop_reason, cut = response_ids[: self.max_new_tokens], "length", False
+            response_ids, reason, cut = response_ids[: self.max_new_tokens], "length", False
         pilot_chars = sum(len(w) for w in words)
         return {
             "response": response,
             "response_tokens": len(response_ids),
-            "stop_reason": "stop_string" if cut and stop_reason != "eos" else stop_reason,
+            "stop_reason": stop_reason(reason, cut),
             "handovers": len(words),
             "pilot_words": words,
             "pilot_char_share": pilot_chars / len(answer) if answer else 0.0,

@@ -74,10 +74,21 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
     return text[: min(positions)], True
 
 
-def stop_strings_with_eos(stop_strings: Sequence[str], tokenizer) -> list[str]:
-    """The configured stop strings plus the tokenizer's EOS text (when it has one)."""
-    eos = tokenizer.eos_token
-    return list(stop_strings) + ([eos] if eos and eos not in stop_strings else [])
+def stop_strings(kind: str, tokenizer, extra: Sequence[str] = (), fixed_length: bool = False) -> list[str]:
+    """The one place a model's stop list is assembled: its format's strings (`pilot`: the chat
+    models' end-of-turn markers; `base`: the role tags; `urial`: URIAL's block markers), any
+    `extra` ones (lm-eval's `until`, a benchmark's delimiter) and its EOS text. None at all
+    in fixed-length benchmark runs, where every row runs its budget."""
+    if fixed_length:
+        return []
+    stops, eos = [*STOP_STRINGS[kind], *extra], tokenizer.eos_token
+    return stops + ([eos] if eos and eos not in stops else [])
+
+
+def stop_reason(model_reason: str, cut: bool) -> str:
+    """Why an answer ended: the model's own reason ("eos", "length", ...), unless the final
+    text was cut at a stop string; an EOS ends it before any later cut could."""
+    return "stop_string" if cut and model_reason != "eos" else model_reason
 
 
 #: The default URIAL prefix (instruction + restyled examples), written for this project.
@@ -87,6 +98,8 @@ URIAL_DEFAULT = Path(__file__).with_name("data") / "urial.txt"
 #: stops (a fence alone may open a code block inside the answer; the closing fence is
 #: stripped afterwards).
 URIAL_STOP_STRINGS = ("# Query:", "# Answer:")
+
+STOP_STRINGS = {"pilot": DRAFT_STOP_STRINGS, "base": BASE_STOP_STRINGS, "urial": URIAL_STOP_STRINGS}
 
 
 def load_urial_prefix(path: str | Path | None) -> str:

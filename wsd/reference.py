@@ -92,8 +92,9 @@ def continue_from(base: LoadedModel, prompt_ids: list[int], kept_ids: list[int],
                   settings: WSDSettings) -> Continuation:
     """Pass 3: the base model continues from the kept draft *ids*; the final text is cut."""
     stops = settings.base_stops(base)
-    out = greedy_generate(base, prompt_ids + kept_ids, settings.base_budget(len(kept_ids)), stops,
-                          settings.fixed_length)
+    budget = settings.continuation_budget(base, kept_ids)
+    out = (greedy_generate(base, prompt_ids + kept_ids, budget, stops, settings.fixed_length) if budget
+           else Generated([], "length"))
     return make_continuation(base, kept_ids, out, stops)
 
 

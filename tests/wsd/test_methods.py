@@ -4,7 +4,7 @@ import pytest
 
 from wsd.benchmarks import Prompt
 from wsd.decoding import encode
-from wsd.methods import METHODS, DecodeOptions, PromptedModel, method_entry
+from wsd.methods import METHODS, DecodeOptions, method_entry
 from wsd.prompts import base_prompt, load_urial_prefix, urial_prompt
 
 COMMON = {"response", "response_tokens", "stop_reason", "seconds"}
@@ -94,9 +94,7 @@ def test_urial_takes_a_user_file_and_rejects_a_wrong_one(tmp_path, tiny_pair):
 
 
 def test_urial_answer_drops_its_closing_fence(tiny_pair):
-    base = tiny_pair[1]
-    method = PromptedModel(base, lambda m: "x", [], DecodeOptions(), finish=build("urial", tiny_pair).finish)
-    assert method.finish("Paris is the capital.\n```") == "Paris is the capital."
+    assert build("urial", tiny_pair).finish("Paris is the capital.\n```") == "Paris is the capital."
 
 
 @pytest.mark.parametrize("params, message", [

@@ -6,7 +6,7 @@ import torch
 from wsd.benchmarks import Prompt
 from wsd.methods import DecodeOptions, PromptedModel
 from wsd.nudging import Nudging, PrefixCachedLM
-from wsd.prompts import BASE_STOP_STRINGS, base_prompt, stop_strings_with_eos
+from wsd.prompts import base_prompt
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -17,8 +17,8 @@ def test_a_sure_base_writes_everything_and_matches_the_base_baseline(tiny_pair):
     pilot, base = tiny_pair
     record = Nudging(pilot, base, max_new_tokens=16, fixed_length=False, threshold=1e-9).generate(MESSAGES)
     assert record["handovers"] == 0 and record["pilot_char_share"] == 0.0
-    baseline = PromptedModel(base, lambda m: base_prompt(m, base.tokenizer.bos_token),
-                             stop_strings_with_eos(BASE_STOP_STRINGS, base.tokenizer), DecodeOptions(max_new_tokens=16))
+    baseline = PromptedModel(base, lambda m: base_prompt(m, base.tokenizer.bos_token), "base",
+                             DecodeOptions(max_new_tokens=16))
     [(_, expected)] = list(baseline.generate_many([Prompt("x", MESSAGES)]))
     assert record["response"] == expected["response"]
 
@@ -55,7 +55,18 @@ def test_prefix_cache_gives_full_forward_logits_after_retokenization(tiny_pair):
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.7])
-def test_nudging_is_deterministic(tiny_pair, threshold):
+def test_prefix_caches_do_not_change_the_answer(tiny_pair, monkeypatch, threshold):
+    """Both models' re-tokenized, cropped caches give the answer that full forwards of the
+    whole text at every step give."""
     pilot, base = tiny_pair
-    runs = [Nudging(pilot, base, 16, False, threshold=threshold).generate(MESSAGES)["response"] for _ in range(2)]
-    assert runs[0] == runs[1]
+    cached = Nudging(pilot, base, 16, False, threshold=threshold).generate(MESSAGES)
+
+    @torch.inference_mode()
+    def full_forward(self, ids):
+        return self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device)).logits[0, -1].float()
+
+    monkeypatch.setattr(PrefixCachedLM, "next_logits", full_forward)
+    uncached = Nudging(pilot, base, 16, False, threshold=threshold).generate(MESSAGES)
+    assert cached["handovers"] > 0 or threshold < 0.5  # the high threshold makes the pilot write
+    assert {k: cached[k] for k in ("response", "pilot_words", "base_tokens")} == \
+        {k: uncached[k] for k in ("response", "pilot_words", "base_tokens")}

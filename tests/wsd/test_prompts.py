@@ -6,6 +6,7 @@ from wsd.prompts import (
     base_prompt,
     cut_at_stop,
     pilot_prompt,
+    stop_strings,
     validate_messages,
 )
 
@@ -32,11 +33,15 @@ def test_base_prompt_without_bos_token():
     assert base_prompt([{"role": "user", "content": "Hi"}], None) == "\n\n[User]\nHi\n\n[Assistant]\n"
 
 
-def test_stop_lists_are_the_papers():
-    assert DRAFT_STOP_STRINGS == ("<end_of_turn>", "<|eot_id|>", "<|im_end|>")
-    assert set(BASE_STOP_STRINGS) == {
-        p + t for t in ("[User]", "[System]", "[Assistant]") for p in ("", "\n", "\n\n")
-    }
+def test_stop_lists_are_the_papers(tiny_pair):
+    """The paper's lists, written out, and each model's EOS text after them."""
+    pilot, base = tiny_pair
+    assert stop_strings("pilot", pilot.tokenizer) == ["<end_of_turn>", "<|eot_id|>", "<|im_end|>"]
+    assert sorted(stop_strings("base", base.tokenizer)) == sorted([
+        "[User]", "\n[User]", "\n\n[User]", "[System]", "\n[System]", "\n\n[System]",
+        "[Assistant]", "\n[Assistant]", "\n\n[Assistant]", "<eos>"])
+    assert stop_strings("urial", base.tokenizer, ("Question:",)) == ["# Query:", "# Answer:", "Question:", "<eos>"]
+    assert stop_strings("base", base.tokenizer, ("Question:",), fixed_length=True) == []
 
 
 def test_cut_at_earliest_stop_string():
