@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 
@@ -24,10 +25,17 @@ def config_key(payload) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name and rename, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write to a temporary name and rename, so readers never see a half-written file. The
+    temporary name is this writer's own: ranks of a sharded run may write one file at once."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class RecordFile:

@@ -288,9 +288,11 @@ def test_sigkilled_run_resumes_with_exactly_one_record_per_prompt(tiny_models, t
     assert [r["response"] for r in after] == [json.loads(x)["response"] for x in uninterrupted.read_text().splitlines()]
 
 
-def test_accelerate_shards_across_two_processes_and_merges(tiny_models, tmp_path):
+@pytest.mark.parametrize("method", ["base", "wsd"])
+def test_accelerate_shards_across_two_processes_and_merges(tiny_models, tmp_path, method):
+    """Both ranks write shared files too (WSD: the draft cache's identity), at once."""
     prompts = long_prompts(tmp_path, n=5)
-    args = ("method=base", "generation.batch_size=2")
+    args = (f"method={method}", "generation.batch_size=2", f"draft_cache_dir={tmp_path / 'drafts'}")
     # a single process did part of the work earlier: the sharded run resumes it
     subprocess.run([sys.executable, *stage_command(tiny_models, tmp_path, prompts, *args, "benchmark.limit=2")],
                    cwd=REPO, check=True, capture_output=True, timeout=600)
@@ -309,3 +311,7 @@ def test_accelerate_shards_across_two_processes_and_merges(tiny_models, tmp_path
     assert single.returncode == 0
     [alone] = list((tmp_path / "single" / "outputs" / "generate" / "jsonl").iterdir())
     assert [r["response"] for r in records] == [json.loads(x)["response"] for x in open(alone / "records.jsonl")]
+    if method == "wsd":
+        [cache] = list((tmp_path / "drafts").iterdir())
+        assert len(list(cache.glob("*.json"))) == 5 + 1  # a draft per prompt and the identity, no temporary file
+        assert not list(cache.glob(".*"))

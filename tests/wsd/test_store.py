@@ -62,3 +62,24 @@ def test_merge_keeps_records_beyond_this_runs_limit(tmp_path):
         records.append({"id": i})
     assert [r["id"] for r in records.merge(["b"])] == ["b"]
     assert [json.loads(x)["id"] for x in open(tmp_path / "records.jsonl")] == ["b", "a", "c"]
+
+
+def test_two_writers_of_one_file_at_once_both_succeed(tmp_path, monkeypatch):
+    """Ranks of a sharded run write the same file (the draft cache's identity): a second
+    writer that finishes while the first is between writing and renaming must not take the
+    first one's temporary file from under it."""
+    import os
+
+    path = tmp_path / "identity.json"
+    real_replace, interleaved = os.replace, []
+
+    def replace(src, dst):
+        if not interleaved:  # the first writer pauses here while another one writes
+            interleaved.append(src)
+            write_atomic(path, "second")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    write_atomic(path, "first")
+    assert path.read_text() == "first" and interleaved
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.json"]  # no temporary file left
