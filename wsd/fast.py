@@ -15,8 +15,12 @@
   batch in one greedy run (per-row budgets and stops; finished rows leave between chunks),
   starting from the scoring cache with
   every column past a row's kept prefix masked, so prompt + draft are read once, not twice.
-  Where that cannot work (drafts from the disk cache, or a batch that could outgrow a
-  sliding-window layer, which is then scored row by row) it falls back to a batched prefill.
+  Where that cannot work (drafts from the disk cache, or a continuation that would carry the
+  cache past a sliding-window layer's span) it falls back to a batched prefill.
+- **Sliding windows.** Masked hole columns count against a sliding-window layer's span, so a
+  cache with holes is exact only while it is shorter than the window. Past that, the scorer
+  re-reads its rows into a fresh cache without holes (left padding only), which is exact at
+  any length, and the continuation prefills.
 - **Draft cache.** Drafts and their base probabilities are stored on disk (`DraftCache`) and
   reused by runs that differ only in window/threshold (see `DraftCache.usable`).
 """
@@ -120,13 +124,35 @@ class BatchScorer:
     """Scores the growing drafts of several rows with one base forward per call, in one shared
     KV cache. Each row owns some cache columns; the columns it does not use (padding, or tokens
     that a re-tokenization replaced) are masked holes, and position ids are the rows' own, so
-    every row sees exactly its own sequence. Exact as long as no sliding-window layer has
-    dropped columns: callers keep the cache shorter than the window (see `FastWSD`)."""
+    every row sees exactly its own sequence. Holes shrink a sliding-window layer's span, so
+    once the cache would outgrow the base's smallest window (`window`), the rows are read anew
+    into a cache without holes (`restarts` counts it) and the cache no longer serves the
+    continuation (`reusable`)."""
 
     def __init__(self, base: LoadedModel, rows: list[DraftTokens]):
         self.base, self.rows = base, rows
+        self.window = sliding_window(base)
         self.cache = DynamicCache(config=base.model.config)
         self.mask = torch.zeros(len(rows), 0, dtype=torch.long, device=base.device)
+        self.restarts, self.reusable = 0, True
+
+    def fits_window(self, more_columns: int) -> bool:
+        """Can `more_columns` be appended to the cache, holes and all, and stay exact?"""
+        return self.window is None or self.mask.shape[1] + more_columns <= self.window - 1
+
+    def _restart(self, feeds: dict) -> dict:
+        """Forget the cache; every row is fed again from its first token, left-padded."""
+        restarted = {}
+        for r, row in enumerate(self.rows):
+            ids, upto, _, known = feeds.get(r, (row.ids, len(row.ids), 0, len(row.ids)))
+            row.columns = []
+            if upto > 1:
+                restarted[r] = (ids, upto, 0, known)
+        self.cache = DynamicCache(config=self.base.model.config)
+        self.mask = self.mask[:, :0]
+        self.restarts += 1
+        self.reusable = False
+        return restarted
 
     @torch.inference_mode()
     def score(self, requests: dict[int, tuple[list[int], int]]) -> None:
@@ -149,6 +175,9 @@ class BatchScorer:
             if upto > known:
                 feeds[r] = (ids, upto, max(known - 1, 0), known)
         width = max((upto - 1 - start for _, upto, start, _ in feeds.values()), default=0)
+        if width and not self.fits_window(width):
+            feeds = self._restart(feeds)
+            width = max((upto - 1 - start for _, upto, start, _ in feeds.values()), default=0)
         if width == 0:
             for r, (ids, upto, _, _) in feeds.items():
                 self.rows[r].ids = list(ids[:upto])
@@ -158,24 +187,26 @@ class BatchScorer:
         input_ids = torch.zeros(batch, width, dtype=torch.long, device=device)
         new_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
         positions = torch.zeros(batch, width, dtype=torch.long, device=device)
-        for r, (ids, upto, start, _) in feeds.items():
+        wanted = {}  # predictions of ids[upto - wanted : upto], the last columns of the row's feed
+        for r, (ids, upto, start, known) in feeds.items():
             n = upto - 1 - start
             if n:
                 input_ids[r, width - n :] = torch.tensor(ids[start : upto - 1], device=device)
                 new_mask[r, width - n :] = 1
                 positions[r, width - n :] = torch.arange(start, upto - 1, device=device)
+            wanted[r] = max(0, upto - max(self.rows[r].n_prompt, known, 1))
         first_column = self.mask.shape[1]
         self.mask = torch.cat([self.mask, new_mask], dim=1)
+        keep = max(max(wanted.values()), 1)  # only the logits the switch needs (262k-way for Gemma)
         out = self.base.model(input_ids=input_ids, attention_mask=self.mask, position_ids=positions,
-                              past_key_values=self.cache, use_cache=True, logits_to_keep=width)
+                              past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
         self.cache = out.past_key_values
         for r, (ids, upto, start, known) in feeds.items():
             row, n = self.rows[r], upto - 1 - start
             row.columns += range(first_column + width - n, first_column + width)
-            wanted = upto - max(row.n_prompt, known, 1)  # predictions of ids[upto - wanted : upto]
-            if wanted > 0:
-                logprobs = torch.log_softmax(out.logits[r, width - wanted :].float(), dim=-1)
-                targets = torch.tensor(ids[upto - wanted : upto], device=logprobs.device)
+            if wanted[r]:
+                logprobs = torch.log_softmax(out.logits[r, keep - wanted[r] :].float(), dim=-1)
+                targets = torch.tensor(ids[upto - wanted[r] : upto], device=logprobs.device)
                 row.probs += logprobs.gather(1, targets[:, None])[:, 0].exp().tolist()
             row.ids = list(ids[:upto])
 
@@ -213,6 +244,7 @@ class FastWSD:
         # forward passes by purpose: a sweep must not add drafting or scoring work
         self.counter = {"pilot_drafting": 0, "base_scoring": 0, "base_continuation": 0}
         self.continuation_batches = {"reused_scoring_cache": 0, "prefilled": 0}
+        self.scoring_restarts = 0  # scoring caches read anew past a sliding window (BatchScorer)
 
     @contextmanager
     def _counting(self, model, key: str):
@@ -245,18 +277,18 @@ class FastWSD:
             if cached is not None and cached.usable(s.window, s.threshold):
                 row.result, row.from_cache = cached, True
         fresh = [r for r in rows if r.result is None]
-        shared = self._fits_window(fresh)
-        groups = [fresh] if shared else [[r] for r in fresh]
-        scorers = [BatchScorer(self.base, [r.tokens for r in group]) for group in groups if group]
+        scorer = BatchScorer(self.base, [r.tokens for r in fresh]) if fresh else None
         with self._counting(self.pilot.model, "pilot_drafting"), \
                 self._counting(self.base.model, "base_scoring"):
-            scoring_seconds = self._draft_and_score(fresh, scorers)
+            scoring_seconds = self._draft_and_score(fresh, scorer)
         t1 = time.perf_counter()
         kept, switches = [], []
         for row in rows:
             switches.append(first_switch(row.result.probs, s.window, s.threshold))
             kept.append(row.result.draft_ids[: keep_count(row.result.probs, s.window, s.threshold)])
-        reuse = scorers[0] if shared and len(fresh) == len(rows) else None
+        if scorer is not None:
+            self.scoring_restarts += scorer.restarts
+        reuse = scorer if scorer is not None and scorer.reusable and len(fresh) == len(rows) else None
         with self._counting(self.base.model, "base_continuation"):
             continuations = self._continue(rows, kept, reuse)
         t2 = time.perf_counter()
@@ -270,40 +302,26 @@ class FastWSD:
                 early_stopped=not r.complete, draft_cache_hit=row.from_cache, batch_size=n,
             )
 
-    def _fits_window(self, rows: list[_Row]) -> bool:
-        """Can these rows share one scoring cache without a sliding-window layer dropping
-        columns? Bounded generously: the longest prompt plus three base tokens (holes
-        included) per pilot draft token."""
-        window = sliding_window(self.base)
-        if window is None or not rows:
-            return True
-        longest = max(r.tokens.n_prompt for r in rows)
-        return longest + 3 * self.settings.draft_max_tokens + self.options.chunk_tokens < window - 1
-
-    def _draft_and_score(self, rows: list[_Row], scorers: list[BatchScorer]) -> float:
+    def _draft_and_score(self, rows: list[_Row], scorer: BatchScorer | None) -> float:
         """Draft in chunks; after each chunk score every row's new stable base tokens (one base
-        forward per scorer) and let rows whose switch is found leave. Returns scoring seconds."""
+        forward) and let rows whose switch is found leave. Returns scoring seconds."""
         if not rows:
             return 0.0
         s, opts = self.settings, self.options
         stops = s.draft_stops(self.pilot)
-        slot = {id(t): (scorer, i) for scorer in scorers for i, t in enumerate(scorer.rows)}
         scoring = [0.0]
 
         def after_chunk(generated: dict) -> set:
             started = time.perf_counter()
-            drafts, requests = {}, {id(scorer): {} for scorer in scorers}
+            drafts, requests = {}, {}
             for r, g in generated.items():
                 final = g.stop_reason != "length" or len(g.ids) >= s.draft_max_tokens
                 drafts[r] = (make_draft(self.pilot, g, stops), final)
                 tokens = rows[r].tokens
                 ids, stable = tokens.joined(drafts[r][0].text, final)
-                scorer, index = slot[id(tokens)]
                 upto = len(ids) if final else max(stable - _STABILITY_MARGIN, min(tokens.n_prompt, len(ids)))
-                requests[id(scorer)][index] = (ids, upto)
-            for scorer in scorers:
-                if requests[id(scorer)]:
-                    scorer.score(requests[id(scorer)])
+                requests[r] = (ids, upto)
+            scorer.score(requests)
             scoring[0] += time.perf_counter() - started
             switched = set()
             for r, (draft, final) in drafts.items():
@@ -324,11 +342,14 @@ class FastWSD:
     @torch.inference_mode()
     def _continue(self, rows: list[_Row], kept: list[list[int]], scorer: BatchScorer | None):
         """All rows in one batched greedy run (finished rows leave between chunks): from the
-        scoring cache when the whole batch shares one (prompt + draft are then read once),
-        else from a batched prefill."""
+        scoring cache when the whole batch shares one and the continuation keeps it within a
+        sliding window's span (prompt + draft are then read once), else from a batched
+        prefill."""
         s = self.settings
         stops = s.base_stops(self.base)
         budgets = [s.continuation_budget(self.base, k) for k in kept]
+        if scorer is not None and not scorer.fits_window(1 + max(budgets)):
+            scorer = None  # its holes would shrink a sliding window's span: prefill instead
         if scorer is not None:
             seqs, mask, cache = scorer.continuation_inputs(
                 [len(r.result.prompt_ids) + len(k) for r, k in zip(rows, kept)])

@@ -1,7 +1,7 @@
 import pytest
 
 from wsd.benchmarks import Prompt
-from wsd.decoding import WSDSettings
+from wsd.decoding import WSDSettings, base_texts
 from wsd.draft_cache import DraftCache
 from wsd.fast import FastOptions, FastWSD, stable_boundary
 from wsd.reference import ReferenceWSD
@@ -58,7 +58,8 @@ def test_fast_matches_reference_at_every_batch_size(tiny_pair, fixed_length, win
 
 
 def test_long_rows_fall_back_to_a_batched_prefill(tiny_pair):
-    """Drafts that could outgrow the tiny base's 256-token sliding window are scored row by row."""
+    """Continuations that would carry the scoring cache past the tiny base's 256-token sliding
+    window are prefilled."""
     settings = WSDSettings(window=6, threshold=0.99, draft_max_tokens=90, target_max_tokens=110)
     engine = FastWSD(*tiny_pair, settings, FastOptions(batch_size=8))
     got = records(engine)
@@ -110,3 +111,45 @@ def test_early_stopped_cache_entry_serves_only_earlier_switches(tiny_pair, tmp_p
     got = records(strict)
     assert not any(got[p.id]["draft_cache_hit"] for p, e in zip(PROMPTS, entries) if not e.complete)
     assert all(cache.get(p.messages).complete for p in PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def small_window_pair(tiny_pair, tmp_path_factory):
+    """The tiny pair with the base's attention limited to a 32-token sliding window (same
+    weights), so prompts, drafts and continuations cross it."""
+    import json
+    import shutil
+
+    from wsd.models import ModelSpec, load_model
+
+    pilot, base = tiny_pair
+    folder = tmp_path_factory.mktemp("window32") / "base"
+    shutil.copytree(base.folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["layer_types"]) == {"sliding_attention"}
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 32}))
+    return pilot, load_model(ModelSpec.from_config({"name": "base-window-32", "path": str(folder)}),
+                             tmp_path_factory.mktemp("cache"))
+
+
+SHORT = [p for p in PROMPTS if p.id in ("p0", "p5")]  # "Hi", "Why?": 17-18 base tokens
+
+
+@pytest.mark.parametrize("prompts, draft, chunk", [(SHORT, 3, 2), (PROMPTS, 20, 4)])
+def test_fast_matches_reference_across_a_small_sliding_window(small_window_pair, prompts, draft, chunk):
+    """Rows with different holes, and continuations that carry every row past the window:
+    the fast path gives the reference's answers (it re-reads its scoring cache without holes,
+    or prefills the continuation, where holes would shrink the window's span)."""
+    settings = WSDSettings(window=2, threshold=0.05, draft_max_tokens=draft, target_max_tokens=40)
+    reference = records(ReferenceWSD(*small_window_pair, settings), prompts)
+    base = small_window_pair[1]
+    for prompt in prompts:
+        r, prompt_tokens = reference[prompt.id], base_texts(base, prompt.messages)[1]
+        assert prompt_tokens + r["keep_count"] + r["continuation_tokens"] > 32, prompt.id
+    for batch_size in (2, len(prompts)):
+        engine = FastWSD(*small_window_pair, settings, FastOptions(batch_size=batch_size, chunk_tokens=chunk))
+        fast = records(engine, prompts)
+        assert {p: (r["keep_count"], r["response"]) for p, r in fast.items()} == \
+               {p: (r["keep_count"], r["response"]) for p, r in reference.items()}, batch_size
+        assert engine.continuation_batches["prefilled"] > 0
+        assert engine.scoring_restarts > 0 or draft == 3  # 59-token prompts fill the window at once

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from wsd.prompts import base_prompt
-from wsd.decoding import WSDSettings, base_budget, encode
+from wsd.decoding import WSDSettings, base_budget, encode, eos_ids
+from wsd.prompts import base_prompt, cut_at_stop, pilot_prompt
 from wsd.reference import ReferenceWSD, check, continue_from, draft
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -32,12 +32,36 @@ def test_tokenizers_really_differ(pair):
     assert len(pilot.tokenizer) != len(base.tokenizer)
 
 
-def test_draft_respects_budget(pair):
+def free_greedy(loaded, ids: list[int], steps: int, stops: list[str]) -> tuple[list[int], str]:
+    """The oracle: argmax one token at a time with full forwards, ended by the first EOS
+    (excluded), the first stop string in the new text, or `steps` tokens."""
+    eos, new = set(eos_ids(loaded)), []
+    with torch.inference_mode():
+        for _ in range(steps):
+            token = int(loaded.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token in eos:
+                return new, "eos"
+            new.append(token)
+            if any(stop in loaded.tokenizer.decode(new) for stop in stops):
+                return new, "stop_string"
+    return new, "length"
+
+
+@pytest.mark.parametrize("budget", [3, 9, 40])
+def test_draft_is_the_pilots_greedy_answer_within_its_budget(pair, budget):
     pilot, _ = pair
-    d = draft(pilot, MESSAGES, WSDSettings(draft_max_tokens=9))
-    assert d.num_tokens <= 9
-    assert d.stop_reason in {"eos", "stop_string", "length"}
+    settings = WSDSettings(draft_max_tokens=budget)
+    d = draft(pilot, MESSAGES, settings)
+    ids, reason = free_greedy(pilot, encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, MESSAGES)), budget,
+                              settings.draft_stops(pilot))
+    assert (d.num_tokens, d.stop_reason) == (len(ids), reason)
+    assert d.text == cut_at_stop(pilot.tokenizer.decode(ids, skip_special_tokens=True), settings.draft_stops(pilot))[0]
     assert "<|im_end|>" not in d.text
+
+
+def test_fixed_length_draft_runs_its_whole_budget(pair):
+    d = draft(pair[0], MESSAGES, WSDSettings(draft_max_tokens=9, fixed_length=True))
+    assert (d.num_tokens, d.stop_reason) == (9, "length")
 
 
 def test_check_scores_the_base_tokenization_of_the_draft(pair):
@@ -66,10 +90,20 @@ def test_continuation_starts_from_kept_ids(pair):
     _, base = pair
     c = check(base, MESSAGES, "Sure! The capital of France is Paris.")
     kept = c.draft_ids[:4]
-    cont = continue_from(base, c.prompt_ids, kept, WSDSettings(target_max_tokens=10))
-    assert len(cont.ids) <= base_budget(10, 4)
+    settings = WSDSettings(target_max_tokens=10)
+    cont = continue_from(base, c.prompt_ids, kept, settings)
+    ids, reason = free_greedy(base, c.prompt_ids + kept, base_budget(10, 4), settings.base_stops(base))
+    assert (cont.ids, cont.stop_reason) == (ids, reason)
+    expected = cut_at_stop(base.tokenizer.decode(kept + ids, skip_special_tokens=True), settings.base_stops(base))[0]
+    assert cont.response == expected
     assert cont.response.startswith(base.tokenizer.decode(kept, skip_special_tokens=True))
-    assert cont.stop_reason in {"eos", "stop_string", "length"}
+
+
+def test_a_kept_draft_that_reaches_a_stop_string_ends_the_answer(pair):
+    _, base = pair
+    c = check(base, MESSAGES, "Paris.\n\n[User]\nAnd Rome?")
+    cont = continue_from(base, c.prompt_ids, c.draft_ids, WSDSettings(target_max_tokens=40))
+    assert (cont.ids, cont.response, cont.stop_reason) == ([], "Paris.", "stop_string")
 
 
 def test_engine_record_is_consistent(pair):
