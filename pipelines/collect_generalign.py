@@ -216,11 +216,11 @@ def run(cfg: DictConfig) -> dict:
         parts, decontamination = prepare_prompts(g, out)
         records = RecordFile(out / "candidates.jsonl")
         done = {r["id"] for r in records.read()}
-        todo = [(name, p) for name in ("train", "test") for p in parts[name] if p.id not in done]
-        log.info("%d prompts, %d already answered, in %s", sum(map(len, parts.values())),
-                 sum(map(len, parts.values())) - len(todo), out)
-        if todo:
-            _answer_and_score(resolved, g, specs, todo, records, tracker)
+        everything = [(name, p) for name in ("train", "test") for p in parts[name]]
+        log.info("%d prompts, %d already answered, in %s", len(everything),
+                 sum(p.id in done for _, p in everything), out)
+        if any(p.id not in done for _, p in everything):
+            _answer_and_score(resolved, g, specs, everything, done, records, tracker)
         summary = write_datasets(out, records.read(), g, decontamination)
         summary["wall_seconds_now"] = time.perf_counter() - started
         write_atomic(out / "summary.json", json.dumps(summary, indent=1))
@@ -229,9 +229,12 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-def _answer_and_score(resolved: dict, g: dict, specs: dict, todo: list, records: RecordFile, tracker) -> None:
-    """Teachers answer `samples` times per prompt (prompt batches; each sample its own seed),
-    judges score every answer, and each prompt's record is appended as its batch finishes."""
+def _answer_and_score(resolved: dict, g: dict, specs: dict, everything: list, done: set, records: RecordFile,
+                      tracker) -> None:
+    """Teachers answer `samples` times per prompt, judges score every answer, and each prompt's
+    record is appended as its batch finishes. Batches are fixed slices of the whole prompt
+    list and each sample's seed comes from its batch's prompt ids, so a resumed collection
+    redoes an unfinished batch as it was and samples what an uninterrupted one samples."""
     from tqdm import tqdm
     from transformers import set_seed
 
@@ -239,13 +242,15 @@ def _answer_and_score(resolved: dict, g: dict, specs: dict, todo: list, records:
     teachers = [(t, method_entry(t["method"]).build(teacher_config(resolved, t, g), models)) for t in g["teachers"]]
     scorer = Scorer(g["scorers"])
     size = g["prompt_batch_size"]
-    with tqdm(total=len(todo), desc="generalign", unit="prompt") as bar:
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
+    batches = [everything[start : start + size] for start in range(0, len(everything), size)]
+    with tqdm(total=sum(p.id not in done for _, p in everything), desc="generalign", unit="prompt") as bar:
+        for batch in batches:
+            if all(p.id in done for _, p in batch):
+                continue
             candidates = [[] for _ in batch]
             for t, method in teachers:
                 for sample in range(t["samples"]):
-                    set_seed(g["seed"] * 1_000_003 + start * 101 + sample)
+                    set_seed(int(config_key([g["seed"], [p.id for _, p in batch], t["method"], sample]), 16) % 2**32)
                     prompts = [Prompt(f"{k}", [{"role": "user", "content": p.prompt}]) for k, (_, p) in enumerate(batch)]
                     for prompt in prompts:
                         method.check_fits(prompt.id, prompt.messages)
@@ -255,9 +260,11 @@ def _answer_and_score(resolved: dict, g: dict, specs: dict, todo: list, records:
                                                            "tokens": record["response_tokens"]})
             scorer.score([p for _, p in batch], candidates)
             for (name, p), cands in zip(batch, candidates):
-                records.append({**vars(p), "split": name, "candidates": cands})
-            bar.update(len(batch))
-            tracker.log({"prompts_answered": start + len(batch)})
+                if p.id not in done:
+                    records.append({**vars(p), "split": name, "candidates": cands})
+                    done.add(p.id)
+                    bar.update()
+            tracker.log({"prompts_answered": len(done)})
 
 
 def _stats(values: list[float]) -> dict:

@@ -77,3 +77,36 @@ def test_bad_input_is_named_before_models_load(tiny_models, tmp_path, sources, m
     monkeypatch.setattr("pipelines.generate.pooled_models", lambda *a: pytest.fail("models were loaded"))
     with pytest.raises(ValueError, match=message):
         collect_generalign.run(collect_generalign.compose(overrides(tiny_models, tmp_path, sources, *extra)))
+
+
+def test_killed_collection_resumes_to_what_an_uninterrupted_one_collects(tiny_models, tmp_path, sources,
+                                                                         monkeypatch):
+    """Killed in the middle of writing its second batch (sampling at temperature 0.7), then
+    rerun: the same candidates, prompt by prompt, as a collection that never stopped."""
+    sampled = ("generalign.temperature=0.7", "generalign.teachers=[{method: pilot, samples: 2}]")
+    uninterrupted = collect_generalign.run(collect_generalign.compose(
+        overrides(tiny_models, tmp_path / "whole", sources, *sampled)))
+    real_append, appended = collect_generalign.RecordFile.append, []
+
+    def append_then_die(self, record):
+        if len(appended) == 6:  # the first batch of 4, then 2 of the second
+            raise KeyboardInterrupt("killed")
+        real_append(self, record)
+        appended.append(record["id"])
+
+    monkeypatch.setattr(collect_generalign.RecordFile, "append", append_then_die)
+    cfg = collect_generalign.compose(overrides(tiny_models, tmp_path / "killed", sources, *sampled))
+    with pytest.raises(KeyboardInterrupt):
+        collect_generalign.run(cfg)
+    monkeypatch.setattr(collect_generalign.RecordFile, "append", real_append)
+    resumed = collect_generalign.run(cfg)
+
+    def candidates(root):
+        [folder] = (root / "outputs" / "generalign").iterdir()
+        rows = [json.loads(line) for line in open(folder / "candidates.jsonl")]
+        return {r["id"]: [c["response"] for c in r["candidates"]] for r in rows}
+
+    whole, killed = candidates(tmp_path / "whole"), candidates(tmp_path / "killed")
+    assert len(killed) == len(whole) == uninterrupted["prompts"] and killed == whole
+    assert len({tuple(v) for v in whole.values()}) > 1 and any(len(set(v)) == 2 for v in whole.values())
+    assert resumed["pairs"] == uninterrupted["pairs"]
