@@ -92,12 +92,14 @@ def initial_model(cfg: DictConfig) -> DictConfig:
     return cfg.train.model or cfg.pilot
 
 
-# How long and how often, not what: a longer run resumes a shorter one's checkpoints.
-_NOT_KEYED = ("max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps")
+# How often it saves and logs, not what it learns. The length (max_steps, num_train_epochs)
+# is keyed: it sets the learning-rate schedule, so a longer run is a different model.
+_NOT_KEYED = ("save_steps", "save_total_limit", "logging_steps")
 
 
 def train_dir(cfg: DictConfig) -> Path:
-    """Keyed by the pilot, the data, the training and DeepSpeed settings and the seed."""
+    """Keyed by the pilot, the data, the training (its length included) and DeepSpeed
+    settings and the seed."""
     train = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k not in _NOT_KEYED}
     payload = {"pilot": OmegaConf.to_container(initial_model(cfg), resolve=True), "data": str(dataset_path(cfg)),
                "train": train,

@@ -74,6 +74,16 @@ def test_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
     assert summary["global_steps"] == 40
 
 
+def test_a_longer_run_after_a_finished_shorter_one_trains_its_own_pilot(tiny_models, tmp_path, pairs):
+    short = train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.max_steps=2",
+                                                          "train.heldout_comparison=false")))
+    longer = train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.max_steps=4",
+                                                           "train.heldout_comparison=false")))
+    assert (short["global_steps"], longer["global_steps"]) == (2, 4) and short["model"] != longer["model"]
+    assert os.path.realpath(longer["latest"]) == longer["model"]  # pilot=trained is the longer run's
+    assert any(not torch.equal(a, weights(longer["model"])[k]) for k, a in weights(short["model"]).items())
+
+
 @pytest.mark.parametrize("extra, error, message", [
     (["train.algorithm=ppo"], ValueError, "unknown train.algorithm 'ppo'; accepted: dpo, sft"),
     (["train.dataset=/no/such/data"], FileNotFoundError, "/no/such/data"),
