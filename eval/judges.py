@@ -21,9 +21,10 @@ from wsd.store import write_atomic
 
 
 class Judge(Protocol):
-    """Optionally also `ratios`: metric -> (numerator key, denominator key), reported as a
-    ratio of sums over items; and `set_metrics(scores) -> dict`, metrics of the whole set
-    (alpaca_eval's win rate)."""
+    """Optionally also `requires`: what an item needs to be scored at all ("reference",
+    "instructions", see `REQUIREMENTS`); `ratios`: metric -> (numerator key, denominator
+    key), reported as a ratio of sums over items (the keys are per-item counts, not metrics);
+    and `set_metrics(scores) -> dict`, metrics of the whole set (alpaca_eval's win rate)."""
 
     name: str
     proxy: bool
@@ -108,6 +109,7 @@ class ReferenceSimilarityJudge:
     batch_size: int = 32
     name: str = "reference_similarity"
     proxy: bool = True
+    requires = "reference"
 
     def __post_init__(self):
         from sentence_transformers import SentenceTransformer
@@ -229,6 +231,7 @@ class PairwiseLLMJudge:
     max_answer_chars: int = 2000
     name: str = "local_llm_judge"
     proxy: bool = True
+    requires = "reference"
 
     def __post_init__(self):
         from wsd.models import ModelSpec, load_model
@@ -304,6 +307,7 @@ class AlpacaEvalJudge:
     local_judge: dict = None  # PairwiseLLMJudge parameters
     name: str = "alpaca_eval"
     proxy: bool = True
+    requires = "reference"
 
     def __post_init__(self):
         from alpaca_eval.metrics import get_length_controlled_winrate, get_winrate
@@ -417,6 +421,7 @@ class IFEvalJudge:
     nltk_data_dir: str = "~/.cache/wsd/nltk_data"
     name: str = "ifeval"
     proxy: bool = False  # the official metric, not a stand-in
+    requires = "instructions"
     # instruction-level accuracy is over all instructions (a micro average), as IFEval reports it
     ratios = {"instruction_strict": ("followed_strict", "instructions"),
               "instruction_loose": ("followed_loose", "instructions")}
@@ -468,6 +473,34 @@ def judge_class(name) -> Callable[..., Judge]:
     if name not in JUDGES:
         raise ValueError(f"unknown judge {name!r}; accepted: {', '.join(sorted(JUDGES))}")
     return JUDGES[name]
+
+
+#: What a judge may need of an item, and how to tell an item has it.
+REQUIREMENTS = {
+    "reference": ("reference answers", lambda item: bool(item.get("reference"))),
+    "instructions": ("IFEval's instruction ids and kwargs", lambda item: "instruction_id_list" in (item.get("meta") or {})),
+}
+
+
+def check_judge_fits(benchmark: str, judge: str) -> None:
+    """A (benchmark, judge) pair that cannot yield the judge's metric fails here, in
+    milliseconds, before anything runs (benchmarks read from a local file are checked on
+    their items instead, by `check_items_fit`)."""
+    from wsd.benchmarks import benchmark_provides
+
+    need, provides = getattr(judge_class(judge), "requires", None), benchmark_provides(benchmark)
+    if need and provides is not None and need not in provides:
+        fitting = sorted(n for n, c in JUDGES.items() if getattr(c, "requires", None) in (None, *provides))
+        raise ValueError(f"judge {judge!r} needs {REQUIREMENTS[need][0]}, which benchmark {benchmark!r} does not "
+                         f"have: it would score no item; judges that fit it: {', '.join(fitting)}")
+
+
+def check_items_fit(judge: str, items: list[dict], benchmark: str) -> None:
+    """The same check on the items themselves: at least one must carry what the judge needs."""
+    need = getattr(judge_class(judge), "requires", None)
+    if need and items and not any(REQUIREMENTS[need][1](item) for item in items):
+        raise ValueError(f"judge {judge!r} needs {REQUIREMENTS[need][0]}; none of the {len(items)} items of "
+                         f"benchmark {benchmark!r} has any, so it would score nothing")
 
 
 def build_judge(cfg: dict) -> Judge:

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eval.judges import build_judge, judge_class, reference_for
+from eval.judges import build_judge, check_items_fit, check_judge_fits, reference_for
 from eval.results import write_tables
 from eval.stats import bootstrap, bootstrap_ratio, print_estimates
 from pipelines import generate
@@ -97,16 +97,17 @@ def run(cfg: DictConfig) -> dict:
     """Check the inputs (judge name, generation records) before loading the judge's model,
     then score only the items not yet scored."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    judge_class(resolved["judge"].get("name"))
+    name = resolved["judge"].get("name")
+    check_judge_fits(cfg.benchmark.name, name)
     validate_logger(resolved["logger"])
     generation, items = generation_items(cfg)
+    check_items_fit(name, items, cfg.benchmark.name)
     out = judge_dir(cfg, generation)
     out.mkdir(parents=True, exist_ok=True)
     score_file = RecordFile(out / "scores.jsonl")
     keys = {item["id"]: item_key(item) for item in items}
     done = {s["id"]: s for s in score_file.read() if s.get("item_key") == keys.get(s["id"])}
     todo = [item for item in items if item["id"] not in done]
-    name = resolved["judge"]["name"]
     log.info("judge %s on %s: %d items, %d already scored, in %s", name, generation.name, len(items),
              len(items) - len(todo), out)
     with tracked(resolved["logger"], stage="evaluate", group=cfg.name, config=resolved, folder=out,
@@ -125,6 +126,9 @@ def run(cfg: DictConfig) -> dict:
                         done[item["id"]] = row
                     progress.update(len(batch))
         scores = [done[item["id"]] for item in items]
+        if not any(s["scores"] for s in scores):
+            raise ValueError(f"judge {name!r} scored none of the {len(items)} items of {generation}; its scores so "
+                             f"far are kept in {score_file.path}")
         set_metrics = (judge.set_metrics([s["scores"] for s in scores], items) if hasattr(judge, "set_metrics")
                        else {})
         summary = {"judge": name, "proxy": judge.proxy, "benchmark": cfg.benchmark.name,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from eval.judges import check_judge_fits
 from pipelines import generate
 from wsd.store import config_key, write_atomic
 
@@ -70,6 +71,9 @@ def plan(cfg: DictConfig) -> list[Step]:
     if "generate" in r["stages"]:
         steps += [Step("generate", run) for _, run in runs]
     if "evaluate" in r["stages"]:
+        for benchmark in r["benchmarks"]:
+            for judge in r["judges"][benchmark]:
+                check_judge_fits(benchmark, judge_name(judge))
         steps += [Step("evaluate", (*run, *shlex.split(judge))) for benchmark, run in runs
                   for judge in r["judges"][benchmark]]
     if "evaluate_tax" in r["stages"]:
@@ -78,6 +82,14 @@ def plan(cfg: DictConfig) -> list[Step]:
     if "report" in r["stages"]:
         steps.append(Step("report", ()))
     return steps
+
+
+def judge_name(overrides: str) -> str:
+    """The judge that one `reproduce.judges` entry (evaluate-stage overrides) names."""
+    names = [o.split("=", 1)[1] for o in shlex.split(overrides) if o.startswith("judge=")]
+    if len(names) != 1:
+        raise ValueError(f"reproduce.judges entry {overrides!r} must name one judge (judge=NAME)")
+    return names[0]
 
 
 def hydra_value(value) -> str:

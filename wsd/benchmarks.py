@@ -306,22 +306,35 @@ class Benchmark:
     schema: str  # what a local file needs, for error messages
     sources: tuple[str, ...]  # where it can come from beside a local `path`
     packaged: Callable[[dict], list[dict]] | None = None
+    # what its prompts carry for judges: "reference" answers, IFEval's "instructions";
+    # None for a local file of any shape (known only once it is read)
+    provides: frozenset[str] | None = frozenset()
 
+
+REFERENCE = frozenset({"reference"})
 
 BENCHMARKS = {
     "alpaca_eval": Benchmark(alpaca_eval_prompts, "an 'instruction' column (and 'output' references)",
-                             ("packaged", "hub"), _packaged_rows),
+                             ("packaged", "hub"), _packaged_rows, REFERENCE),
     "arena_hard": Benchmark(arena_hard_prompts, "'uid' and 'prompt' columns (v2) or 'question_id' and 'turns' (v0.1)",
                             ("packaged", "hub"), _packaged_rows),
-    "mt_bench": Benchmark(mt_bench_prompts, "'question_id' and 'turns' columns", ("packaged",), _packaged_rows),
-    "hh_rlhf": Benchmark(hh_rlhf_prompts, "'chosen' and 'rejected' transcript columns", ("hub",)),
-    "truthfulqa": Benchmark(truthfulqa_prompts, "a 'question' column", ("hub",)),
+    # references for its math, reasoning and coding questions only
+    "mt_bench": Benchmark(mt_bench_prompts, "'question_id' and 'turns' columns", ("packaged",), _packaged_rows,
+                          REFERENCE),
+    "hh_rlhf": Benchmark(hh_rlhf_prompts, "'chosen' and 'rejected' transcript columns", ("hub",), provides=REFERENCE),
+    "truthfulqa": Benchmark(truthfulqa_prompts, "a 'question' column", ("hub",), provides=REFERENCE),
     "harmful": Benchmark(harmful_prompts, "a 'prompt' column (and optional 'source', 'category')",
                          ("packaged",), _harmful_packaged_rows),
     "ifeval": Benchmark(ifeval_prompts, "'key', 'prompt', 'instruction_id_list' and 'kwargs' columns",
-                        ("packaged", "hub"), _packaged_rows),
-    "jsonl": Benchmark(jsonl_prompts, "'prompt', 'instruction' or 'messages' per line", ()),
+                        ("packaged", "hub"), _packaged_rows, frozenset({"instructions"})),
+    "jsonl": Benchmark(jsonl_prompts, "'prompt', 'instruction' or 'messages' per line", (), provides=None),
 }
+
+
+def benchmark_provides(name: str) -> frozenset[str] | None:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; accepted: {', '.join(sorted(BENCHMARKS))}")
+    return BENCHMARKS[name].provides
 
 
 def load_benchmark(cfg) -> list[Prompt]:

@@ -94,3 +94,35 @@ def test_a_regenerated_response_is_rescored(tiny_models, tmp_path, prompt_file, 
     again = evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file)))
     assert [i["id"] for i in scored] == ["weapon"]
     assert again["metrics"]["refusal"]["mean"] >= 1 / 3
+
+
+def test_a_judge_that_needs_references_on_prompts_without_any_fails_before_loading(tiny_models, tmp_path,
+                                                                                   monkeypatch):
+    path = tmp_path / "plain.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}?"}) + "\n" for i in range(2)))
+    generate.run(generate.compose(overrides(tiny_models, tmp_path, path)))
+    monkeypatch.setattr(evaluate, "build_judge", lambda *a: pytest.fail("the judge's model was loaded"))
+    with pytest.raises(ValueError, match="needs reference answers; none of the 2 items of benchmark 'jsonl'"):
+        evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, path, "judge=local_llm_judge")))
+
+
+def test_a_judge_run_that_scores_no_item_is_an_error(tiny_models, tmp_path, prompt_file, monkeypatch):
+    generate.run(generate.compose(overrides(tiny_models, tmp_path, prompt_file)))
+    monkeypatch.setattr(HarmlessnessJudge, "score", lambda self, items: [None] * len(items))
+    with pytest.raises(ValueError, match="judge 'harmlessness' scored none of the 3 items"):
+        evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file, "judge=harmlessness")))
+
+
+@pytest.mark.parametrize("benchmark, judge, fits", [
+    ("arena_hard", "local_llm_judge", False), ("arena_hard", "alpaca_eval", False), ("harmful", "ifeval", False),
+    ("arena_hard", "reward_model", True), ("mt_bench", "local_llm_judge", True), ("ifeval", "ifeval", True),
+    ("jsonl", "local_llm_judge", True),  # a local file is checked on its items
+])
+def test_judge_and_benchmark_pairs_are_checked_by_what_the_judge_needs(benchmark, judge, fits):
+    from eval.judges import check_judge_fits
+
+    if fits:
+        check_judge_fits(benchmark, judge)
+    else:
+        with pytest.raises(ValueError, match=f"judge '{judge}' needs .* benchmark '{benchmark}' does not have"):
+            check_judge_fits(benchmark, judge)

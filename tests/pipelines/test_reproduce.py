@@ -35,6 +35,14 @@ def test_paper_experiments_name_the_papers_models():
         assert list(cfg.reproduce.benchmarks) == ["hh_rlhf", "truthfulqa", "alpaca_eval", "arena_hard", "mt_bench"]
 
 
+def test_a_plan_whose_judge_cannot_score_its_benchmark_fails_when_composed():
+    """Arena-Hard has no reference answers: a pairwise judge against them would score nothing."""
+    cfg = reproduce.compose(["experiment=paper_llama3_70b", "reproduce.judges.arena_hard=['judge=local_llm_judge']"])
+    with pytest.raises(ValueError, match="judge 'local_llm_judge' needs reference answers, which benchmark "
+                                         "'arena_hard' does not have"):
+        reproduce.plan(cfg)
+
+
 def test_a_bad_plan_is_named_before_anything_runs(tmp_path):
     cfg = reproduce.compose([f"output_root={tmp_path}", "reproduce.benchmarks=[ifeval, nosuch]"])
     with pytest.raises(ValueError, match="no entry for benchmark 'nosuch'"):
