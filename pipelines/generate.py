@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsd.benchmarks import Prompt, load_benchmark
 from wsd.methods import method_entry
-from wsd.models import LoadedModel, ModelSpec, check_available, load_model
+from wsd.models import LoadedModel, ModelSpec, check_available, load_model, resolve_device
 from wsd.store import RunRecords, config_key, slug, write_atomic
 from wsd.tracking import tracked, validate_logger
 
@@ -111,7 +111,7 @@ def current_shard() -> Shard:
 
 def _placed(spec: ModelSpec, shard: Shard) -> ModelSpec:
     """On a sharded GPU run, each rank puts a single-device model on its own GPU."""
-    if shard.device and spec.device_map is None and spec.device.startswith("cuda"):
+    if shard.device and spec.device_map is None and resolve_device(spec.device).startswith("cuda"):
         return dataclasses.replace(spec, device=shard.device)
     return spec
 

@@ -178,6 +178,15 @@ def model_folder(spec: ModelSpec, cache_dir: str | os.PathLike) -> str:
     return os.path.expanduser(spec.path)
 
 
+def resolve_device(device: str | None) -> str:
+    """`auto` (or null): the GPU when there is one, else the CPU; anything else as given."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_model(spec: ModelSpec, cache_dir: str | os.PathLike) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -191,7 +200,7 @@ def load_model(spec: ModelSpec, cache_dir: str | os.PathLike) -> LoadedModel:
         kwargs["device_map"] = spec.device_map
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if not spec.device_map:
-        model.to(spec.device)
+        model.to(resolve_device(spec.device))
     model.eval()
     log.info("loaded %s from %s (%s, %s)", spec.name, folder, spec.dtype, spec.device_map or spec.device)
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, folder=folder)

@@ -97,6 +97,20 @@ def test_reward_model_scores_match_a_direct_forward_and_win_against_the_referenc
     assert "win" not in scores[2]
 
 
+def test_judge_models_go_to_the_configured_device(tiny_reward_model, monkeypatch):
+    """`device: auto` is the GPU where there is one; the reward model and its inputs follow
+    the config (a device that does not exist is an error, not a silent CPU run)."""
+    from wsd.models import resolve_device
+
+    assert resolve_device("auto") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == resolve_device(None) == "cuda"
+    monkeypatch.undo()
+    assert RewardModelJudge(model=tiny_reward_model, device="cpu")._model.device.type == "cpu"
+    with pytest.raises((RuntimeError, ValueError), match="(?i)device"):
+        RewardModelJudge(model=tiny_reward_model, device="nosuchdevice")
+
+
 def test_unknown_judge_and_a_judge_model_that_does_not_load(tmp_path):
     accepted = "alpaca_eval, harmlessness, ifeval, local_llm_judge, reference_similarity, reward_model"
     with pytest.raises(ValueError, match=f"unknown judge .gpt5.; accepted: {accepted}"):
