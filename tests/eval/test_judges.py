@@ -127,7 +127,22 @@ def pairwise(tiny_models, tmp_path_factory):
                             model_cache_dir=str(tmp_path_factory.mktemp("cache")), batch_size=3)
 
 
-def test_pairwise_judge_both_orders_cancel_position(pairwise):
+def test_pairwise_judge_both_orders_correct_a_position_biased_judge(pairwise, monkeypatch):
+    """A judge that leans to answer A (P(A) 0.95 when A is the good answer, still 0.6 when A
+    is the bad one) would call the bad answer the winner when shown first; averaged over
+    both orders, the good answer wins and the bad one loses."""
+    good, bad = "Paris is the capital of France.", "I like turtles."
+    monkeypatch.setattr(pairwise, "prefer_a", lambda pairs: [0.95 if a == good else 0.6 for _, a, _ in pairs])
+    question = "What is the capital of France?"
+    ours_good, ours_bad = pairwise.score([{"prompt": question, "response": good, "reference": bad},
+                                          {"prompt": question, "response": bad, "reference": good}])
+    assert (ours_good["win_as_a"], ours_good["win_as_b"]) == pytest.approx((0.95, 0.4))
+    assert (ours_bad["win_as_a"], ours_bad["win_as_b"]) == pytest.approx((0.6, 0.05))
+    assert ours_good["win"] == pytest.approx(0.675) and ours_bad["win"] == pytest.approx(0.325)
+    assert ours_good["consistent"] == ours_bad["consistent"] == 0.0  # the verdict flipped with the order
+
+
+def test_pairwise_judge_on_a_real_model_is_symmetric(pairwise):
     x, y = "Paris is the capital of France.", "I like turtles."
     items = [{"prompt": "What is the capital of France?", "response": x, "reference": y},
              {"prompt": "What is the capital of France?", "response": y, "reference": x},
@@ -135,10 +150,8 @@ def test_pairwise_judge_both_orders_cancel_position(pairwise):
              {"prompt": "Hi", "response": x, "reference": None}]
     forward, swapped, same, none = pairwise.score(items)
     assert forward["win"] + swapped["win"] == pytest.approx(1.0, abs=1e-5)
-    assert forward["win_as_a"] == pytest.approx(1 - swapped["win_as_b"], abs=1e-5)
     assert same["win"] == pytest.approx(0.5, abs=1e-6)
     assert none is None
-    assert 0.0 <= forward["win"] <= 1.0 and forward["consistent"] in (0.0, 1.0)
 
 
 def test_pairwise_prompt_shows_both_answers_in_order(pairwise):
