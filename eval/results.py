@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+from eval.stats import interval_text
 from wsd.store import write_atomic
 
 PROXY_MARK = "†"
@@ -61,7 +62,7 @@ def ambiguous_labels(runs: list[dict]) -> set[str]:
 
 def estimate_cell(est: dict) -> str:
     """One estimate as a table cell: mean [bootstrap 95% interval] n."""
-    return f"{est['mean']:.3f} [{est['low']:.3f}, {est['high']:.3f}] n={est['n']}"
+    return f"{est['mean']:.3f} {interval_text(est)} n={est['n']}"
 
 
 def markdown_table(header: list[str], body: list[list[str]], note: str = "") -> str:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.judges import build_judge, check_items_fit, check_judge_fits, reference_for
 from eval.results import write_tables
-from eval.stats import bootstrap, bootstrap_ratio, print_estimates
+from eval.stats import bootstrap, bootstrap_ratio, interval_text, print_estimates
 from pipelines import generate
 from wsd.benchmarks import load_benchmark
 from wsd.store import RecordFile, RunRecords, config_key, write_atomic
@@ -83,7 +83,8 @@ def summarize(scores: list[dict], resamples: int, seed: int, ratios: dict | None
     a judge's `ratios` are reported as ratios of sums (micro averages)."""
     metrics = {}
     scored = [s["scores"] for s in scores if s["scores"]]
-    for key in dict.fromkeys(k for s in scored for k in s):
+    counts = {key for pair in (ratios or {}).values() for key in pair}  # per-item counts: ratios' parts only
+    for key in dict.fromkeys(k for s in scored for k in s if k not in counts):
         values = [s[key] for s in scored if s.get(key) is not None]
         metrics[key] = bootstrap(values, resamples=resamples, seed=seed).as_dict()
     for key, (numerator, denominator) in (ratios or {}).items():
@@ -142,8 +143,8 @@ def run(cfg: DictConfig) -> dict:
         tracker.summary({f"{k}/{stat}": v for k, est in {**summary["metrics"], **set_metrics}.items()
                          for stat, v in est.items()})
     for key, est in summary["metrics"].items():
-        log.info("%s%s: %.3f [%.3f, %.3f] (n=%d)", key, " (proxy)" if judge.proxy else "", est["mean"], est["low"],
-                 est["high"], est["n"])
+        log.info("%s%s: %.3f %s (n=%d)", key, " (proxy)" if judge.proxy else "", est["mean"], interval_text(est),
+                 est["n"])
     log.info("comparison table of experiment %r: %s", cfg.name, write_tables(cfg.output_root, cfg.name))
     return summary
 

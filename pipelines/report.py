@@ -136,10 +136,31 @@ def seconds(generation: Generation) -> dict[str, float]:
     return {r["id"]: r["seconds"]["total"] for r in generation.records}
 
 
+def timed_together(generations: list[Generation], ids: list[str]) -> list[int]:
+    """A cluster label per id: prompts that shared a batch's time in any of these runs are one
+    measurement, not several (records name their `batch`; older ones count as their own)."""
+    parent = {i: i for i in ids}
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for g in generations:
+        first_of = {}
+        for r in g.records:
+            if r["id"] in parent:
+                batch = r.get("batch", r["id"])
+                parent[root(r["id"])] = root(first_of.setdefault(batch, r["id"]))
+    labels = {}
+    return [labels.setdefault(root(i), len(labels)) for i in ids]
+
+
 def time_ratios(generations: list[Generation], resamples: int, seed: int) -> dict[Path, dict]:
     """Per run (any method but `base`): its decoding time over the base model's alone on the
     same benchmark, prompts, base model and generation settings, as a ratio of summed
-    per-record seconds with prompts resampled in pairs."""
+    per-record seconds with prompts resampled in pairs, and prompts that shared a batch's time
+    resampled together (`timed_together`)."""
     bases = [g for g in generations if g.run["method"] == "base"]
     out = {}
     for g in generations:
@@ -151,7 +172,8 @@ def time_ratios(generations: list[Generation], resamples: int, seed: int) -> dic
         common = [i for i in ours if i in base]
         if not common:
             continue
-        est = bootstrap_ratio([ours[i] for i in common], [base[i] for i in common], resamples, seed)
+        est = bootstrap_ratio([ours[i] for i in common], [base[i] for i in common], resamples, seed,
+                              clusters=timed_together([g, pair[-1]], common))
         cached = [r.get("draft_cache_hit", False) for r in g.records if r["id"] in base]
         out[g.folder] = {"estimate": est.as_dict(), "seconds_per_prompt": sum(ours[i] for i in common) / len(common),
                          "base_seconds_per_prompt": sum(base[i] for i in common) / len(common),
@@ -418,8 +440,8 @@ TABLES = {
 }
 TIME_NOTE = ("Ours: sum over the prompts both runs decoded of each record's `seconds.total` (its share of its "
              "batch's wall time), this run over the base model alone on the same benchmark, base model and "
-             "generation settings; mean [bootstrap 95% interval over prompts] n (prompts of one batch share its "
-             "time, so the interval is narrow when few batches ran). Runs with draft cache hits "
+             "generation settings; mean [bootstrap 95% interval] n, prompts that shared a batch's time resampled "
+             "together (one batch: one measurement, no interval). Runs with draft cache hits "
              "reused drafts and base probabilities of an earlier sweep point, so they under-count drafting.")
 SWITCH_NOTE = ("Position = kept draft tokens k (base tokenization; the switch is at draft token k - 1), over "
                "the responses that switched; `never switched` responses kept their whole draft.")

@@ -300,6 +300,7 @@ class FastWSD:
             yield row.prompt, make_record(
                 self.pilot, self.base, r.draft, r.draft_ids, r.probs, switch_at, kept_ids, cont, share,
                 early_stopped=not r.complete, draft_cache_hit=row.from_cache, batch_size=n,
+                batch=rows[0].prompt.id,  # prompts of one batch share its time
             )
 
     def _draft_and_score(self, rows: list[_Row], scorer: BatchScorer | None) -> float:

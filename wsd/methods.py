@@ -114,6 +114,7 @@ class PromptedModel:
                     "seconds": {"total": share},
                     "model": self.loaded.name,
                     "batch_size": len(batch),
+                    "batch": batch[0].id,  # prompts of one batch share its time
                 }
 
 

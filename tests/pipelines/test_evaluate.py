@@ -126,3 +126,16 @@ def test_judge_and_benchmark_pairs_are_checked_by_what_the_judge_needs(benchmark
     else:
         with pytest.raises(ValueError, match=f"judge '{judge}' needs .* benchmark '{benchmark}' does not have"):
             check_judge_fits(benchmark, judge)
+
+
+def test_per_item_counts_are_parts_of_ratios_not_metrics():
+    """IFEval's per-item instruction counts make its instruction-level rates; they are no
+    rate themselves and get no row of their own."""
+    from eval.judges import IFEvalJudge
+
+    scores = [{"scores": {"prompt_strict": 1.0, "followed_strict": 2.0, "followed_loose": 2.0, "instructions": 2.0}},
+              {"scores": {"prompt_strict": 0.0, "followed_strict": 1.0, "followed_loose": 2.0, "instructions": 3.0}}]
+    metrics = evaluate.summarize(scores, 200, 0, IFEvalJudge.ratios)
+    assert set(metrics) == {"prompt_strict", "instruction_strict", "instruction_loose"}
+    assert metrics["instruction_strict"]["mean"] == pytest.approx(3 / 5)
+    assert metrics["instruction_loose"]["mean"] == pytest.approx(4 / 5)

@@ -57,6 +57,14 @@ def test_main_table_holds_the_papers_numbers_and_ours_with_proxies_marked(built)
     refusal = evaluation["metrics"]["offensive_probability"]
     base_row = next(line for line in lines if line.startswith("| ours (tiny-base) | base |"))
     assert f"{refusal['mean']:.3f} [{refusal['low']:.3f}, {refusal['high']:.3f}] n={refusal['n']}" in base_row
+    # the figure is the judge's on the run's own responses
+    from eval.judges import is_refusal
+
+    responses = [r["response"] for r in records_of(root, "base")]
+    cells = dict(zip(header.split(" | "), base_row.split(" | ")))
+    refused = statistics.fmean(is_refusal(t) for t in responses)
+    assert cells["ours: jsonl: harmlessness/refusal†"].startswith(f"{refused:.3f} [")
+    assert not any(count in header for count in ("instructions", "followed_strict", "followed_loose"))
 
     tax = (root / "reports" / "fixture" / "alignment_tax.md").read_text()
     assert "| paper (Gemma-2-27B) | wsd | 85.52 |" in tax and "65.85" in tax
@@ -103,6 +111,27 @@ def test_switch_analysis_and_time_ratio_match_the_records(built):
     points = sweep[(sweep.benchmark == "jsonl") & sweep.source.str.contains("tiny-pilot pilot")]
     assert sorted(zip(points.window, points.threshold)) == [(3, 0.5), (3, 0.8), (6, 0.5), (6, 0.8)]
     assert points["harmlessness/refusal†"].str.contains("n=6").all()
+
+
+def test_a_run_timed_as_one_batch_gets_no_interval(tmp_path):
+    """Five prompts decoded in one batch share its time: one measurement, whatever the base's
+    per-prompt times; two batches of the method are resampled whole."""
+    settings = {"max_new_tokens": 8}
+    run = {"method": "wsd", "models": {"pilot": "p", "base": "b"}, "wsd": {"window": 6, "threshold": 0.8}}
+
+    def generation(method, seconds, batches):
+        records = [{"id": f"q{i}", "seconds": {"total": t}, "batch": f"q{b}"}
+                   for i, (t, b) in enumerate(zip(seconds, batches))]
+        return report.Generation(tmp_path / method, {**run, "method": method}, "jsonl", settings, records)
+
+    base = generation("base", [1.0, 2.0, 1.5, 1.0, 2.5], range(5))  # one prompt a batch
+    one = generation("wsd", [2.0] * 5, [0] * 5)
+    two = generation("wsd2", [2.0, 2.0, 2.0, 1.0, 1.0], [0, 0, 0, 3, 3])
+    ratios = report.time_ratios([base, one, two], 200, 0)
+    assert ratios[one.folder]["estimate"] == {"mean": pytest.approx(10 / 8), "low": None, "high": None, "n": 5}
+    split = ratios[two.folder]["estimate"]
+    assert split["mean"] == pytest.approx(8 / 8) and split["low"] < split["mean"] < split["high"]
+    assert report.timed_together([base, two], [f"q{i}" for i in range(5)]) == [0, 0, 0, 1, 1]
 
 
 def test_wandb_report_definition_builds_offline(built, monkeypatch):
