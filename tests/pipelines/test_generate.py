@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra.errors import MissingConfigException
@@ -227,14 +228,29 @@ def test_methods_of_one_process_reuse_loaded_models(tiny_models, tmp_path, promp
     assert loads == ["tiny-base", "tiny-pilot", "other-pilot"] and len(generate._POOL) == 2
 
 
+def read_wandb_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """An offline run as W&B's own reader sees it (`wandb leet inspect`: the run's state and
+    summary, and its records), after W&B's service has shut down, so every record is written."""
+    import wandb
+
+    wandb.teardown()  # waits for the service to write out and exit; the next init starts a new one
+    cli = [str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--json"]
+    state = subprocess.run([*cli, "--summary", str(run_dir)], capture_output=True, text=True, check=True, timeout=120)
+    records = subprocess.run([*cli, str(run_dir)], capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(state.stdout), [json.loads(line) for line in records.stdout.splitlines() if line.strip()]
+
+
 def test_wandb_offline_run_is_written_and_readable(tiny_models, tmp_path, prompt_file):
     summary, cfg = run_tiny(tiny_models, tmp_path, prompt_file, "logger=wandb", "logger.mode=offline",
                             "name=unit-test", "benchmark.limit=2")
-    [run] = list((tmp_path / "outputs" / "wandb" / "wandb").glob("offline-run-*"))
-    log = (next(run.glob("run-*.wandb"))).read_bytes()
-    for text in (b"unit-test", b"generate", b"mean_keep_count", b"tokens_per_second", b"tiny-pilot"):
-        assert text in log  # group, job type, summary keys, config
-    [table] = list(run.glob("files/media/table/records_*.table.json"))
+    [run_dir] = list((tmp_path / "outputs" / "wandb" / "wandb").glob("offline-run-*"))
+    state, records = read_wandb_run(run_dir)
+    assert state["state"] == "finished" and state["exit_code"] == 0
+    assert {"mean_keep_count", "tokens_per_second", "prompts"} <= set(state["summary"])
+    assert state["summary"]["prompts"] == 2 and state["config"]["pilot"]["name"] == "tiny-pilot"
+    [run] = [r["run"] for r in records if r["type"] == "run"]
+    assert (run["run_group"], run["job_type"]) == ("unit-test", "generate")
+    [table] = list(run_dir.glob("files/media/table/records_*.table.json"))
     rows = json.loads(table.read_text())
     assert [r[rows["columns"].index("id")] for r in rows["data"]] == ["short", "capital"]
     events = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "events.jsonl"))]
