@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -28,13 +28,13 @@ def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary name and rename, so readers never see a half-written file. The
     temporary name is this writer's own: ranks of a sharded run may write one file at once."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with tmp.open("x", encoding="utf-8") as f:  # the umask's permissions, as a plain write has
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -83,3 +83,6 @@ def test_two_writers_of_one_file_at_once_both_succeed(tmp_path, monkeypatch):
     write_atomic(path, "first")
     assert path.read_text() == "first" and interleaved
     assert [p.name for p in tmp_path.iterdir()] == ["identity.json"]  # no temporary file left
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert path.stat().st_mode == plain.stat().st_mode  # readable as any file the stage writes
