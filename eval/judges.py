@@ -153,9 +153,9 @@ class RewardModelJudge:
     def __post_init__(self):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self._tokenizer = _load_judge_model(self.model, lambda: AutoTokenizer.from_pretrained(self.model))
         from wsd.models import resolve_device
 
+        self._tokenizer = _load_judge_model(self.model, lambda: AutoTokenizer.from_pretrained(self.model))
         self._model = _load_judge_model(self.model, lambda: AutoModelForSequenceClassification.from_pretrained(
             self.model).to(resolve_device(self.device)).eval())
         if self._model.config.num_labels != 1:
@@ -488,22 +488,27 @@ REQUIREMENTS = {
 }
 
 
+def requirement(judge: str) -> str | None:
+    """What the named judge needs of an item (a key of `REQUIREMENTS`), or None."""
+    return getattr(judge_class(judge), "requires", None)
+
+
 def check_judge_fits(benchmark: str, judge: str) -> None:
     """A (benchmark, judge) pair that cannot yield the judge's metric fails here, in
     milliseconds, before anything runs (benchmarks read from a local file are checked on
     their items instead, by `check_items_fit`)."""
     from wsd.benchmarks import benchmark_provides
 
-    need, provides = getattr(judge_class(judge), "requires", None), benchmark_provides(benchmark)
+    need, provides = requirement(judge), benchmark_provides(benchmark)
     if need and provides is not None and need not in provides:
-        fitting = sorted(n for n, c in JUDGES.items() if getattr(c, "requires", None) in (None, *provides))
+        fitting = sorted(n for n in JUDGES if requirement(n) in (None, *provides))
         raise ValueError(f"judge {judge!r} needs {REQUIREMENTS[need][0]}, which benchmark {benchmark!r} does not "
                          f"have: it would score no item; judges that fit it: {', '.join(fitting)}")
 
 
 def check_items_fit(judge: str, items: list[dict], benchmark: str) -> None:
     """The same check on the items themselves: at least one must carry what the judge needs."""
-    need = getattr(judge_class(judge), "requires", None)
+    need = requirement(judge)
     if need and items and not any(REQUIREMENTS[need][1](item) for item in items):
         raise ValueError(f"judge {judge!r} needs {REQUIREMENTS[need][0]}; none of the {len(items)} items of "
                          f"benchmark {benchmark!r} has any, so it would score nothing")

@@ -51,8 +51,8 @@ def bootstrap_ratio(numerators, denominators, resamples: int = 2000, seed: int =
         raise ValueError("no values to estimate from")
     n = int(num.size)
     if clusters is not None:
-        labels = list(dict.fromkeys(clusters))
-        index = np.asarray([labels.index(c) for c in clusters])
+        labels: dict = {}
+        index = np.asarray([labels.setdefault(c, len(labels)) for c in clusters])
         num, den = np.bincount(index, weights=num), np.bincount(index, weights=den)
         if len(labels) == 1:
             return Estimate(float(num.sum() / den.sum()), None, None, n)

@@ -59,12 +59,6 @@ class WSDSettings:
         return self.base_budget(len(kept_ids))
 
 
-def base_budget(self, kept: int) -> int:
-        if self.fixed_length:
-            return max(1, self.target_max_tokens - kept)
-        return base_budget(self.target_max_tokens, kept)
-
-
 def base_budget(target_max_tokens: int, kept: int) -> int:
     """New-token budget of the base model: (target - kept) rounded up to a multiple of 50."""
     return max(1, math.ceil((target_max_tokens - kept) / 50) * 50)

@@ -41,7 +41,10 @@ from wsd.switch import first_switch, keep_count
 @torch.inference_mode()
 def greedy_generate(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, stop_strings,
                     fixed_length: bool = False) -> Generated:
-    """Greedy continuation of one sequence that halts at EOS or any of `stop_strings`."""
+    """Greedy continuation of one sequence that halts at EOS or any of `stop_strings`; a budget
+    of 0 writes nothing (as in `chunked_greedy`)."""
+    if max_new_tokens <= 0:
+        return Generated([], "length")
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stop = StopOnStrings(loaded.tokenizer, stop_strings, len(prompt_ids))
     output = loaded.model.generate(
@@ -92,9 +95,8 @@ def continue_from(base: LoadedModel, prompt_ids: list[int], kept_ids: list[int],
                   settings: WSDSettings) -> Continuation:
     """Pass 3: the base model continues from the kept draft *ids*; the final text is cut."""
     stops = settings.base_stops(base)
-    budget = settings.continuation_budget(base, kept_ids)
-    out = (greedy_generate(base, prompt_ids + kept_ids, budget, stops, settings.fixed_length) if budget
-           else Generated([], "length"))
+    out = greedy_generate(base, prompt_ids + kept_ids, settings.continuation_budget(base, kept_ids), stops,
+                          settings.fixed_length)
     return make_continuation(base, kept_ids, out, stops)
 
 
