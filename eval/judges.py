@@ -233,6 +233,7 @@ class PairwiseLLMJudge:
 
     model: dict = None  # a model config entry as in conf/pilot or conf/base (id, folder or packaged GGUF)
     model_cache_dir: str = "~/.cache/wsd/models"
+    backend: dict = None  # conf/backend/*.yaml (null: hf); the engine is shared with the stage's own models
     batch_size: int = 4
     max_answer_chars: int = 2000
     name: str = "local_llm_judge"
@@ -240,10 +241,11 @@ class PairwiseLLMJudge:
     requires = "reference"
 
     def __post_init__(self):
-        from wsd.models import ModelSpec, load_model
+        from wsd.engines import pooled_engine
+        from wsd.models import ModelSpec
 
         spec = ModelSpec.from_config(self.model)
-        self._judge = _load_judge_model(spec.name, lambda: load_model(spec, self.model_cache_dir))
+        self._judge = _load_judge_model(spec.name, lambda: pooled_engine(spec, self.backend, self.model_cache_dir))
         tok = self._judge.tokenizer
         self._verdicts = [tok(letter, add_special_tokens=False)["input_ids"][0] for letter in ("A", "B")]
 
@@ -257,17 +259,12 @@ class PairwiseLLMJudge:
 
     def prefer_a(self, pairs: list[tuple[str, str, str]]) -> list[float]:
         """P(A) / (P(A) + P(B)) for each (question, answer A, answer B)."""
-        import torch
-
-        from wsd.decoding import encode, left_pad, pad_id
+        from wsd.decoding import encode
 
         out = []
-        with torch.inference_mode():
-            for start in range(0, len(pairs), self.batch_size):
-                ids = [encode(self._judge.tokenizer, self._prompt(*p)) for p in pairs[start : start + self.batch_size]]
-                seqs, mask = left_pad(ids, pad_id(self._judge), self._judge.device)
-                logits = self._judge.model(input_ids=seqs, attention_mask=mask).logits[:, -1].float()
-                out += torch.softmax(logits[:, self._verdicts], dim=-1)[:, 0].tolist()
+        for start in range(0, len(pairs), self.batch_size):
+            ids = [encode(self._judge.tokenizer, self._prompt(*p)) for p in pairs[start : start + self.batch_size]]
+            out += [1 / (1 + math.exp(min(b - a, 700.0))) for a, b in self._judge.next_token_logprobs(ids, self._verdicts)]
         return out
 
     def score(self, items: list[dict]) -> list[dict | None]:

@@ -6,7 +6,8 @@ is the user turn; the pilot reads it with its chat template, the base in the pla
 format), with lm-eval's `until` added to every model's stop strings and `max_gen_toks` as the
 response budget. Log-likelihood requests have no WSD analogue: they are answered by the
 method's scoring model (the base model when the method uses one, else the pilot) through
-lm-eval's own `HFLM`, and `loglikelihood_model` says which.
+lm-eval's own model for its backend (`HFLM`, or `VLLM` on the engine already running), and
+`loglikelihood_model` says which.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from wsd.benchmarks import Prompt
+from wsd.engines import Engine, HFEngine
 from wsd.methods import method_entry
-from wsd.models import LoadedModel
 
 log = logging.getLogger("wsd.lm_eval")
 
 
 @register_model("wsd")
 class MethodLM(LM):
-    """One method (`cfg.method.name`) of a resolved generate config over loaded models."""
+    """One method (`cfg.method.name`) of a resolved generate config over its engines."""
 
-    def __init__(self, cfg: dict, models: dict[str, LoadedModel], on_record: Callable[[dict], None] | None = None):
+    def __init__(self, cfg: dict, models: dict[str, Engine], on_record: Callable[[dict], None] | None = None):
         super().__init__()
         self.cfg, self.models, self.on_record = cfg, models, on_record
         self.method_name = cfg["method"]["name"]
@@ -38,7 +39,7 @@ class MethodLM(LM):
         self._scorer = None
 
     @property
-    def loglikelihood_model(self) -> LoadedModel:
+    def loglikelihood_model(self) -> Engine:
         return self.models["base"] if "base" in self.models else self.models["pilot"]
 
     def _method(self, until: tuple[str, ...], max_gen_toks: int):
@@ -77,17 +78,34 @@ class MethodLM(LM):
                     bar.update()
         return answers
 
-    def _hflm(self):
+    def _scoring_lm(self):
         if self._scorer is None:
-            from lm_eval.models.huggingface import HFLM
+            scorer, batch = self.loglikelihood_model, self.cfg["generation"]["batch_size"]
+            if isinstance(scorer, HFEngine):
+                from lm_eval.models.huggingface import HFLM
 
-            scorer = self.loglikelihood_model
-            self._scorer = HFLM(pretrained=scorer.model, tokenizer=scorer.tokenizer,
-                                batch_size=self.cfg["generation"]["batch_size"])
+                self._scorer = HFLM(pretrained=scorer.model, tokenizer=scorer.tokenizer, batch_size=batch)
+            else:
+                self._scorer = _lm_eval_vllm(scorer, batch)
         return self._scorer
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._hflm().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        return self._scoring_lm().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._hflm().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        return self._scoring_lm().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+
+def _lm_eval_vllm(engine, batch_size: int):
+    """lm-eval's `VLLM` model over our running engine: lm-eval builds its own `LLM` from a
+    path, which would load the same weights into a second engine, so its constructor is
+    handed ours instead."""
+    from unittest import mock
+
+    from lm_eval.models import vllm_causallms
+
+    llm = engine.llm
+    with mock.patch.object(vllm_causallms, "LLM", lambda **_: llm):
+        return vllm_causallms.VLLM(pretrained=engine.folder, dtype=engine.spec.dtype, batch_size=batch_size,
+                                   max_model_len=llm.llm_engine.model_config.max_model_len,
+                                   trust_remote_code=engine.spec.trust_remote_code)

@@ -240,7 +240,7 @@ def _answer_and_score(resolved: dict, g: dict, specs: dict, everything: list, do
     from tqdm import tqdm
     from transformers import set_seed
 
-    models = generate.pooled_models(specs, resolved["model_cache_dir"])
+    models = generate.pooled_models(specs, resolved)
     teachers = [(t, method_entry(t["method"]).build(teacher_config(resolved, t, g), models)) for t in g["teachers"]]
     scorer = Scorer(g["scorers"])
     size = g["prompt_batch_size"]

@@ -130,7 +130,7 @@ def run(cfg: DictConfig) -> dict:
         from transformers import set_seed
 
         set_seed(cfg.seed)
-        lm = MethodLM(resolved, generate.pooled_models(specs, cfg.model_cache_dir), on_record=answers.append)
+        lm = MethodLM(resolved, generate.pooled_models(specs, resolved), on_record=answers.append)
         started = time.perf_counter()
         results = simple_evaluate(
             model=lm, tasks=list(tax["tasks"]), task_manager=manager, limit=tax["limit"], log_samples=True,

@@ -14,7 +14,7 @@ import logging
 import os
 import statistics
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsd.benchmarks import Prompt, load_benchmark
 from wsd.methods import method_entry
-from wsd.models import LoadedModel, ModelSpec, check_available, load_model, resolve_device
+from wsd.engines import Engine, HFEngine, check_backend, pooled_engine
+from wsd.models import ModelSpec, check_available, resolve_device
 from wsd.store import RunRecords, config_key, slug, write_atomic
 from wsd.tracking import tracked, validate_logger
 
@@ -35,10 +36,16 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict]:
     options, the `wsd` block only for WSD, and the seed. Baselines are thus shared by every
     point of a WSD sweep."""
     entry = method_entry(cfg.method.name)
+    backend = OmegaConf.to_container(cfg.backend, resolve=True)
     payload = {role: OmegaConf.to_container(cfg[role], resolve=True) for role in entry.roles}
-    for model in payload.values():  # `pilot=trained` links to the latest training: key by what it points at
+    for model in payload.values():
         if model.get("path") and Path(model["path"]).expanduser().is_symlink():
+            # `pilot=trained` links to the latest training: key by what it points at
             model["resolved_path"] = str(Path(model["path"]).expanduser().resolve())
+        if backend["name"] == "hf":
+            model.pop("vllm", None)  # engine settings of a backend not in use change nothing
+    if backend["name"] != "hf":  # HF, the default, keeps the keys its runs always had
+        payload["backend"] = backend
     payload.update(method=OmegaConf.to_container(cfg.method, resolve=True), seed=cfg.seed,
                    generation=OmegaConf.to_container(cfg.generation, resolve=True))
     if entry.uses_wsd_block:
@@ -63,23 +70,14 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_root) / "generate" / cfg.benchmark.name / f"{name}__{config_key({**payload, 'benchmark': benchmark})}"
 
 
-# Loaded models stay in memory across the jobs of a multirun, so a grid over benchmarks and
-# methods loads its pilot and base once. At most two are kept (what WSD needs); the least
-# recently used leaves first.
-_POOL: OrderedDict[str, LoadedModel] = OrderedDict()
-_POOL_SIZE = 2
-
-
-def pooled_models(needed: dict[str, ModelSpec], cache_dir: str) -> dict[str, LoadedModel]:
-    for spec in needed.values():
-        key = repr(spec)
-        if key in _POOL:
-            _POOL.move_to_end(key)
-            continue
-        while len(_POOL) >= _POOL_SIZE:
-            _POOL.popitem(last=False)
-        _POOL[key] = load_model(spec, cache_dir)
-    return {role: _POOL[repr(spec)] for role, spec in needed.items()}
+def pooled_models(needed: dict[str, ModelSpec], cfg: dict) -> dict[str, Engine]:
+    """Engines by role on the config's backend, kept across the jobs of a multirun
+    (`wsd.engines.pooled_engine`); HF engines decode `generation.chunk_tokens` per call."""
+    engines = {role: pooled_engine(spec, cfg.get("backend"), cfg["model_cache_dir"]) for role, spec in needed.items()}
+    for engine in engines.values():
+        if isinstance(engine, HFEngine):
+            engine.chunk_tokens = cfg["generation"]["chunk_tokens"]
+    return engines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +189,7 @@ def run(cfg: DictConfig) -> dict | None:
     method_name = resolved["method"]["name"]
     entry = method_entry(method_name)
     entry.check(resolved)
+    check_backend(resolved["backend"]["name"])
     validate_logger(resolved["logger"])
     prompts = load_benchmark(resolved["benchmark"])
     shard = current_shard()
@@ -216,7 +215,7 @@ def run(cfg: DictConfig) -> dict | None:
             from transformers import set_seed
 
             set_seed(cfg.seed)
-            method = entry.build(resolved, pooled_models(specs, cfg.model_cache_dir))
+            method = entry.build(resolved, pooled_models(specs, resolved))
             label = f"{method_name} {cfg.benchmark.name}" + (f" [rank {shard.rank}]" if shard.world > 1 else "")
             written = _generate(method, method_name, questions, done, records, tracker, label)
         wall = time.perf_counter() - started

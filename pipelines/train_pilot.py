@@ -281,7 +281,7 @@ def compare_on_heldout(resolved: dict, pilot: ModelSpec, trained: Path, test) ->
     candidates = [[] for _ in prompts]
     pilots = {"untrained": pilot, "trained": ModelSpec.from_config({"name": "trained-pilot", "path": str(trained)})}
     for label, spec in pilots.items():
-        method = method_entry("pilot").build(config, generate.pooled_models({"pilot": spec}, resolved["model_cache_dir"]))
+        method = method_entry("pilot").build(config, generate.pooled_models({"pilot": spec}, config))
         for prompt, record in method.generate_many(batch):
             candidates[int(prompt.id)].append({"teacher": label, "response": record["response"].strip()})
     Scorer(g["scorers"]).score(prompts, candidates)

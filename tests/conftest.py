@@ -111,11 +111,12 @@ def tiny_models(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_pair(tiny_models, tmp_path_factory):
-    """(pilot, base) LoadedModels of `tiny_models`."""
-    from wsd.models import ModelSpec, load_model
+    """(pilot, base) HF engines of `tiny_models`."""
+    from wsd.engines import load_engine
+    from wsd.models import ModelSpec
 
     cache = tmp_path_factory.mktemp("cache")
-    return tuple(load_model(ModelSpec.from_config({"name": role, "path": tiny_models[role]}), cache)
+    return tuple(load_engine(ModelSpec.from_config({"name": role, "path": tiny_models[role]}), {"name": "hf"}, cache)
                  for role in ("pilot", "base"))
 
 

@@ -64,13 +64,6 @@ def base_budget(target_max_tokens: int, kept: int) -> int:
     return max(1, math.ceil((target_max_tokens - kept) / 50) * 50)
 
 
-def eos_ids(loaded: LoadedModel) -> list[int]:
-    ids = {loaded.tokenizer.eos_token_id}
-    configured = loaded.model.generation_config.eos_token_id
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None)
-
-
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of `text`, no automatic special tokens (BOS is written into the text)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -86,7 +79,7 @@ def greedy_config(loaded: LoadedModel, max_new_tokens: int, fixed_length: bool,
         do_sample=sampling is not None, temperature=temperature, top_p=top_p, top_k=None if sampling else 50,
         max_new_tokens=max_new_tokens,
         min_new_tokens=max_new_tokens if fixed_length else None,
-        eos_token_id=eos_ids(loaded),
+        eos_token_id=loaded.eos_token_ids,
         pad_token_id=pad_id(loaded),
     )
 
@@ -205,7 +198,7 @@ def check_context(loaded: LoadedModel, prompt_id: str, prompt_tokens: int, new_t
     """Reject a prompt that cannot fit the model's context with its budget: never truncate
     silently. `what` names the budget in the message."""
     need = prompt_tokens + new_tokens
-    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    limit = loaded.context_length
     if limit is not None and need > limit:
         raise ValueError(
             f"prompt {prompt_id!r} is too long for {loaded.name}: needs {prompt_tokens} prompt + "
@@ -227,7 +220,7 @@ def check_fits(pilot: LoadedModel, base: LoadedModel, settings: WSDSettings, pro
 def pad_id(loaded: LoadedModel) -> int:
     """The padding id for batches: the tokenizer's, else the first EOS id."""
     pad = loaded.tokenizer.pad_token_id
-    return pad if pad is not None else eos_ids(loaded)[0]
+    return pad if pad is not None else loaded.eos_token_ids[0]
 
 
 def left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +249,7 @@ def chunked_greedy(loaded: LoadedModel, seqs, mask, cache, budgets: list[int], s
     calls, rows that are done leave the batch and its KV cache, so on a compute-bound CPU they
     cost nothing more. `after_chunk({row: Generated})` may end further rows (WSD: a switch).
     Returns each row's `Generated`."""
-    eos = [] if fixed_length else eos_ids(loaded)
+    eos = [] if fixed_length else loaded.eos_token_ids
     start, active = seqs.shape[1], [r for r, b in enumerate(budgets) if b > 0]
     results = [None if b > 0 else Generated([], "length") for b in budgets]
     if len(active) < len(budgets) and active:  # rows with nothing to write leave at once

@@ -14,17 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsd.decoding import (
-    WSDSettings,
-    check_context,
-    chunked_greedy,
-    encode,
-    left_pad,
-    pad_id,
-)
+from wsd.chunked import ChunkedWSD
+from wsd.decoding import WSDSettings, check_context, encode
 from wsd.draft_cache import DraftCache
+from wsd.engines import Engine
 from wsd.fast import FastOptions, FastWSD
-from wsd.models import LoadedModel
 from wsd.nudging import Nudging, validate_nudging
 from wsd.prompts import (
     Message,
@@ -83,26 +77,24 @@ class PromptedModel:
     """One model decoding from a rendered prompt, in batches (greedily unless the options
     sample): the `base`, `urial` and `pilot` baselines."""
 
-    def __init__(self, loaded: LoadedModel, render: Callable[[list[Message]], str], stop_kind: str,
+    def __init__(self, engine: Engine, render: Callable[[list[Message]], str], stop_kind: str,
                  options: DecodeOptions, finish: Callable[[str], str] = lambda text: text):
         """`stop_kind`: which format's stop strings end its answers (see `stop_strings`)."""
-        self.loaded, self.render, self.options, self.finish = loaded, render, options, finish
-        self.stops = stop_strings(stop_kind, loaded.tokenizer, options.stop_strings, options.fixed_length)
+        self.engine, self.render, self.options, self.finish = engine, render, options, finish
+        self.stops = stop_strings(stop_kind, engine.tokenizer, options.stop_strings, options.fixed_length)
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
-        prompt_tokens = len(encode(self.loaded.tokenizer, self.render(messages)))
-        check_context(self.loaded, prompt_id, prompt_tokens, self.options.max_new_tokens, "new")
+        prompt_tokens = len(encode(self.engine.tokenizer, self.render(messages)))
+        check_context(self.engine, prompt_id, prompt_tokens, self.options.max_new_tokens, "new")
 
     def generate_many(self, prompts):
-        size, tok = self.options.batch_size, self.loaded.tokenizer
+        size, tok = self.options.batch_size, self.engine.tokenizer
         for start in range(0, len(prompts), size):
             batch = prompts[start : start + size]
             began = time.perf_counter()
             ids = [encode(tok, self.render(p.messages)) for p in batch]
-            seqs, mask = left_pad(ids, pad_id(self.loaded), self.loaded.device)
-            generated = chunked_greedy(self.loaded, seqs, mask, None, [self.options.max_new_tokens] * len(batch),
-                                       self.stops, self.options.fixed_length, self.options.chunk_tokens,
-                                       sampling=self.options.sampling)
+            generated = self.engine.generate(ids, [self.options.max_new_tokens] * len(batch), self.stops,
+                                             self.options.fixed_length, sampling=self.options.sampling)
             share = (time.perf_counter() - began) / len(batch)
             for prompt, prompt_ids, g in zip(batch, ids, generated):
                 text, cut = cut_at_stop(tok.decode(g.ids, skip_special_tokens=True), self.stops)
@@ -112,7 +104,7 @@ class PromptedModel:
                     "stop_reason": stop_reason(g.stop_reason, cut),
                     "prompt_tokens": len(prompt_ids),
                     "seconds": {"total": share},
-                    "model": self.loaded.name,
+                    "model": self.engine.name,
                     "batch_size": len(batch),
                     "batch": batch[0].id,  # prompts of one batch share its time
                 }
@@ -121,7 +113,7 @@ class PromptedModel:
 class WSDMethod:
     """Either WSD engine, its records completed with the fields every method has."""
 
-    def __init__(self, engine: FastWSD | ReferenceWSD):
+    def __init__(self, engine: FastWSD | ChunkedWSD | ReferenceWSD):
         self.engine = engine
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
@@ -137,11 +129,16 @@ class WSDMethod:
 
 
 # ---------------------------------------------------------------------------------------
-# Builders: (resolved config as a dict, loaded models by role) -> Method
+# Builders: (resolved config as a dict, engines by role) -> Method
 
 
 def decode_options(cfg: dict) -> DecodeOptions:
     return DecodeOptions(**cfg["generation"])
+
+
+def backend_name(cfg: dict) -> str:
+    """`backend=hf|vllm` (a config without the group, as older saved configs, is HF)."""
+    return (cfg.get("backend") or {}).get("name", "hf")
 
 
 def greedy_options(cfg: dict) -> DecodeOptions:
@@ -169,28 +166,33 @@ def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
     return w["engine"], settings, options
 
 
-def build_wsd(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
+    """`wsd.engine=reference`: the three passes (on HF one prompt at a time). `fast`: the
+    fastest engine of the backend: on HF one shared KV cache per batch (`FastWSD`), on vLLM
+    chunked drafting with prefix-cached scoring (`ChunkedWSD`)."""
     engine, settings, options = wsd_settings(cfg)
     pilot, base = models["pilot"], models["base"]
+    vllm = backend_name(cfg) == "vllm"
     if engine == "reference":
-        return WSDMethod(ReferenceWSD(pilot, base, settings))
+        return WSDMethod(ReferenceWSD(pilot, base, settings, batch_size=options.batch_size if vllm else 1))
     draft_cache = None
     if cfg.get("draft_cache_dir"):
         # what a draft and its base probabilities depend on (the answer's stop strings do not)
         identity = {"pilot": cfg["pilot"], "base": cfg["base"], "draft_max_tokens": settings.draft_max_tokens,
                     "fixed_length": settings.fixed_length, "seed": cfg["seed"]}
         draft_cache = DraftCache(cfg["draft_cache_dir"], identity)
-    return WSDMethod(FastWSD(pilot, base, settings, options, draft_cache))
+    fast = ChunkedWSD if vllm else FastWSD
+    return WSDMethod(fast(pilot, base, settings, options, draft_cache))
 
 
-def build_base(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+def build_base(cfg: dict, models: dict[str, Engine]) -> Method:
     """The base model alone, zero-shot, in the plain role-tagged format WSD hands over in."""
     base = models["base"]
     return PromptedModel(base, lambda messages: base_prompt(messages, base.tokenizer.bos_token), "base",
                          decode_options(cfg))
 
 
-def build_urial(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+def build_urial(cfg: dict, models: dict[str, Engine]) -> Method:
     """The base model with URIAL's in-context alignment prefix (ours by default)."""
     base = models["base"]
     prefix = load_urial_prefix(cfg["method"].get("prompt_file"))
@@ -198,14 +200,14 @@ def build_urial(cfg: dict, models: dict[str, LoadedModel]) -> Method:
                          "urial", decode_options(cfg), finish=lambda text: text.rstrip().removesuffix("```").rstrip())
 
 
-def build_pilot(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+def build_pilot(cfg: dict, models: dict[str, Engine]) -> Method:
     """The pilot alone, with its chat template."""
     pilot = models["pilot"]
     return PromptedModel(pilot, lambda messages: pilot_prompt(pilot.tokenizer, messages), "pilot",
                          decode_options(cfg))
 
 
-def build_nudging(cfg: dict, models: dict[str, LoadedModel]) -> Method:
+def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
     options, params = greedy_options(cfg), cfg["method"]
     return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
                    threshold=params["threshold"], word_max_tokens=params["word_max_tokens"],
@@ -215,7 +217,7 @@ def build_nudging(cfg: dict, models: dict[str, LoadedModel]) -> Method:
 @dataclass(frozen=True)
 class MethodEntry:
     roles: tuple[str, ...]  # the models it loads: "pilot", "base"
-    build: Callable[[dict, dict[str, LoadedModel]], Method]
+    build: Callable[[dict, dict[str, Engine]], Method]
     check: Callable[[dict], object]  # validates the config in milliseconds, before models load
     uses_wsd_block: bool = False  # whether the `wsd` settings change its results
 

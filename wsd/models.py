@@ -45,6 +45,8 @@ class ModelSpec:
     device: str = "cpu"
     device_map: str | None = None  # "auto" spreads a large model over all visible GPUs
     trust_remote_code: bool = False
+    # backend=vllm: this model's engine settings (wsd.vllm_engine.VLLMSettings); HF ignores them
+    vllm: dict | None = field(default=None, compare=False)
 
     @classmethod
     def from_config(cls, cfg) -> ModelSpec:
@@ -53,6 +55,8 @@ class ModelSpec:
         if unknown:
             raise ValueError(f"unknown model setting(s) {sorted(unknown)} for model {cfg.get('name')!r}")
         gguf = dict(cfg.pop("gguf", None) or {})
+        if cfg.get("vllm") is not None:
+            cfg["vllm"] = dict(cfg["vllm"])
         parts = tuple(GGUFPart(**dict(p)) for p in gguf.get("parts") or ())
         spec = cls(**cfg, gguf_parts=parts, gguf_sha256=gguf.get("sha256"))
         if bool(spec.path) == bool(spec.gguf_parts):
@@ -78,6 +82,18 @@ class LoadedModel:
     @property
     def device(self):
         return self.model.device
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The tokenizer's EOS and every EOS of the generation config (Gemma ends turns with one)."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.model.generation_config.eos_token_id
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return sorted(i for i in ids if i is not None)
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
 
 
 def check_available(spec: ModelSpec) -> None:

@@ -3,50 +3,24 @@ decodes, and wherever its top-1 probability falls below a threshold the aligned 
 its next *word*; then the base goes on. Handovers repeat as often as the base is unsure.
 
 Everything is exchanged as text, so the two models may use different tokenizers (SmolLM2's
-BPE and Gemma's SentencePiece here). Each model keeps a KV cache of its own view of the text
-and reuses it up to the first token that the latest re-tokenization changed.
+BPE and Gemma's SentencePiece here). Each model reads its own view of the text through the
+engine's `probe` (greedy tokens with their probabilities), which reuses a cached prefix up to
+the first token that the latest re-tokenization changed.
 """
 
 from __future__ import annotations
 
 import time
 
-import torch
-from transformers import DynamicCache
-
-from wsd.decoding import check_context, encode, eos_ids
-from wsd.models import LoadedModel
+from wsd.decoding import check_context, encode
+from wsd.engines import Engine
 from wsd.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
 
 
-class PrefixCachedLM:
-    """Next-token logits after a growing token sequence that may be re-tokenized at its end:
-    the cache is cropped to the longest unchanged prefix, and only the rest is fed."""
-
-    def __init__(self, loaded: LoadedModel):
-        self.loaded, self.ids, self.cache = loaded, [], None
-
-    @torch.inference_mode()
-    def next_logits(self, ids: list[int]) -> torch.Tensor:
-        common = 0
-        limit = min(len(self.ids), len(ids) - 1)  # feed at least one token
-        while common < limit and self.ids[common] == ids[common]:
-            common += 1
-        if self.cache is None or not self._crop(len(self.ids) - common):
-            self.cache, common = DynamicCache(config=self.loaded.model.config), 0
-        feed = torch.tensor([ids[common:]], device=self.loaded.device)
-        out = self.loaded.model(input_ids=feed, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.ids = list(ids)
-        return out.logits[0, -1].float()
-
-    def _crop(self, remove: int) -> bool:
-        if remove == 0:
-            return True
-        try:
-            self.cache.crop(-remove)
-        except (RuntimeError, ValueError):  # a sliding-window layer past its window cannot roll back
-            return False
-        return True
+# Tokens per `probe` call: the base's run ends at the first unsure token (HF stops there, vLLM
+# writes the rest of the chunk in the same request); a pilot word is a few tokens.
+_BASE_PROBE = 16
+_PILOT_PROBE = 4
 
 
 def _delta(tokenizer, before: list[int], new: list[int]) -> str:
@@ -65,7 +39,7 @@ def validate_nudging(threshold, word_max_tokens) -> None:
 class Nudging:
     """Base decodes, pilot nudges one word where the base's top-1 probability < `threshold`."""
 
-    def __init__(self, pilot: LoadedModel, base: LoadedModel, max_new_tokens: int, fixed_length: bool,
+    def __init__(self, pilot: Engine, base: Engine, max_new_tokens: int, fixed_length: bool,
                  threshold: float = 0.4, word_max_tokens: int = 8, answer_stops: tuple[str, ...] = ()):
         """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them."""
         validate_nudging(threshold, word_max_tokens)
@@ -95,34 +69,38 @@ class Nudging:
         base_prefix = base_prompt(messages, base_tok.bos_token)
         pilot_prefix = pilot_prompt(pilot_tok, messages)
         n_prefix = len(encode(base_tok, base_prefix))
-        base_lm, pilot_lm = PrefixCachedLM(self.base), PrefixCachedLM(self.pilot)
-        base_eos = [] if self.fixed_length else eos_ids(self.base)
+        base_eos = [] if self.fixed_length else self.base.eos_token_ids
         answer, words, base_tokens, reason = "", [], 0, None
         while reason is None:
             # the base writes while it is sure of its next token
             ids = encode(base_tok, base_prefix + answer)
-            new = []
-            while True:
-                if len(ids) - n_prefix + len(new) >= self.max_new_tokens:
+            new, unsure = [], False
+            while reason is None and not unsure:
+                room = self.max_new_tokens - (len(ids) - n_prefix + len(new))
+                if room <= 0:
                     reason = "length"
                     break
-                probs = torch.softmax(base_lm.next_logits(ids + new), dim=-1)
-                top = int(probs.argmax())
-                if probs[top] < self.threshold:
-                    break
-                if top in base_eos:
-                    reason = "eos"
-                    break
-                new.append(top)
-                if self.base_stops and cut_at_stop(_delta(base_tok, ids[n_prefix:], new), self.base_stops)[1]:
-                    reason = "stop_string"
-                    break
+                tokens, probs = self.base.probe(ids + new, min(room, _BASE_PROBE), min_prob=self.threshold)
+                for top, prob in zip(tokens, probs):
+                    if prob < self.threshold:
+                        unsure = True
+                        break
+                    if top in base_eos:
+                        reason = "eos"
+                        break
+                    new.append(top)
+                    if self.base_stops and cut_at_stop(_delta(base_tok, ids[n_prefix:], new), self.base_stops)[1]:
+                        reason = "stop_string"
+                        break
+                    if len(ids) - n_prefix + len(new) >= self.max_new_tokens:
+                        reason = "length"
+                        break
             answer += _delta(base_tok, ids[n_prefix:], new)
             base_tokens += len(new)
             if reason is not None:
                 break
             # the pilot inserts its next word
-            word, pilot_done = self._pilot_word(pilot_lm, encode(pilot_tok, pilot_prefix + answer))
+            word, pilot_done = self._pilot_word(encode(pilot_tok, pilot_prefix + answer))
             answer += word
             words.append(word)
             if pilot_done or not word:  # an empty word would hand back to an unsure base forever
@@ -146,22 +124,23 @@ class Nudging:
             "base": self.base.name,
         }
 
-    def _pilot_word(self, pilot_lm: PrefixCachedLM, ids: list[int]) -> tuple[str, bool]:
+    def _pilot_word(self, ids: list[int]) -> tuple[str, bool]:
         """The pilot's next word (leading white space included, the white space after it
         not), and whether the pilot ended its answer instead."""
         tok, new, text = self.pilot.tokenizer, [], ""
-        eos = [] if self.fixed_length else eos_ids(self.pilot)
-        for _ in range(self.word_max_tokens):
-            top = int(pilot_lm.next_logits(ids + new).argmax())
-            if top in eos:
-                return text, True
-            new.append(top)
-            text = _delta(tok, ids, new)
-            before_stop, stopped = cut_at_stop(text, self.pilot_stops)
-            if stopped:
-                return before_stop, True
-            body = text.lstrip()
-            if body and any(c.isspace() for c in body):  # a whole word, and the next one began
-                end = len(text) - len(body) + next(i for i, c in enumerate(body) if c.isspace())
-                return text[:end], False
+        eos = [] if self.fixed_length else self.pilot.eos_token_ids
+        while len(new) < self.word_max_tokens:
+            tokens, _ = self.pilot.probe(ids + new, min(_PILOT_PROBE, self.word_max_tokens - len(new)))
+            for top in tokens:
+                if top in eos:
+                    return text, True
+                new.append(top)
+                text = _delta(tok, ids, new)
+                before_stop, stopped = cut_at_stop(text, self.pilot_stops)
+                if stopped:
+                    return before_stop, True
+                body = text.lstrip()
+                if body and any(c.isspace() for c in body):  # a whole word, and the next one began
+                    end = len(text) - len(body) + next(i for i, c in enumerate(body) if c.isspace())
+                    return text[:end], False
         return text, False

@@ -1,11 +1,14 @@
-"""WSD, reference path: the authors' three passes, one prompt at a time, clear not clever.
+"""WSD, reference path: the authors' three passes, clear not clever, on any `Engine`.
 
 1. draft  - the pilot answers with its chat template, greedy, up to `draft_max_tokens`;
 2. check  - the draft *text* is appended to the base prompt, re-tokenized by the *base*
             tokenizer and scored by one teacher-forced base forward pass;
 3. target - the base model continues greedily from prompt + the kept draft token ids.
 
-The fast engine (`wsd.fast`) must reproduce this path's `keep_count` and `response` exactly.
+Each pass runs over a batch of prompts (on HF one prompt at a time, as the authors check;
+on vLLM the whole batch, which its engine decodes row by row alike). The fast engines
+(`wsd.fast` on HF, `wsd.chunked` on vLLM) must reproduce this path's `keep_count` and
+`response` exactly.
 """
 
 from __future__ import annotations
@@ -13,56 +16,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-from transformers import StoppingCriteriaList
-
 from wsd.decoding import (
     Continuation,
     Draft,
-    Generated,
-    StopOnStrings,
     WSDSettings,
     base_texts,
     check_fits,
     encode,
-    eos_ids,
     final_joined_ids,
-    greedy_config,
     make_continuation,
     make_draft,
     make_record,
-    trim_row,
 )
-from wsd.models import LoadedModel
+from wsd.engines import Engine
 from wsd.prompts import Message, pilot_prompt
 from wsd.switch import first_switch, keep_count
 
 
-@torch.inference_mode()
-def greedy_generate(loaded: LoadedModel, prompt_ids: list[int], max_new_tokens: int, stop_strings,
-                    fixed_length: bool = False) -> Generated:
-    """Greedy continuation of one sequence that halts at EOS or any of `stop_strings`; a budget
-    of 0 writes nothing (as in `chunked_greedy`)."""
-    if max_new_tokens <= 0:
-        return Generated([], "length")
-    input_ids = torch.tensor([prompt_ids], device=loaded.device)
-    stop = StopOnStrings(loaded.tokenizer, stop_strings, len(prompt_ids))
-    output = loaded.model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        generation_config=greedy_config(loaded, max_new_tokens, fixed_length),
-        stopping_criteria=StoppingCriteriaList([stop] if stop_strings else []),
-    )
-    new = output[0, len(prompt_ids) :].tolist()
-    return trim_row(new, [] if fixed_length else eos_ids(loaded), stop.hit_after.get(0), max_new_tokens)
-
-
-def draft(pilot: LoadedModel, messages: list[Message], settings: WSDSettings) -> Draft:
-    """Pass 1: the pilot's own answer, special tokens stripped, cut at draft stop strings."""
-    ids = encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, messages))
+def draft_all(pilot: Engine, conversations: list[list[Message]], settings: WSDSettings) -> list[Draft]:
+    """Pass 1: the pilot's own answers, special tokens stripped, cut at draft stop strings."""
+    ids = [encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, m)) for m in conversations]
     stops = settings.draft_stops(pilot)
-    out = greedy_generate(pilot, ids, settings.draft_max_tokens, stops, settings.fixed_length)
-    return make_draft(pilot, out, stops)
+    generated = pilot.generate(ids, [settings.draft_max_tokens] * len(ids), stops, settings.fixed_length)
+    return [make_draft(pilot, g, stops) for g in generated]
 
 
 @dataclass
@@ -72,58 +48,55 @@ class Check:
     token_probs: list[float]  # P_base(draft_ids[i] | prompt, draft_ids[:i])
 
 
-@torch.inference_mode()
-def check(base: LoadedModel, messages: list[Message], draft_text: str) -> Check:
+def check_all(base: Engine, conversations: list[list[Message]], drafts: list[str]) -> list[Check]:
     """Pass 2: re-tokenize prompt + draft with the base tokenizer and score every draft token.
 
     The prompt is taken as the first len(tokenize(prompt)) tokens of the joined text's tokens.
     """
-    prompt_text, n_prompt = base_texts(base, messages)
-    joined_ids = final_joined_ids(base, prompt_text, draft_text)
-    prompt_ids, draft_ids = joined_ids[:n_prompt], joined_ids[n_prompt:]
-    if not draft_ids:
-        return Check(prompt_ids=prompt_ids, draft_ids=[], token_probs=[])
-    # Only the positions that predict draft tokens: the prompt's logits are never needed.
-    logits = base.model(torch.tensor([joined_ids], device=base.device),
-                        logits_to_keep=len(draft_ids) + 1).logits[0]
-    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    picked = logprobs.gather(1, torch.tensor(draft_ids, device=logprobs.device)[:, None])[:, 0]
-    return Check(prompt_ids=prompt_ids, draft_ids=draft_ids, token_probs=picked.exp().tolist())
+    joined, starts = [], []
+    for messages, text in zip(conversations, drafts):
+        prompt_text, n_prompt = base_texts(base, messages)
+        joined.append(final_joined_ids(base, prompt_text, text))
+        starts.append(n_prompt)
+    probs = base.score(joined, starts)
+    return [Check(ids[:n], ids[n:], p) for ids, n, p in zip(joined, starts, probs)]
 
 
-def continue_from(base: LoadedModel, prompt_ids: list[int], kept_ids: list[int],
-                  settings: WSDSettings) -> Continuation:
+def continue_all(base: Engine, checks: list[Check], kept: list[list[int]], settings: WSDSettings) -> list[Continuation]:
     """Pass 3: the base model continues from the kept draft *ids*; the final text is cut."""
     stops = settings.base_stops(base)
-    out = greedy_generate(base, prompt_ids + kept_ids, settings.continuation_budget(base, kept_ids), stops,
-                          settings.fixed_length)
-    return make_continuation(base, kept_ids, out, stops)
+    budgets = [settings.continuation_budget(base, k) for k in kept]
+    generated = base.generate([c.prompt_ids + k for c, k in zip(checks, kept)], budgets, stops, settings.fixed_length)
+    return [make_continuation(base, k, g, stops) for k, g in zip(kept, generated)]
 
 
 class ReferenceWSD:
-    """The three passes for one prompt at a time."""
+    """The three passes, each over `batch_size` prompts at once (1: the authors' check)."""
 
-    def __init__(self, pilot: LoadedModel, base: LoadedModel, settings: WSDSettings):
-        self.pilot, self.base, self.settings = pilot, base, settings
+    def __init__(self, pilot: Engine, base: Engine, settings: WSDSettings, batch_size: int = 1):
+        self.pilot, self.base, self.settings, self.batch_size = pilot, base, settings, batch_size
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
         check_fits(self.pilot, self.base, self.settings, prompt_id, messages)
 
     def generate_many(self, prompts):
-        """Yields (prompt, record) as each prompt finishes."""
-        for prompt in prompts:
-            yield prompt, self.generate(prompt.messages)
+        """Yields (prompt, record) batch by batch, in input order."""
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            yield from zip(batch, self.generate([p.messages for p in batch], batch[0].id))
 
-    def generate(self, messages: list[Message]) -> dict:
-        s = self.settings
+    def generate(self, conversations: list[list[Message]], batch_id: str | None = None) -> list[dict]:
+        s, n = self.settings, len(conversations)
         t0 = time.perf_counter()
-        d = draft(self.pilot, messages, s)
+        drafts = draft_all(self.pilot, conversations, s)
         t1 = time.perf_counter()
-        c = check(self.base, messages, d.text)
-        switch_at = first_switch(c.token_probs, s.window, s.threshold)
-        kept = c.draft_ids[: keep_count(c.token_probs, s.window, s.threshold)]
+        checks = check_all(self.base, conversations, [d.text for d in drafts])
+        switches = [first_switch(c.token_probs, s.window, s.threshold) for c in checks]
+        kept = [c.draft_ids[: keep_count(c.token_probs, s.window, s.threshold)] for c in checks]
         t2 = time.perf_counter()
-        cont = continue_from(self.base, c.prompt_ids, kept, s)
+        continuations = continue_all(self.base, checks, kept, s)
         t3 = time.perf_counter()
-        seconds = {"draft": t1 - t0, "check": t2 - t1, "target": t3 - t2, "total": t3 - t0}
-        return make_record(self.pilot, self.base, d, c.draft_ids, c.token_probs, switch_at, kept, cont, seconds)
+        seconds = {"draft": (t1 - t0) / n, "check": (t2 - t1) / n, "target": (t3 - t2) / n, "total": (t3 - t0) / n}
+        return [make_record(self.pilot, self.base, d, c.draft_ids, c.token_probs, sw, k, cont, seconds,
+                            batch_size=n, batch=batch_id)
+                for d, c, sw, k, cont in zip(drafts, checks, switches, kept, continuations)]

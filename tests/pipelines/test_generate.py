@@ -9,6 +9,7 @@ from hydra.errors import MissingConfigException
 
 from pipelines import generate
 from tests.conftest import REPO, compose_generate, tiny_overrides
+from wsd import engines
 from wsd.reference import ReferenceWSD
 from wsd.switch import keep_count
 
@@ -95,7 +96,7 @@ def test_second_run_resumes_without_loading_models(tiny_models, tmp_path, prompt
     assert open(second["records"]).read().startswith(lines_before)
     assert [r["id"] for r in read_records(second)] == ["short", "capital", "line-3", "chat"]
 
-    monkeypatch.setattr(generate, "load_model", lambda *a: pytest.fail("nothing left to decode"))
+    monkeypatch.setattr("wsd.engines.load_engine", lambda *a: pytest.fail("nothing left to decode"))
     third, _ = run_tiny(tiny_models, tmp_path, prompt_file)
     assert len(read_records(third)) == 4
 
@@ -145,7 +146,7 @@ def test_bad_config_fails_before_models_load_and_keeps_records(
 ):
     done, _ = run_tiny(tiny_models, tmp_path, prompt_file, "benchmark.limit=1")
     before = open(done["records"]).read()
-    monkeypatch.setattr(generate, "load_model", lambda *a: pytest.fail("loaded a model despite bad input"))
+    monkeypatch.setattr("wsd.engines.load_engine", lambda *a: pytest.fail("loaded a model despite bad input"))
     with pytest.raises(error, match=message):
         run_tiny(tiny_models, tmp_path, prompt_file, *overrides)
     assert open(done["records"]).read() == before
@@ -159,7 +160,7 @@ def test_bad_config_fails_before_models_load_and_keeps_records(
 def test_bad_prompt_file_fails_before_models_load(tiny_models, tmp_path, prompt_file, monkeypatch, line, message):
     with open(prompt_file, "a") as f:
         f.write(line + "\n")
-    monkeypatch.setattr(generate, "load_model", lambda *a: pytest.fail("loaded a model despite bad input"))
+    monkeypatch.setattr("wsd.engines.load_engine", lambda *a: pytest.fail("loaded a model despite bad input"))
     with pytest.raises(ValueError, match=message):
         run_tiny(tiny_models, tmp_path, prompt_file)
 
@@ -218,14 +219,14 @@ def test_baselines_ignore_the_wsd_block_and_are_shared_by_sweep_points(tiny_mode
 
 def test_methods_of_one_process_reuse_loaded_models(tiny_models, tmp_path, prompt_file, monkeypatch):
     loads = []
-    real = generate.load_model
-    monkeypatch.setattr(generate, "load_model", lambda spec, cache: loads.append(spec.name) or real(spec, cache))
-    generate._POOL.clear()
+    real = engines.load_engine
+    monkeypatch.setattr(engines, "load_engine", lambda spec, *a: loads.append(spec.name) or real(spec, *a))
+    engines._POOL.clear()
     for method in ("base", "urial", "pilot", "wsd", "nudging", "base"):
         run_tiny(tiny_models, tmp_path, prompt_file, f"method={method}", "benchmark.limit=1")
     assert loads == ["tiny-base", "tiny-pilot"]
     run_tiny(tiny_models, tmp_path, prompt_file, "method=pilot", "pilot.name=other-pilot", "benchmark.limit=1")
-    assert loads == ["tiny-base", "tiny-pilot", "other-pilot"] and len(generate._POOL) == 2
+    assert loads == ["tiny-base", "tiny-pilot", "other-pilot"] and len(engines._POOL) == 2
 
 
 def read_wandb_run(run_dir: Path) -> tuple[dict, list[dict]]:

@@ -120,7 +120,8 @@ def small_window_pair(tiny_pair, tmp_path_factory):
     import json
     import shutil
 
-    from wsd.models import ModelSpec, load_model
+    from wsd.engines import load_engine
+    from wsd.models import ModelSpec
 
     pilot, base = tiny_pair
     folder = tmp_path_factory.mktemp("window32") / "base"
@@ -128,8 +129,8 @@ def small_window_pair(tiny_pair, tmp_path_factory):
     config = json.loads((folder / "config.json").read_text())
     assert set(config["layer_types"]) == {"sliding_attention"}
     (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 32}))
-    return pilot, load_model(ModelSpec.from_config({"name": "base-window-32", "path": str(folder)}),
-                             tmp_path_factory.mktemp("cache"))
+    return pilot, load_engine(ModelSpec.from_config({"name": "base-window-32", "path": str(folder)}), {"name": "hf"},
+                              tmp_path_factory.mktemp("cache"))
 
 
 SHORT = [p for p in PROMPTS if p.id in ("p0", "p5")]  # "Hi", "Why?": 17-18 base tokens

@@ -5,7 +5,8 @@ import torch
 
 from wsd.benchmarks import Prompt
 from wsd.methods import DecodeOptions, PromptedModel
-from wsd.nudging import Nudging, PrefixCachedLM
+from wsd.engines import PrefixCachedLM
+from wsd.nudging import Nudging
 from wsd.prompts import base_prompt
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from wsd.decoding import WSDSettings, base_budget, encode, eos_ids
+from wsd.decoding import WSDSettings, base_budget, encode
 from wsd.prompts import base_prompt, cut_at_stop, pilot_prompt
-from wsd.reference import ReferenceWSD, check, continue_from, draft
+from wsd.reference import ReferenceWSD, check_all, continue_all, draft_all
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -35,7 +35,7 @@ def test_tokenizers_really_differ(pair):
 def free_greedy(loaded, ids: list[int], steps: int, stops: list[str]) -> tuple[list[int], str]:
     """The oracle: argmax one token at a time with full forwards, ended by the first EOS
     (excluded), the first stop string in the new text, or `steps` tokens."""
-    eos, new = set(eos_ids(loaded)), []
+    eos, new = set(loaded.eos_token_ids), []
     with torch.inference_mode():
         for _ in range(steps):
             token = int(loaded.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
@@ -51,7 +51,7 @@ def free_greedy(loaded, ids: list[int], steps: int, stops: list[str]) -> tuple[l
 def test_draft_is_the_pilots_greedy_answer_within_its_budget(pair, budget):
     pilot, _ = pair
     settings = WSDSettings(draft_max_tokens=budget)
-    d = draft(pilot, MESSAGES, settings)
+    d = draft_all(pilot, [MESSAGES], settings)[0]
     ids, reason = free_greedy(pilot, encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, MESSAGES)), budget,
                               settings.draft_stops(pilot))
     assert (d.num_tokens, d.stop_reason) == (len(ids), reason)
@@ -60,14 +60,14 @@ def test_draft_is_the_pilots_greedy_answer_within_its_budget(pair, budget):
 
 
 def test_fixed_length_draft_runs_its_whole_budget(pair):
-    d = draft(pair[0], MESSAGES, WSDSettings(draft_max_tokens=9, fixed_length=True))
+    d = draft_all(pair[0], [MESSAGES], WSDSettings(draft_max_tokens=9, fixed_length=True))[0]
     assert (d.num_tokens, d.stop_reason) == (9, "length")
 
 
 def test_check_scores_the_base_tokenization_of_the_draft(pair):
     _, base = pair
     draft_text = "  Sure! The capital of France is Paris. \n"
-    c = check(base, MESSAGES, draft_text)
+    c = check_all(base, [MESSAGES], [draft_text])[0]
     prompt_text = base_prompt(MESSAGES, base.tokenizer.bos_token)
     joined = encode(base.tokenizer, (prompt_text + draft_text.strip()).rstrip())
     assert c.prompt_ids + c.draft_ids == joined
@@ -82,16 +82,16 @@ def test_check_scores_the_base_tokenization_of_the_draft(pair):
 
 def test_empty_draft_is_scored_as_nothing(pair):
     _, base = pair
-    c = check(base, MESSAGES, " \n ")
+    c = check_all(base, [MESSAGES], [" \n "])[0]
     assert c.draft_ids == [] and c.token_probs == []
 
 
 def test_continuation_starts_from_kept_ids(pair):
     _, base = pair
-    c = check(base, MESSAGES, "Sure! The capital of France is Paris.")
+    c = check_all(base, [MESSAGES], ["Sure! The capital of France is Paris."])[0]
     kept = c.draft_ids[:4]
     settings = WSDSettings(target_max_tokens=10)
-    cont = continue_from(base, c.prompt_ids, kept, settings)
+    cont = continue_all(base, [c], [kept], settings)[0]
     ids, reason = free_greedy(base, c.prompt_ids + kept, base_budget(10, 4), settings.base_stops(base))
     assert (cont.ids, cont.stop_reason) == (ids, reason)
     expected = cut_at_stop(base.tokenizer.decode(kept + ids, skip_special_tokens=True), settings.base_stops(base))[0]
@@ -101,15 +101,15 @@ def test_continuation_starts_from_kept_ids(pair):
 
 def test_a_kept_draft_that_reaches_a_stop_string_ends_the_answer(pair):
     _, base = pair
-    c = check(base, MESSAGES, "Paris.\n\n[User]\nAnd Rome?")
-    cont = continue_from(base, c.prompt_ids, c.draft_ids, WSDSettings(target_max_tokens=40))
+    c = check_all(base, [MESSAGES], ["Paris.\n\n[User]\nAnd Rome?"])[0]
+    cont = continue_all(base, [c], [c.draft_ids], WSDSettings(target_max_tokens=40))[0]
     assert (cont.ids, cont.response, cont.stop_reason) == ([], "Paris.", "stop_string")
 
 
 def test_engine_record_is_consistent(pair):
     pilot, base = pair
     record = ReferenceWSD(pilot, base, WSDSettings(window=2, threshold=0.5, draft_max_tokens=10,
-                                                   target_max_tokens=12)).generate(MESSAGES)
+                                                   target_max_tokens=12)).generate([MESSAGES])[0]
     assert len(record["base_token_probs"]) == record["base_draft_tokens"]
     assert 0 <= record["keep_count"] <= record["base_draft_tokens"]
     assert record["draft"].strip().startswith(record["accepted_draft"])
@@ -132,14 +132,12 @@ def test_stop_on_strings_sees_only_new_tokens(pair):
 
 
 def test_generation_halts_at_a_stop_string(pair):
-    from wsd.reference import greedy_generate
-
     _, base = pair
     prompt = encode(base.tokenizer, "The quick brown fox")
-    free = greedy_generate(base, prompt, 30, ["\x00never"])
+    [free] = base.generate([prompt], [30], ["\x00never"])
     text = base.tokenizer.decode(free.ids)
     stop = text[len(text) // 2 : len(text) // 2 + 2]  # a string the model does produce
-    halted = greedy_generate(base, prompt, 30, [stop])
+    [halted] = base.generate([prompt], [30], [stop])
     assert halted.stop_reason == "stop_string"
     assert len(halted.ids) < len(free.ids)
     assert stop in base.tokenizer.decode(halted.ids)

@@ -1,0 +1,178 @@
+"""WSD, fast path for serving engines (vLLM): every step is a fresh request, and the
+engine's prefix cache makes re-reading a known prefix nearly free.
+
+- **Chunked drafting.** The pilot drafts `chunk_tokens` tokens for every active row in one
+  `generate` call; the next chunk is a new request on prompt + draft so far (cached).
+- **Scoring only new stable tokens.** After each chunk, every row's draft is re-tokenized by
+  the base tokenizer (`wsd.fast.DraftTokens`, the same stability rule as the HF fast engine)
+  and only the stable base tokens not scored yet are scored: the scoring request reads the
+  prefix cache, so vLLM computes probabilities past the cached prefix only. A row's scored
+  length is kept off a cache-block boundary, so the next request's cache hit always ends
+  before the first token it must score.
+- **Early stop.** A row whose switch is found leaves the batch; the switch rule only looks
+  at stable tokens, so it is the switch the full draft would give.
+- **Continuation from the prefix cache.** The base continues from prompt + kept ids, whose
+  blocks the scoring requests wrote.
+
+Same records, draft cache and counters as `wsd.fast.FastWSD`; the reference engine's
+`keep_count` and `response` are its specification.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from wsd.decoding import (
+    Generated,
+    WSDSettings,
+    check_fits,
+    encode,
+    make_continuation,
+    make_draft,
+    make_record,
+)
+from wsd.draft_cache import CachedDraft, DraftCache
+from wsd.engines import Engine
+from wsd.fast import _STABILITY_MARGIN, DraftTokens, FastOptions
+from wsd.prompts import Message, pilot_prompt
+from wsd.switch import first_switch, keep_count
+
+
+@dataclass
+class _Row:
+    prompt: object  # wsd.benchmarks.Prompt
+    tokens: DraftTokens
+    pilot_ids: list[int]
+    drafted: list[int]  # the pilot's new ids so far
+    result: CachedDraft | None = None
+    from_cache: bool = False
+
+
+def first_stop(tokenizer, ids: list[int], stops: list[str], after: int) -> int | None:
+    """Fewest tokens of `ids` (more than `after`) whose text holds a stop string, if any: a
+    stop string may straddle two chunks, which the engine's per-request check cannot see."""
+    if not stops or not any(s in tokenizer.decode(ids, skip_special_tokens=False) for s in stops):
+        return None
+    for n in range(max(after, 1), len(ids) + 1):
+        if any(s in tokenizer.decode(ids[:n], skip_special_tokens=False) for s in stops):
+            return n
+    return None
+
+
+class ChunkedWSD:
+    """WSD on any `Engine`, fast where the engine caches prefixes."""
+
+    def __init__(self, pilot: Engine, base: Engine, settings: WSDSettings, options: FastOptions = FastOptions(),
+                 draft_cache: DraftCache | None = None):
+        self.pilot, self.base, self.settings, self.options = pilot, base, settings, options
+        self.draft_cache = draft_cache
+        # requests by purpose: a sweep must not add drafting or scoring work
+        self.counter = {"pilot_drafting": 0, "base_scoring": 0, "base_continuation": 0}
+
+    def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
+        check_fits(self.pilot, self.base, self.settings, prompt_id, messages)
+
+    def generate_many(self, prompts):
+        """Yields (prompt, record) batch by batch, in input order."""
+        size = self.options.batch_size
+        for start in range(0, len(prompts), size):
+            yield from self._batch(prompts[start : start + size])
+
+    def _batch(self, prompts):
+        s = self.settings
+        t0 = time.perf_counter()
+        rows = [_Row(p, DraftTokens(self.base, p.messages),
+                     encode(self.pilot.tokenizer, pilot_prompt(self.pilot.tokenizer, p.messages)), [])
+                for p in prompts]
+        for row in rows:
+            cached = self.draft_cache.get(row.prompt.messages) if self.draft_cache else None
+            if cached is not None and cached.usable(s.window, s.threshold):
+                row.result, row.from_cache = cached, True
+        scoring_seconds = self._draft_and_score([r for r in rows if r.result is None])
+        t1 = time.perf_counter()
+        switches = [first_switch(r.result.probs, s.window, s.threshold) for r in rows]
+        kept = [r.result.draft_ids[: keep_count(r.result.probs, s.window, s.threshold)] for r in rows]
+        stops = s.base_stops(self.base)
+        budgets = [s.continuation_budget(self.base, k) for k in kept]
+        self.counter["base_continuation"] += sum(b > 0 for b in budgets)
+        generated = self.base.generate([r.result.prompt_ids + k for r, k in zip(rows, kept)], budgets, stops,
+                                       s.fixed_length)
+        continuations = [make_continuation(self.base, k, g, stops) for k, g in zip(kept, generated)]
+        t2 = time.perf_counter()
+        n = len(rows)
+        share = {"draft": (t1 - t0 - scoring_seconds) / n, "check": scoring_seconds / n,
+                 "target": (t2 - t1) / n, "total": (t2 - t0) / n}
+        for row, switch_at, kept_ids, cont in zip(rows, switches, kept, continuations):
+            r = row.result
+            yield row.prompt, make_record(
+                self.pilot, self.base, r.draft, r.draft_ids, r.probs, switch_at, kept_ids, cont, share,
+                early_stopped=not r.complete, draft_cache_hit=row.from_cache, batch_size=n,
+                batch=rows[0].prompt.id,  # prompts of one batch share its time
+            )
+
+    def _draft_and_score(self, rows: list[_Row]) -> float:
+        """Chunks of drafting, each followed by one scoring call over the rows' new stable
+        tokens, until every row is final or has switched. Returns scoring seconds."""
+        s, opts = self.settings, self.options
+        stops = s.draft_stops(self.pilot)
+        block = getattr(self.base, "cache_block", None)
+        scoring, active = 0.0, list(rows)
+        while active:
+            budgets = [min(opts.chunk_tokens, s.draft_max_tokens - len(r.drafted)) for r in active]
+            self.counter["pilot_drafting"] += len(active)
+            chunks = self.pilot.generate([r.pilot_ids + r.drafted for r in active], budgets, stops, s.fixed_length)
+            started = time.perf_counter()
+            states = []
+            for row, chunk in zip(active, chunks):
+                before = len(row.drafted)
+                row.drafted += chunk.ids
+                reason = chunk.stop_reason
+                cut = None if reason != "length" else first_stop(self.pilot.tokenizer, row.drafted, stops, before + 1)
+                if cut is not None:
+                    row.drafted, reason = row.drafted[:cut], "stop_string"
+                final = reason != "length" or len(row.drafted) >= s.draft_max_tokens
+                draft = make_draft(self.pilot, Generated(row.drafted, reason), stops)
+                states.append((row, draft, final, self._scoring_request(row, draft.text, final, block)))
+            wanted = [(row, req) for row, _, _, req in states if req is not None]
+            if wanted:
+                self.counter["base_scoring"] += len(wanted)
+                probs = self.base.score([ids for _, (ids, _) in wanted], [start for _, (_, start) in wanted])
+                for (row, (ids, start)), p in zip(wanted, probs):
+                    row.tokens.probs = row.tokens.probs[: start - row.tokens.n_prompt] + p
+                    row.tokens.ids = list(ids)
+            scoring += time.perf_counter() - started
+            still = []
+            for row, draft, final, _ in states:
+                t = row.tokens
+                found = opts.early_stop and first_switch(t.probs, s.window, s.threshold) is not None
+                if final or found:
+                    row.result = CachedDraft(draft, t.ids[: t.n_prompt], t.draft_ids, t.probs, complete=final)
+                    if self.draft_cache:
+                        self.draft_cache.put(row.prompt.messages, row.result)
+                else:
+                    still.append(row)
+            active = still
+        return scoring
+
+    @staticmethod
+    def _scoring_request(row: _Row, draft_text: str, final: bool, block: int | None):
+        """(ids, start): score ids[start:], the stable base tokens not known yet (re-scoring
+        from where a new tokenization changed known ones), or None if there are none."""
+        t = row.tokens
+        ids, stable = t.joined(draft_text, final)
+        upto = len(ids) if final else max(stable - _STABILITY_MARGIN, min(t.n_prompt, len(ids)))
+        common = 0
+        for old, new in zip(t.ids, ids[:upto]):
+            if old != new:
+                break
+            common += 1
+        if common < len(t.ids):  # re-tokenized: forget the probabilities of what changed
+            t.probs, t.ids = t.probs[: max(0, common - t.n_prompt)], t.ids[:common]
+        start = max(common, t.n_prompt)
+        if block and not final and upto % block == 0 and upto - 1 > start:
+            upto -= 1  # keep the next request's cache hit short of the first token it scores
+        if upto <= start:  # nothing new: what is known stands
+            t.ids, t.probs = list(ids[:upto]), t.probs[: max(0, upto - t.n_prompt)]
+            return None
+        return ids[:upto], start
