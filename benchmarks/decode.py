@@ -1,18 +1,23 @@
-"""Decode benchmark on the embedded pair: base-only vs WSD reference vs WSD fast vs T_ideal.
+"""Decode benchmark on the embedded pair, every contender side by side in one process.
 
-    make bench                                   # the issue's settings (~25 min on 2 cores)
-    python -m benchmarks.decode --prompts 4 --length 64 --draft 32 --throughput-prompts 2
+    make bench                                        # the issue's settings (about 30 min on 2 cores)
+    python -m benchmarks.decode --prompts 4 --length 64 --draft 32 --dtypes float32 --throughput 1 4
 
 Fixed output length (no EOS, no stop strings): every method writes exactly L tokens per prompt
-(WSD: k kept draft tokens + L - k base tokens), so wall times compare like for like. All
-methods run side by side in this one process; the JSON goes to outputs/bench/.
+(WSD: k kept draft tokens + L - k base tokens), so wall times compare like for like. For each
+dtype: base-only on vLLM; the authors' recipe as released (vLLM draft, HF check at batch 1,
+vLLM continuation); the three passes all on vLLM, batched; WSD fast on vLLM (`ChunkedWSD`);
+WSD fast on HF (`FastWSD`); T_ideal from vLLM's per-token times. Then the equivalence counts,
+where the time goes, throughput by prompts in flight, and what a sweep costs. Every method
+starts from a cold prefix cache. The JSON goes to outputs/bench/.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import tempfile
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,153 +29,241 @@ from rich.table import Table
 
 from pipelines.generate import compose
 from wsd.benchmarks import load_benchmark
-from wsd.decoding import WSDSettings, base_texts, encode, greedy_config, left_pad, pad_id
+from wsd.chunked import ChunkedWSD
+from wsd.decoding import WSDSettings, base_texts, encode
 from wsd.draft_cache import DraftCache
+from wsd.engines import load_engine
 from wsd.fast import FastOptions, FastWSD
-from wsd.models import ModelSpec, load_model
+from wsd.models import ModelSpec
 from wsd.prompts import pilot_prompt
 from wsd.reference import ReferenceWSD
 from wsd.switch import first_switch
 
 SWEEP = [(w, t) for w in (4, 6, 8) for t in (0.7, 0.8, 0.9)]
+PHASES = ("draft", "check", "target")
 
 
-@torch.inference_mode()
-def batched_generate(loaded, prompt_ids: list[list[int]], new_tokens: int, batch_size: int) -> float:
-    """Wall seconds for plain batched greedy generation of exactly `new_tokens` per prompt."""
-    pad = pad_id(loaded)
+class AuthorsBase:
+    """The base model as the authors' release uses it: vLLM writes, a transformers model
+    checks one prompt at a time."""
+
+    def __init__(self, served, eager):
+        self.served, self.eager = served, eager
+        self.spec, self.tokenizer = served.spec, served.tokenizer
+
+    name = property(lambda self: self.served.name)
+    eos_token_ids = property(lambda self: self.served.eos_token_ids)
+    context_length = property(lambda self: self.served.context_length)
+
+    def generate(self, *args, **kwargs):
+        return self.served.generate(*args, **kwargs)
+
+    def score(self, sequences, starts):
+        return self.eager.score(sequences, starts)
+
+
+def timed(method, prompts, *engines) -> tuple[float, dict]:
+    """Wall seconds and records by prompt id, from a cold prefix cache."""
+    for engine in engines:
+        getattr(engine, "reset_prefix_cache", lambda: None)()
     start = time.perf_counter()
-    for i in range(0, len(prompt_ids), batch_size):
-        ids, mask = left_pad(prompt_ids[i : i + batch_size], pad, loaded.device)
-        loaded.model.generate(input_ids=ids, attention_mask=mask,
-                              generation_config=greedy_config(loaded, new_tokens, fixed_length=True))
-    return time.perf_counter() - start
-
-
-def timed_records(engine, prompts) -> tuple[float, dict]:
-    start = time.perf_counter()
-    records = {p.id: r for p, r in engine.generate_many(prompts)}
+    records = {p.id: r for p, r in method.generate_many(prompts)}
     return time.perf_counter() - start, records
 
 
-def mismatches(reference: dict, fast: dict, settings: WSDSettings) -> list[dict]:
-    """Prompts whose kept count or response differ, with what a numerical tie would show:
-    window scores next to the threshold, or where the two texts part."""
-    found = []
-    for pid, ref in reference.items():
-        got = fast[pid]
-        if (ref["keep_count"], ref["response"]) == (got["keep_count"], got["response"]):
-            continue
-        n = min(len(ref["base_token_probs"]), len(got["base_token_probs"]))
-        gaps = [abs(a - b) for a, b in zip(ref["base_token_probs"][:n], got["base_token_probs"][:n])]
-        at = next((i for i, (a, b) in enumerate(zip(ref["response"], got["response"])) if a != b),
-                  min(len(ref["response"]), len(got["response"])))
-        found.append({
-            "id": pid, "keep_count": [ref["keep_count"], got["keep_count"]],
+def timed_generate(engine, ids: list[list[int]], length: int) -> float:
+    engine.reset_prefix_cache()
+    start = time.perf_counter()
+    engine.generate(ids, [length] * len(ids), [], fixed_length=True)
+    return time.perf_counter() - start
+
+
+def near_tie(ref: dict, got: dict, settings: WSDSettings, base, messages) -> dict:
+    """What explains a difference: the smallest distance of a window score to the threshold
+    in log space (switch decisions), and the top-2 logit gap of the HF base where the two
+    responses part (continuations)."""
+    def window_gaps(probs):
+        logs = [math.log(max(p, 1e-300)) for p in probs]
+        w, target = settings.window, math.log(settings.threshold)
+        return [abs(sum(logs[i - w + 1 : i + 1]) / w - target) for i in range(w - 1, len(logs))]
+
+    n = min(len(ref["base_token_probs"]), len(got["base_token_probs"]))
+    gaps = window_gaps(ref["base_token_probs"][:n]) + window_gaps(got["base_token_probs"][:n])
+    at = next((i for i, (a, b) in enumerate(zip(ref["response"], got["response"])) if a != b),
+              min(len(ref["response"]), len(got["response"])))
+    logit_gap = None
+    if ref["keep_count"] == got["keep_count"] and hasattr(base, "model"):
+        ids = encode(base.tokenizer, base_texts(base, messages)[0] + ref["response"][:at])
+        with torch.inference_mode():
+            logits = base.model(torch.tensor([ids], device=base.device), logits_to_keep=1).logits[0, -1].float()
+        top = torch.topk(logits, 2).values
+        logit_gap = float(top[0] - top[1])
+    return {"id": ref["id"], "keep_count": [ref["keep_count"], got["keep_count"]],
             "switch": [first_switch(ref["base_token_probs"], settings.window, settings.threshold),
                        first_switch(got["base_token_probs"], settings.window, settings.threshold)],
-            "max_prob_difference": max(gaps, default=0.0),
+            "max_prob_difference": max((abs(a - b) for a, b in zip(ref["base_token_probs"][:n],
+                                                                   got["base_token_probs"][:n])), default=0.0),
+            "min_window_score_gap_log": min(gaps, default=None), "top2_logit_gap_at_parting": logit_gap,
             "responses_part_at_char": at,
-            "context": [ref["response"][max(0, at - 30) : at + 30], got["response"][max(0, at - 30) : at + 30]],
-        })
-    return found
+            "explained": (min(gaps, default=1.0) < 1e-3) or (logit_gap is not None and logit_gap < 1e-4)}
+
+
+def compare(reference: dict, other: dict, settings: WSDSettings, base, prompts) -> tuple[int, list[dict]]:
+    """(prompts with the same keep_count and response, what differs and why)."""
+    messages = {p.id: p.messages for p in prompts}
+    differ = [near_tie({**ref, "id": pid}, other[pid], settings, base, messages[pid]) for pid, ref in reference.items()
+              if (ref["keep_count"], ref["response"]) != (other[pid]["keep_count"], other[pid]["response"])]
+    return len(reference) - len(differ), differ
+
+
+def with_dtype(cfg_node, dtype: str) -> ModelSpec:
+    return dataclasses.replace(ModelSpec.from_config(cfg_node), dtype=dtype)
+
+
+def run_dtype(args, console, r: dict, prompts, dtype: str, hf_reference: dict | None) -> tuple[dict, dict | None]:
+    """The table for one dtype; the HF reference's records (fp32, made once) come back for
+    the next dtype's cross-backend check."""
+    L, D, N = args.length, args.draft, len(prompts)
+    settings = WSDSettings(args.window, args.threshold, D, L, fixed_length=True)
+    cache = r["model_cache_dir"]
+    vpilot, vbase = (load_engine(with_dtype(r[role], dtype), r["backend"], cache) for role in ("pilot", "base"))
+    hpilot, hbase = (load_engine(with_dtype(r[role], dtype), {"name": "hf"}, cache) for role in ("pilot", "base"))
+    pilot_ids = [encode(vpilot.tokenizer, pilot_prompt(vpilot.tokenizer, p.messages)) for p in prompts]
+    base_ids = [encode(vbase.tokenizer, base_texts(vbase, p.messages)[0]) for p in prompts]
+    started = time.perf_counter()
+    vpilot.generate(pilot_ids[:1], [2], [])  # engine start-up and first-use costs, outside every timing
+    vbase.generate(base_ids[:1], [2], [])
+    vbase.score([base_ids[0]], [len(base_ids[0]) - 4])
+    hbase.score([base_ids[0]], [len(base_ids[0]) - 4])
+    console.print(f"[bold]{dtype}[/]: vLLM engines started in {time.perf_counter() - started:.1f} s")
+    options = FastOptions(batch_size=N, chunk_tokens=args.chunk)
+
+    t_base = timed_generate(vbase, base_ids, L)
+    t_pilot = timed_generate(vpilot, pilot_ids, D)
+    per_token = {"pilot": t_pilot / (N * D), "base": t_base / (N * L)}
+    contenders = {
+        "authors' recipe (vLLM draft, HF check batch 1, vLLM continuation)":
+            (ReferenceWSD(vpilot, AuthorsBase(vbase, hbase), settings, batch_size=N), (vpilot, vbase)),
+        "three passes on vLLM, batched": (ReferenceWSD(vpilot, vbase, settings, batch_size=N), (vpilot, vbase)),
+        "WSD fast on vLLM": (ChunkedWSD(vpilot, vbase, settings, options), (vpilot, vbase)),
+        "WSD fast on HF": (FastWSD(hpilot, hbase, settings, FastOptions(batch_size=N)), ()),
+    }
+    seconds, records = {"base only on vLLM": t_base}, {}
+    for name, (method, engines) in contenders.items():
+        seconds[name], records[name] = timed(method, prompts, *engines)
+        console.print(f"  {name}: {seconds[name]:.1f} s")
+    if hf_reference is None and args.hf_reference:
+        hf_seconds, hf_reference = timed(ReferenceWSD(hpilot, hbase, settings), prompts)
+        console.print(f"  HF reference (batch 1, for the cross-backend check): {hf_seconds:.1f} s")
+    fast = records["WSD fast on vLLM"]
+    ks = [fast[p.id]["keep_count"] for p in prompts]
+    seconds["T_ideal (vLLM per-token times)"] = sum(k * per_token["pilot"] + (L - k) * per_token["base"] for k in ks)
+
+    table = Table(title=f"{dtype}: {N} AlpacaEval prompts x {L} tokens, draft {D}, w={args.window}, "
+                        f"gamma={args.threshold}")
+    for col in ("method", "wall s", "tokens/s", "/ base only", "WSD-vLLM / this"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, s in seconds.items():
+        table.add_row(name, f"{s:.1f}", f"{N * L / s:.1f}", f"{s / t_base:.3f}", f"{seconds['WSD fast on vLLM'] / s:.3f}")
+    console.print(table)
+    where = {name: {ph: sum(rec["seconds"][ph] for rec in recs.values()) for ph in PHASES}
+             for name, recs in records.items()}
+    for name, phases in where.items():
+        console.print(f"  {name:70s} " + ", ".join(f"{ph} {v:5.1f} s" for ph, v in phases.items()))
+    console.print(f"  WSD fast on vLLM: requests {contenders['WSD fast on vLLM'][0].counter}; engine requests "
+                  f"base {vbase.requests}, pilot {vpilot.requests}; mean k {sum(ks) / N:.1f}; early-stopped "
+                  f"{sum(rec['early_stopped'] for rec in fast.values())} of {N}")
+
+    three = records["three passes on vLLM, batched"]
+    same_fast, differ_fast = compare(three, fast, settings, hbase, prompts)
+    equivalence = {"vLLM fast == vLLM three passes": [same_fast, N], "fast vs three passes, differences": differ_fast}
+    if hf_reference is not None:
+        same, differ = compare(hf_reference, three, settings, hbase, prompts)
+        key = "vLLM three passes == HF reference" + ("" if dtype == "float32" else " (fp32)")
+        equivalence[key], equivalence["vLLM vs HF reference, differences"] = [same, N], differ
+    for key, value in equivalence.items():
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+            console.print(f"  {key}: {value[0]} of {value[1]}")
+    for item in differ_fast:
+        console.print(f"    {item}")
+    targets = {"WSD-vLLM / WSD-HF": (seconds["WSD fast on vLLM"] / seconds["WSD fast on HF"], 0.5),
+               "WSD-vLLM / three passes on vLLM": (seconds["WSD fast on vLLM"] / seconds["three passes on vLLM, batched"], 0.75),
+               "WSD-vLLM / base only on vLLM": (seconds["WSD fast on vLLM"] / t_base, 1.03)}
+    for key, (value, target) in targets.items():
+        console.print(f"  {key} = {value:.3f} (target <= {target}: {'met' if value <= target else 'NOT met'})")
+
+    result = {"seconds": seconds, "per_token_seconds": per_token, "where_the_time_goes": where,
+              "targets": {k: {"value": v, "target": t} for k, (v, t) in targets.items()},
+              "equivalence": equivalence, "keep_counts": dict(zip([p.id for p in prompts], ks)),
+              "three_pass_records": three, "fast_requests": contenders["WSD fast on vLLM"][0].counter}
+    if args.throughput and dtype == args.dtypes[0]:
+        result["throughput"] = throughput(args, console, r, vpilot, vbase, settings)
+    if args.sweep_prompts and dtype == args.dtypes[0]:
+        result["sweep_requests"] = sweep(args, console, prompts[: args.sweep_prompts], vpilot, vbase, r)
+    for engine in (vpilot, vbase):
+        engine.close()
+    return result, hf_reference
+
+
+def throughput(args, console, r, vpilot, vbase, settings) -> dict:
+    """Tokens/s with 1, 8, 32, 64 prompts in flight (batch = prompts in flight)."""
+    L = args.throughput_length
+    s = dataclasses.replace(settings, target_max_tokens=L, draft_max_tokens=min(settings.draft_max_tokens, L // 2))
+    out = {}
+    for size in args.throughput:
+        prompts = load_benchmark({**r["benchmark"], "limit": max(size, args.throughput_min_prompts)})
+        base_ids = [encode(vbase.tokenizer, base_texts(vbase, p.messages)[0]) for p in prompts]
+        t_base = 0.0
+        for i in range(0, len(prompts), size):
+            t_base += timed_generate(vbase, base_ids[i : i + size], L)
+        t_wsd, _ = timed(ChunkedWSD(vpilot, vbase, s, FastOptions(batch_size=size, chunk_tokens=args.chunk)),
+                         prompts, vpilot, vbase)
+        tokens = len(prompts) * L
+        out[size] = {"prompts": len(prompts), "base_only_tokens_per_s": tokens / t_base,
+                     "wsd_tokens_per_s": tokens / t_wsd, "wsd_over_base_only": t_wsd / t_base}
+        console.print(f"  {size:2d} in flight ({len(prompts)} prompts x {L}): base only {tokens / t_base:6.1f} "
+                      f"tokens/s, WSD fast on vLLM {tokens / t_wsd:6.1f} tokens/s ({t_wsd / t_base:.2f}x)")
+    return out
+
+
+def sweep(args, console, prompts, vpilot, vbase, r) -> dict:
+    """A 9-point (window, threshold) sweep over one shared draft cache adds no drafting or
+    scoring requests after its first point."""
+    import tempfile
+
+    identity = {"pilot": r["pilot"]["name"], "base": r["base"]["name"], "draft": args.draft, "fixed_length": True}
+    options = FastOptions(batch_size=len(prompts), chunk_tokens=args.chunk, early_stop=False)
+    total = {}
+    with tempfile.TemporaryDirectory() as shared:
+        for i, (window, threshold) in enumerate(SWEEP):
+            point = ChunkedWSD(vpilot, vbase, WSDSettings(window, threshold, args.draft, args.length, fixed_length=True),
+                               options, DraftCache(shared, identity))
+            timed(point, prompts)
+            if i == 0:
+                first = dict(point.counter)
+            total = {k: total.get(k, 0) + v for k, v in point.counter.items()}
+    console.print(f"  sweep of {len(SWEEP)} points over {len(prompts)} prompts: first point {first}, all points {total}")
+    return {"first_point": first, "all_points": total}
 
 
 def run(args) -> dict:
     console = Console()
-    console.width = max(console.width, 110)
-    cfg = compose([f"pilot={args.pilot}", f"base={args.base}", "benchmark=alpaca_eval",
+    console.width = max(console.width, 140)
+    cfg = compose([f"pilot={args.pilot}", f"base={args.base}", "backend=vllm", "benchmark=alpaca_eval",
                    f"benchmark.limit={args.prompts}"])
-    pilot = load_model(ModelSpec.from_config(cfg.pilot), cfg.model_cache_dir)
-    base = load_model(ModelSpec.from_config(cfg.base), cfg.model_cache_dir)
-    prompts = load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True))
-    L, settings = args.length, WSDSettings(args.window, args.threshold, args.draft, args.length, fixed_length=True)
-    pilot_ids = [encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, p.messages)) for p in prompts]
-    base_ids = [encode(base.tokenizer, base_texts(base, p.messages)[0]) for p in prompts]
-    batched_generate(pilot, pilot_ids[:1], 2, 1)  # warm-up: first calls pay one-time costs
-    batched_generate(base, base_ids[:1], 2, 1)
-
-    console.print(f"[bold]{len(prompts)} prompts, L={L}, draft budget {args.draft}, batch {args.batch_size}")
-    t_base_only = batched_generate(base, base_ids, L, args.batch_size)
-    t_pilot_only = batched_generate(pilot, pilot_ids, args.draft, args.batch_size)
-    per_token = {"pilot": t_pilot_only / (len(prompts) * args.draft), "base": t_base_only / (len(prompts) * L)}
-    console.print(f"base-only {t_base_only:.1f} s, pilot-only {t_pilot_only:.1f} s")
-    t_reference, reference = timed_records(ReferenceWSD(pilot, base, settings), prompts)
-    console.print(f"reference {t_reference:.1f} s")
-    fast_engine = FastWSD(pilot, base, settings, FastOptions(batch_size=args.batch_size))
-    t_fast, fast = timed_records(fast_engine, prompts)
-    console.print(f"fast {t_fast:.1f} s")
-    ks = [fast[p.id]["keep_count"] for p in prompts]
-    t_ideal = sum(k * per_token["pilot"] + (L - k) * per_token["base"] for k in ks)
-    bad = mismatches(reference, fast, settings)
-
-    tokens = len(prompts) * L
-    rows = [("base only (batched generate)", t_base_only), ("WSD reference", t_reference),
-            ("WSD fast", t_fast), ("T_ideal", t_ideal)]
-    table = Table(title=f"Decode benchmark: {len(prompts)} AlpacaEval prompts x {L} tokens")
-    for col in ("method", "wall s", "tokens/s", "/ base only", "fast / this"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for name, seconds in rows:
-        table.add_row(name, f"{seconds:.1f}", f"{tokens / seconds:.1f}", f"{seconds / t_base_only:.3f}",
-                      f"{t_fast / seconds:.3f}")
-    console.print(table)
-    ratios = {"fast/base_only": t_fast / t_base_only, "fast/reference": t_fast / t_reference,
-              "fast/ideal": t_fast / t_ideal}
-    targets = {"fast/base_only": 0.95, "fast/reference": 0.6, "fast/ideal": 1.15}
-    for key, value in ratios.items():
-        console.print(f"  T_{key.replace('/', ' / T_')} = {value:.3f} (target <= {targets[key]}: "
-                      f"{'met' if value <= targets[key] else 'NOT met'})")
-    console.print(f"mismatches fast vs reference (keep_count or response): {len(bad)} of {len(prompts)}")
-    for item in bad:
-        console.print(f"  {item}")
-    profile = {phase: sum(r["seconds"][phase] for r in fast.values()) for phase in ("draft", "check", "target")}
-    console.print(f"fast path: pilot drafting {profile['draft']:.1f} s, base scoring {profile['check']:.1f} s, "
-                  f"continuation {profile['target']:.1f} s; forward passes {fast_engine.counter}; "
-                  f"mean k {sum(ks) / len(ks):.1f}, early-stopped "
-                  f"{sum(r['early_stopped'] for r in fast.values())} of {len(prompts)}; "
-                  f"mean draft tokens fast {sum(r['draft_tokens'] for r in fast.values()) / len(fast):.1f} "
-                  f"vs reference {sum(r['draft_tokens'] for r in reference.values()) / len(reference):.1f}")
-
-    result = {
-        "settings": vars(args), "device": "cpu", "threads": torch.get_num_threads(),
-        "seconds": dict(rows), "ratios": ratios, "targets": targets, "per_token_seconds": per_token,
-        "keep_counts": dict(zip([p.id for p in prompts], ks)), "mismatches": bad,
-        "fast_profile_seconds": profile, "fast_forwards": fast_engine.counter,
-    }
-    throughput = {}
-    subset = prompts[: args.throughput_prompts]
-    for size in (1, 4, 8, 16) if subset else ():
-        seconds, _ = timed_records(FastWSD(pilot, base, settings, FastOptions(batch_size=size)), subset)
-        throughput[size] = {"seconds": seconds, "tokens_per_s": len(subset) * L / seconds}
-        console.print(f"fast engine, batch {size:2d}: {len(subset) * L / seconds:6.1f} tokens/s "
-                      f"({len(subset)} prompts, {seconds:.1f} s)")
-
-    sweep_prompts = prompts[: args.sweep_prompts]
-    sweep_options = FastOptions(batch_size=args.batch_size, early_stop=False)
-    identity = {"pilot": args.pilot, "base": args.base, "draft": args.draft, "fixed_length": True}
-    forwards = {}
-    if not sweep_prompts:
-        return {**result, "throughput_by_batch_size": throughput, "sweep_forwards": forwards}
-    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as many:
-        single = FastWSD(pilot, base, settings, sweep_options, DraftCache(one, identity))
-        timed_records(single, sweep_prompts)
-        forwards["1-point run (full drafts)"] = dict(single.counter)
-        early = FastWSD(pilot, base, settings, FastOptions(batch_size=args.batch_size))
-        timed_records(early, sweep_prompts)
-        forwards["1-point run (early stopping)"] = dict(early.counter)
-        total = {key: 0 for key in single.counter}
-        for window, threshold in SWEEP:
-            point = FastWSD(pilot, base, WSDSettings(window, threshold, args.draft, L, fixed_length=True),
-                            sweep_options, DraftCache(many, identity))
-            timed_records(point, sweep_prompts)
-            total = {key: total[key] + point.counter[key] for key in total}
-        forwards[f"{len(SWEEP)}-point sweep (shared draft cache)"] = total
-    for name, counts in forwards.items():
-        console.print(f"{name:38s} pilot drafting {counts['pilot_drafting']:5d}, base scoring "
-                      f"{counts['base_scoring']:5d}, base continuation {counts['base_continuation']:5d}"
-                      f"  ({len(sweep_prompts)} prompts)")
-
-    return {**result, "throughput_by_batch_size": throughput, "sweep_forwards": forwards}
+    r = OmegaConf.to_container(cfg, resolve=True)
+    prompts = load_benchmark(r["benchmark"])
+    console.print(f"[bold]{len(prompts)} prompts, L={args.length}, draft budget {args.draft}, chunk {args.chunk}, "
+                  f"{torch.get_num_threads()} threads")
+    results, hf_reference = {}, None
+    for dtype in args.dtypes:
+        results[dtype], hf_reference = run_dtype(args, console, r, prompts, dtype, hf_reference)
+    if "float32" in results and "bfloat16" in results:
+        a, b = results["float32"]["three_pass_records"], results["bfloat16"]["three_pass_records"]
+        differ = sum((a[k]["keep_count"], a[k]["response"]) != (b[k]["keep_count"], b[k]["response"]) for k in a)
+        results["bf16_vs_fp32_three_passes_differ"] = [differ, len(a)]
+        console.print(f"bf16 vs fp32 (three passes on vLLM): {differ} of {len(a)} prompts differ")
+    return {"settings": vars(args), **results}
 
 
 def main(argv=None) -> None:
@@ -182,8 +275,13 @@ def main(argv=None) -> None:
     parser.add_argument("--draft", type=int, default=128, help="pilot draft budget")
     parser.add_argument("--window", type=int, default=6)
     parser.add_argument("--threshold", type=float, default=0.8)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--throughput-prompts", type=int, default=8, help="0 skips this section")
+    parser.add_argument("--chunk", type=int, default=64, help="WSD fast on vLLM: draft tokens per chunk")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--hf-reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="the HF reference engine (batch 1) for the cross-backend check")
+    parser.add_argument("--throughput", type=int, nargs="*", default=[1, 8, 32, 64], help="prompts in flight")
+    parser.add_argument("--throughput-length", type=int, default=128)
+    parser.add_argument("--throughput-min-prompts", type=int, default=8)
     parser.add_argument("--sweep-prompts", type=int, default=4, help="0 skips this section")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
@@ -192,7 +290,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"decode-{datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=1))
+    path.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {path}")
 
 

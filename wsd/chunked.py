@@ -21,32 +21,10 @@ Same records, draft cache and counters as `wsd.fast.FastWSD`; the reference engi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-from wsd.decoding import (
-    Generated,
-    WSDSettings,
-    check_fits,
-    encode,
-    make_continuation,
-    make_draft,
-    make_record,
-)
-from wsd.draft_cache import CachedDraft, DraftCache
-from wsd.engines import Engine
-from wsd.fast import _STABILITY_MARGIN, DraftTokens, FastOptions
-from wsd.prompts import Message, pilot_prompt
-from wsd.switch import first_switch, keep_count
-
-
-@dataclass
-class _Row:
-    prompt: object  # wsd.benchmarks.Prompt
-    tokens: DraftTokens
-    pilot_ids: list[int]
-    drafted: list[int]  # the pilot's new ids so far
-    result: CachedDraft | None = None
-    from_cache: bool = False
+from wsd.decoding import Generated, make_continuation, make_draft
+from wsd.fast import _STABILITY_MARGIN, BatchedWSD, Row
+from wsd.switch import first_switch
 
 
 def first_stop(tokenizer, ids: list[int], stops: list[str], after: int) -> int | None:
@@ -60,58 +38,26 @@ def first_stop(tokenizer, ids: list[int], stops: list[str], after: int) -> int |
     return None
 
 
-class ChunkedWSD:
-    """WSD on any `Engine`, fast where the engine caches prefixes."""
-
-    def __init__(self, pilot: Engine, base: Engine, settings: WSDSettings, options: FastOptions = FastOptions(),
-                 draft_cache: DraftCache | None = None):
-        self.pilot, self.base, self.settings, self.options = pilot, base, settings, options
-        self.draft_cache = draft_cache
-        # requests by purpose: a sweep must not add drafting or scoring work
-        self.counter = {"pilot_drafting": 0, "base_scoring": 0, "base_continuation": 0}
-
-    def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
-        check_fits(self.pilot, self.base, self.settings, prompt_id, messages)
-
-    def generate_many(self, prompts):
-        """Yields (prompt, record) batch by batch, in input order."""
-        size = self.options.batch_size
-        for start in range(0, len(prompts), size):
-            yield from self._batch(prompts[start : start + size])
+class ChunkedWSD(BatchedWSD):
+    """WSD on any `Engine`, fast where the engine caches prefixes; counts requests."""
 
     def _batch(self, prompts):
         s = self.settings
         t0 = time.perf_counter()
-        rows = [_Row(p, DraftTokens(self.base, p.messages),
-                     encode(self.pilot.tokenizer, pilot_prompt(self.pilot.tokenizer, p.messages)), [])
-                for p in prompts]
-        for row in rows:
-            cached = self.draft_cache.get(row.prompt.messages) if self.draft_cache else None
-            if cached is not None and cached.usable(s.window, s.threshold):
-                row.result, row.from_cache = cached, True
+        rows = self._rows(prompts)
         scoring_seconds = self._draft_and_score([r for r in rows if r.result is None])
         t1 = time.perf_counter()
-        switches = [first_switch(r.result.probs, s.window, s.threshold) for r in rows]
-        kept = [r.result.draft_ids[: keep_count(r.result.probs, s.window, s.threshold)] for r in rows]
+        switches, kept = self._kept(rows)
         stops = s.base_stops(self.base)
         budgets = [s.continuation_budget(self.base, k) for k in kept]
         self.counter["base_continuation"] += sum(b > 0 for b in budgets)
         generated = self.base.generate([r.result.prompt_ids + k for r, k in zip(rows, kept)], budgets, stops,
                                        s.fixed_length)
         continuations = [make_continuation(self.base, k, g, stops) for k, g in zip(kept, generated)]
-        t2 = time.perf_counter()
-        n = len(rows)
-        share = {"draft": (t1 - t0 - scoring_seconds) / n, "check": scoring_seconds / n,
-                 "target": (t2 - t1) / n, "total": (t2 - t0) / n}
-        for row, switch_at, kept_ids, cont in zip(rows, switches, kept, continuations):
-            r = row.result
-            yield row.prompt, make_record(
-                self.pilot, self.base, r.draft, r.draft_ids, r.probs, switch_at, kept_ids, cont, share,
-                early_stopped=not r.complete, draft_cache_hit=row.from_cache, batch_size=n,
-                batch=rows[0].prompt.id,  # prompts of one batch share its time
-            )
+        yield from self._records(rows, switches, kept, continuations,
+                                 (t0, t1, time.perf_counter(), scoring_seconds))
 
-    def _draft_and_score(self, rows: list[_Row]) -> float:
+    def _draft_and_score(self, rows: list[Row]) -> float:
         """Chunks of drafting, each followed by one scoring call over the rows' new stable
         tokens, until every row is final or has switched. Returns scoring seconds."""
         s, opts = self.settings, self.options
@@ -147,16 +93,14 @@ class ChunkedWSD:
                 t = row.tokens
                 found = opts.early_stop and first_switch(t.probs, s.window, s.threshold) is not None
                 if final or found:
-                    row.result = CachedDraft(draft, t.ids[: t.n_prompt], t.draft_ids, t.probs, complete=final)
-                    if self.draft_cache:
-                        self.draft_cache.put(row.prompt.messages, row.result)
+                    self._finish(row, draft, final)
                 else:
                     still.append(row)
             active = still
         return scoring
 
     @staticmethod
-    def _scoring_request(row: _Row, draft_text: str, final: bool, block: int | None):
+    def _scoring_request(row: Row, draft_text: str, final: bool, block: int | None):
         """(ids, start): score ids[start:], the stable base tokens not known yet (re-scoring
         from where a new tokenization changed known ones), or None if there are none."""
         t = row.tokens

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -226,23 +226,81 @@ class BatchScorer:
 
 
 @dataclass
-class _Row:
+class Row:
+    """One prompt of a batch in a batched WSD engine."""
+
     prompt: object  # wsd.benchmarks.Prompt
     tokens: DraftTokens
     pilot_ids: list[int]
+    drafted: list[int] = field(default_factory=list)  # the pilot's new ids so far (engines that re-request)
     result: CachedDraft | None = None  # the finished draft and its scores
     from_cache: bool = False
 
 
-class FastWSD:
-    """Same records as `ReferenceWSD`, produced batch by batch."""
+class BatchedWSD:
+    """What both fast engines share: batches of rows, drafts from the draft cache, the
+    switch, and records (those of `ReferenceWSD`, plus `early_stopped`, `draft_cache_hit`,
+    `batch_size` and `batch`). Subclasses draft, score and continue (`_batch`)."""
+
+    def __init__(self, pilot, base, settings: WSDSettings, options: FastOptions = FastOptions(),
+                 draft_cache: DraftCache | None = None):
+        self.pilot, self.base, self.settings, self.options = pilot, base, settings, options
+        self.draft_cache = draft_cache
+        # work by purpose (forward passes on HF, requests on vLLM): a sweep must not add drafting or scoring
+        self.counter = {"pilot_drafting": 0, "base_scoring": 0, "base_continuation": 0}
+
+    def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
+        check_fits(self.pilot, self.base, self.settings, prompt_id, messages)
+
+    def generate_many(self, prompts):
+        """Yields (prompt, record) batch by batch, in input order."""
+        size = self.options.batch_size
+        for start in range(0, len(prompts), size):
+            yield from self._batch(prompts[start : start + size])
+
+    def _rows(self, prompts) -> list[Row]:
+        """The batch's rows, those the draft cache decides already filled in."""
+        s = self.settings
+        rows = [Row(p, DraftTokens(self.base, p.messages),
+                    encode(self.pilot.tokenizer, pilot_prompt(self.pilot.tokenizer, p.messages))) for p in prompts]
+        for row in rows:
+            cached = self.draft_cache.get(row.prompt.messages) if self.draft_cache else None
+            if cached is not None and cached.usable(s.window, s.threshold):
+                row.result, row.from_cache = cached, True
+        return rows
+
+    def _finish(self, row: Row, draft, complete: bool) -> None:
+        """A row's draft is decided (final, or switched early): keep it, and store it."""
+        t = row.tokens
+        row.result = CachedDraft(draft, t.ids[: t.n_prompt], t.draft_ids, t.probs, complete=complete)
+        if self.draft_cache:
+            self.draft_cache.put(row.prompt.messages, row.result)
+
+    def _kept(self, rows: list[Row]) -> tuple[list[int | None], list[list[int]]]:
+        s = self.settings
+        return ([first_switch(r.result.probs, s.window, s.threshold) for r in rows],
+                [r.result.draft_ids[: keep_count(r.result.probs, s.window, s.threshold)] for r in rows])
+
+    def _records(self, rows: list[Row], switches, kept, continuations, seconds: tuple[float, float, float, float]):
+        """(prompt, record) per row; `seconds` = (start, drafted, continued, scoring time)."""
+        t0, t1, t2, scoring = seconds
+        n = len(rows)
+        share = {"draft": (t1 - t0 - scoring) / n, "check": scoring / n, "target": (t2 - t1) / n, "total": (t2 - t0) / n}
+        for row, switch_at, kept_ids, cont in zip(rows, switches, kept, continuations):
+            r = row.result
+            yield row.prompt, make_record(
+                self.pilot, self.base, r.draft, r.draft_ids, r.probs, switch_at, kept_ids, cont, share,
+                early_stopped=not r.complete, draft_cache_hit=row.from_cache, batch_size=n,
+                batch=rows[0].prompt.id,  # prompts of one batch share its time
+            )
+
+
+class FastWSD(BatchedWSD):
+    """Same records as `ReferenceWSD`, produced batch by batch on HF models."""
 
     def __init__(self, pilot: LoadedModel, base: LoadedModel, settings: WSDSettings,
                  options: FastOptions = FastOptions(), draft_cache: DraftCache | None = None):
-        self.pilot, self.base, self.settings, self.options = pilot, base, settings, options
-        self.draft_cache = draft_cache
-        # forward passes by purpose: a sweep must not add drafting or scoring work
-        self.counter = {"pilot_drafting": 0, "base_scoring": 0, "base_continuation": 0}
+        super().__init__(pilot, base, settings, options, draft_cache)
         self.continuation_batches = {"reused_scoring_cache": 0, "prefilled": 0}
         self.scoring_restarts = 0  # scoring caches read anew past a sliding window (BatchScorer)
 
@@ -257,53 +315,25 @@ class FastWSD:
         finally:
             handle.remove()
 
-    def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
-        check_fits(self.pilot, self.base, self.settings, prompt_id, messages)
-
-    def generate_many(self, prompts):
-        """Yields (prompt, record) batch by batch, in input order."""
-        size = self.options.batch_size
-        for start in range(0, len(prompts), size):
-            yield from self._batch(prompts[start : start + size])
-
     def _batch(self, prompts):
-        s = self.settings
         t0 = time.perf_counter()
-        rows = [_Row(p, DraftTokens(self.base, p.messages),
-                     encode(self.pilot.tokenizer, pilot_prompt(self.pilot.tokenizer, p.messages)))
-                for p in prompts]
-        for row in rows:
-            cached = self.draft_cache.get(row.prompt.messages) if self.draft_cache else None
-            if cached is not None and cached.usable(s.window, s.threshold):
-                row.result, row.from_cache = cached, True
+        rows = self._rows(prompts)
         fresh = [r for r in rows if r.result is None]
         scorer = BatchScorer(self.base, [r.tokens for r in fresh]) if fresh else None
         with self._counting(self.pilot.model, "pilot_drafting"), \
                 self._counting(self.base.model, "base_scoring"):
             scoring_seconds = self._draft_and_score(fresh, scorer)
         t1 = time.perf_counter()
-        kept, switches = [], []
-        for row in rows:
-            switches.append(first_switch(row.result.probs, s.window, s.threshold))
-            kept.append(row.result.draft_ids[: keep_count(row.result.probs, s.window, s.threshold)])
+        switches, kept = self._kept(rows)
         if scorer is not None:
             self.scoring_restarts += scorer.restarts
         reuse = scorer if scorer is not None and scorer.reusable and len(fresh) == len(rows) else None
         with self._counting(self.base.model, "base_continuation"):
             continuations = self._continue(rows, kept, reuse)
-        t2 = time.perf_counter()
-        n = len(rows)
-        share = {"draft": (t1 - t0 - scoring_seconds) / n, "check": scoring_seconds / n,
-                 "target": (t2 - t1) / n, "total": (t2 - t0) / n}
-        for row, switch_at, kept_ids, cont in zip(rows, switches, kept, continuations):
-            r = row.result
-            yield row.prompt, make_record(
-                self.pilot, self.base, r.draft, r.draft_ids, r.probs, switch_at, kept_ids, cont, share,
-                early_stopped=not r.complete, draft_cache_hit=row.from_cache, batch_size=n,
-                batch=rows[0].prompt.id,  # prompts of one batch share its time
-            )
+        yield from self._records(rows, switches, kept, continuations,
+                                 (t0, t1, time.perf_counter(), scoring_seconds))
 
-    def _draft_and_score(self, rows: list[_Row], scorer: BatchScorer | None) -> float:
+    def _draft_and_score(self, rows: list[Row], scorer: BatchScorer | None) -> float:
         """Draft in chunks; after each chunk score every row's new stable base tokens (one base
         forward) and let rows whose switch is found leave. Returns scoring seconds."""
         if not rows:
@@ -329,9 +359,7 @@ class FastWSD:
                 t = rows[r].tokens
                 found = opts.early_stop and first_switch(t.probs, s.window, s.threshold) is not None
                 if final or found:
-                    rows[r].result = CachedDraft(draft, t.ids[: t.n_prompt], t.draft_ids, t.probs, complete=final)
-                    if self.draft_cache:
-                        self.draft_cache.put(rows[r].prompt.messages, rows[r].result)
+                    self._finish(rows[r], draft, final)
                     switched.add(r)
             return switched
 
@@ -341,7 +369,7 @@ class FastWSD:
         return scoring[0]
 
     @torch.inference_mode()
-    def _continue(self, rows: list[_Row], kept: list[list[int]], scorer: BatchScorer | None):
+    def _continue(self, rows: list[Row], kept: list[list[int]], scorer: BatchScorer | None):
         """All rows in one batched greedy run (finished rows leave between chunks): from the
         scoring cache when the whole batch shares one and the continuation keeps it within a
         sliding window's span (prompt + draft are then read once), else from a batched

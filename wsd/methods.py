@@ -4,7 +4,8 @@ A method is anything with `check_fits(prompt_id, messages)` (raises before any d
 prompt cannot fit) and `generate_many(prompts)`, which yields `(prompt, record)` in input
 order; every record has `response`, `response_tokens`, `stop_reason` and `seconds.total`.
 `METHODS` maps a `conf/method/*.yaml` name to the models it needs and a builder, so a new
-method (best-of-n, ARGS...) is one builder and one config file.
+method (best-of-n, ARGS...) is one builder and one config file. Builders get engines
+(`wsd.engines.Engine`) by role, on whichever backend the config names.
 """
 
 from __future__ import annotations

@@ -197,26 +197,28 @@ class VLLMEngine:
             return None
         return self.llm.llm_engine.vllm_config.cache_config.block_size
 
+    def engine_args(self) -> dict:
+        """What `vllm.LLM` is started with (unset values left to vLLM)."""
+        s = self.settings
+        args = dict(model=self.folder, tokenizer=self.folder, revision=self.spec.revision,
+                    trust_remote_code=self.spec.trust_remote_code, dtype=self.spec.dtype,
+                    max_model_len=s.max_model_len, tensor_parallel_size=s.tensor_parallel_size,
+                    pipeline_parallel_size=s.pipeline_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
+                    enable_prefix_caching=s.enable_prefix_caching, block_size=s.block_size,
+                    distributed_executor_backend=s.distributed_executor_backend, enforce_eager=s.enforce_eager,
+                    seed=self.backend.get("seed", 0), **s.engine_args)
+        return {k: v for k, v in args.items() if v is not None}
+
     @property
     def llm(self):
         """The `vllm.LLM`, started on first use."""
         if self._llm is None:
             from vllm import LLM
 
-            s = self.settings
-            args = dict(model=self.folder, tokenizer=self.folder, revision=self.spec.revision,
-                        trust_remote_code=self.spec.trust_remote_code, dtype=self.spec.dtype,
-                        max_model_len=s.max_model_len, tensor_parallel_size=s.tensor_parallel_size,
-                        pipeline_parallel_size=s.pipeline_parallel_size,
-                        gpu_memory_utilization=s.gpu_memory_utilization,
-                        enable_prefix_caching=s.enable_prefix_caching,
-                        distributed_executor_backend=s.distributed_executor_backend,
-                        enforce_eager=s.enforce_eager, seed=self.backend.get("seed", 0), **s.engine_args)
-            if s.block_size:
-                args["block_size"] = s.block_size
-            log.info("starting vLLM engine for %s (%s)", self.name, {k: v for k, v in args.items() if v is not None})
+            args = self.engine_args()
+            log.info("starting vLLM engine for %s (%s)", self.name, args)
             with _rng_kept():
-                self._llm = LLM(**{k: v for k, v in args.items() if v is not None})
+                self._llm = LLM(**args)
             _RUNNING.add(self)
         return self._llm
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipelines import generate
 from tests.conftest import compose_generate
-from wsd.benchmarks import Prompt, load_benchmark
+from wsd.benchmarks import load_benchmark
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, base_texts, encode
 from wsd.engines import load_engine, pooled_engine
@@ -191,7 +191,7 @@ def test_the_local_judge_and_lm_eval_scoring_agree_across_backends(vllm_pair, re
         assert math.isclose(lv, lh, abs_tol=1e-3) and gv == gh
 
 
-def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path, monkeypatch):
+def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path):
     from wsd import vllm_engine
 
     base = dict(resolved["base"])
@@ -214,9 +214,6 @@ def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path, monk
     with pytest.raises(ValueError, match="context is 64"):
         method.check_fits("p", [{"role": "user", "content": "Tell me a fact."}])
     assert not short.started
-    monkeypatch.setattr(vllm_engine.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match="make setup"):
-        vllm_engine.VLLMEngine.prepare(ModelSpec.from_config(base), resolved["backend"], resolved["model_cache_dir"])
 
 
 def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path):
