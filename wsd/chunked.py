@@ -11,6 +11,8 @@ engine's prefix cache makes re-reading a known prefix nearly free.
   before the first token it must score.
 - **Early stop.** A row whose switch is found leaves the batch; the switch rule only looks
   at stable tokens, so it is the switch the full draft would give.
+- **The prompt read once.** Before drafting, one plain request per prompt caches the base
+  prompt's blocks, so no scoring request computes probabilities over the prompt.
 - **Continuation from the prefix cache.** The base continues from prompt + kept ids, whose
   blocks the scoring requests wrote.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-from wsd.decoding import Generated, make_continuation, make_draft
+from wsd.decoding import Generated, encode, make_continuation, make_draft
 from wsd.fast import _STABILITY_MARGIN, BatchedWSD, Row
 from wsd.switch import first_switch
 
@@ -64,6 +66,12 @@ class ChunkedWSD(BatchedWSD):
         stops = s.draft_stops(self.pilot)
         block = getattr(self.base, "cache_block", None)
         scoring, active = 0.0, list(rows)
+        if block and rows:  # the prompts' blocks cached now: scoring then computes probabilities past them
+            started = time.perf_counter()
+            prompts = [encode(self.base.tokenizer, r.tokens.prompt_text)[:-1] for r in rows]
+            self.base.generate(prompts, [1] * len(rows), [])
+            self.counter["base_scoring"] += len(rows)
+            scoring += time.perf_counter() - started
         while active:
             budgets = [min(opts.chunk_tokens, s.draft_max_tokens - len(r.drafted)) for r in active]
             self.counter["pilot_drafting"] += len(active)

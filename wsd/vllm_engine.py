@@ -264,7 +264,9 @@ class VLLMEngine:
             temperature, top_p = sampling or (0.0, 1.0)
             params.append(SamplingParams(
                 temperature=temperature, top_p=top_p, max_tokens=budgets[i], stop=list(stops) or None,
-                ignore_eos=fixed_length, stop_token_ids=None if fixed_length else sorted(eos),
+                # fixed length: EOS may not even be chosen (HF's min_new_tokens), not just not stop
+                ignore_eos=fixed_length, min_tokens=budgets[i] if fixed_length else 0,
+                stop_token_ids=None if fixed_length else sorted(eos),
                 seed=seeds[i],
                 # stop strings are matched on text that keeps special tokens, as HF's are
                 detokenize=bool(stops), skip_special_tokens=False))

@@ -80,6 +80,10 @@ def test_pilot_ends_at_its_eos_as_on_hf(vllm_pair, hf_pair, prompts):
     assert [(g.ids, g.stop_reason) for g in got] == [(w.ids, w.stop_reason) for w in want]
     assert "eos" in {g.stop_reason for g in got}
     assert all(i not in vpilot.eos_token_ids for g in got for i in g.ids)
+    # fixed length: the pilot writes its whole budget and never chooses EOS (HF's min_new_tokens)
+    fixed, want_fixed = vpilot.generate(ids, [60] * 3, [], True), hpilot.generate(ids, [60] * 3, [], True)
+    assert [g.ids for g in fixed] == [w.ids for w in want_fixed]
+    assert all(len(g.ids) == 60 and not set(g.ids) & set(vpilot.eos_token_ids) for g in fixed)
 
 
 def test_scores_match_hf_with_the_prefix_cache_read_or_not(vllm_pair, hf_pair, prompts):
