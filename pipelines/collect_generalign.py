@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import generate
+from pipelines import generate, multirun_flag_first
 from wsd.benchmarks import Prompt, load_benchmark
 from wsd.generalign import SourcePrompt, decontaminate, load_source, preference_pair, split
 from wsd.methods import method_entry
@@ -381,4 +381,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    multirun_flag_first()
     main()

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.judges import build_judge, check_items_fit, check_judge_fits, reference_for
 from eval.results import write_tables
 from eval.stats import bootstrap, bootstrap_ratio, interval_text, print_estimates
-from pipelines import generate
+from pipelines import generate, multirun_flag_first
 from wsd.benchmarks import load_benchmark
 from wsd.store import RecordFile, RunRecords, config_key, write_atomic
 from wsd.tracking import tracked, validate_logger
@@ -170,4 +170,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    multirun_flag_first()
     main()

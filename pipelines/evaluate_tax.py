@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.results import write_tables
 from eval.stats import bootstrap, bootstrap_ratio, print_estimates
-from pipelines import generate
+from pipelines import generate, multirun_flag_first
 from wsd.methods import method_entry
 from wsd.models import ModelSpec, check_available
 from wsd.store import RecordFile, config_key, write_atomic
@@ -182,4 +182,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    multirun_flag_first()
     main()

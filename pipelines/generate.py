@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines import multirun_flag_first
 from wsd.benchmarks import Prompt, load_benchmark
 from wsd.methods import method_entry
 from wsd.engines import Engine, HFEngine, check_backend, pooled_engine
@@ -313,4 +314,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    multirun_flag_first()
     main()

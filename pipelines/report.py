@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.results import PROXY_MARK, estimate_cell, evaluation_rows, markdown_table, run_label
 from eval.stats import bootstrap_ratio
-from pipelines import generate
+from pipelines import generate, multirun_flag_first
 from wsd.store import RunRecords, write_atomic
 
 log = logging.getLogger("wsd.report")
@@ -524,4 +524,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    multirun_flag_first()
     main()

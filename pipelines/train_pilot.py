@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import collect_generalign, generate
+from pipelines import collect_generalign, generate, multirun_flag_first
 from wsd.models import ModelSpec, check_available, model_folder
 from wsd.store import config_key, slug, write_atomic
 from wsd.tracking import tracked, validate_logger
@@ -321,4 +321,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    multirun_flag_first()
     main()

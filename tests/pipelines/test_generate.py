@@ -332,3 +332,12 @@ def test_accelerate_shards_across_two_processes_and_merges(tiny_models, tmp_path
         [cache] = list((tmp_path / "drafts").iterdir())
         assert len(list(cache.glob("*.json"))) == 5 + 1  # a draft per prompt and the identity, no temporary file
         assert not list(cache.glob(".*"))
+
+
+def test_the_multirun_flag_may_follow_overrides(monkeypatch):
+    """`python -m pipelines.generate backend=vllm -m a=1,2`: Hydra alone rejects `-m` there."""
+    from pipelines import multirun_flag_first
+
+    monkeypatch.setattr("sys.argv", ["generate.py", "backend=vllm", "-m", "benchmark=a,b", "method=base"])
+    multirun_flag_first()
+    assert sys.argv == ["generate.py", "-m", "backend=vllm", "benchmark=a,b", "method=base"]
