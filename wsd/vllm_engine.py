@@ -280,12 +280,14 @@ class VLLMEngine:
         return [[math.exp(lp) for lp in row] for row in self._logprobs(sequences, starts)]
 
     def next_token_logprobs(self, prompts, candidates):
-        """Each candidate appended and scored: requests after the first read the prompt's
-        blocks from the prefix cache."""
-        rows = self._logprobs([p + [c] for p in prompts for c in candidates],
-                              [len(p) for p in prompts for _ in candidates])
-        n = len(candidates)
-        return [[row[0] for row in rows[i * n : (i + 1) * n]] for i in range(len(prompts))]
+        """One token's step per prompt with the candidates' raw log-probabilities
+        (`logprob_token_ids`): logits at the last position only, as on HF."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(candidates), detokenize=False)
+        self.requests["generate"] += len(prompts)
+        outs = self._run(prompts, [params] * len(prompts))
+        return [[out.outputs[0].logprobs[0][c].logprob for c in candidates] for out in outs]
 
     def _logprobs(self, sequences, starts):
         """log P(ids[i] | ids[:i]) for i >= start, from prompt log-probabilities. Where prefix
