@@ -248,6 +248,7 @@ def run(cfg: DictConfig) -> dict | None:
                        "train_metrics": result.metrics, "eval_metrics": metrics,
                        "curve": summarize_history(history), "model": str(final), "latest": str(link)}
             if cfg.train.heldout_comparison and "test" in data:
+                leave_process_group()
                 summary["heldout"] = compare_on_heldout(resolved, spec, final, data["test"])
             write_atomic(out / "log_history.json", json.dumps(history, indent=1))
             write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str))
@@ -255,6 +256,16 @@ def run(cfg: DictConfig) -> dict | None:
                             | {f"heldout/{k}": v["mean"] for k, v in summary.get("heldout", {}).items()
                                if isinstance(v, dict)})
     return summary
+
+
+def leave_process_group() -> None:
+    """Training is over: rank 0 leaves the ranks' process group before it answers the held-out
+    prompts, since an in-process vLLM engine started inside that group would make its own
+    groups in it, waiting for ranks that have finished (forever)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def compare_on_heldout(resolved: dict, pilot: ModelSpec, trained: Path, test) -> dict:
