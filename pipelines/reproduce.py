@@ -25,7 +25,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from eval.judges import check_judge_fits
+from eval.endpoints import kept_servers
+from eval.judges import check_judge_config, check_judge_fits
 from pipelines import generate
 from wsd.store import config_key, write_atomic
 
@@ -38,6 +39,7 @@ STAGES = ("collect_generalign", "train_pilot", "generate", "evaluate", "evaluate
 class Step:
     stage: str
     overrides: tuple[str, ...]
+    defaults: tuple[str, ...] = ()  # the plan's sizes (reproduce.benchmark_overrides): the user's overrides win
 
     @property
     def label(self) -> str:
@@ -65,16 +67,17 @@ def plan(cfg: DictConfig) -> list[Step]:
     for benchmark in r["benchmarks"]:
         if benchmark not in r["judges"]:
             raise ValueError(f"reproduce.judges has no entry for benchmark {benchmark!r}")
+        sized = tuple((r.get("benchmark_overrides") or {}).get(benchmark) or ())
         for pilot in pilots:
             methods = r["methods"] if not pilot else r["trained_pilot_methods"]
-            runs += [(benchmark, (f"benchmark={benchmark}", f"method={m}", *pilot)) for m in methods]
+            runs += [(benchmark, (f"benchmark={benchmark}", f"method={m}", *pilot), sized) for m in methods]
     if "generate" in r["stages"]:
-        steps += [Step("generate", run) for _, run in runs]
+        steps += [Step("generate", run, sized) for _, run, sized in runs]
     if "evaluate" in r["stages"]:
         for benchmark in r["benchmarks"]:
             for judge in r["judges"][benchmark]:
                 check_judge_fits(benchmark, judge_name(judge))
-        steps += [Step("evaluate", (*run, *shlex.split(judge))) for benchmark, run in runs
+        steps += [Step("evaluate", (*run, *shlex.split(judge)), sized) for benchmark, run, sized in runs
                   for judge in r["judges"][benchmark]]
     if "evaluate_tax" in r["stages"]:
         steps += [Step("evaluate_tax", (f"method={m}", *pilot)) for pilot in pilots for m in r["tax_methods"]
@@ -82,6 +85,15 @@ def plan(cfg: DictConfig) -> list[Step]:
     if "report" in r["stages"]:
         steps.append(Step("report", ()))
     return steps
+
+
+def check_steps(steps: list[Step], configs: list[DictConfig]) -> None:
+    """Each evaluation of the plan, composed, yields its metric: its judge fits its benchmark,
+    and a judge's endpoint has its URL, model and key, before anything runs."""
+    for step, step_cfg in zip(steps, configs):
+        if step.stage == "evaluate":
+            check_judge_config(OmegaConf.to_container(step_cfg.judge, resolve=True),
+                               OmegaConf.to_container(step_cfg.benchmark, resolve=True))
 
 
 def judge_name(overrides: str) -> str:
@@ -171,30 +183,38 @@ def run(overrides: list[str]) -> dict:
     unused = [o for o in overrides if not any(o in kept for kept in fitting.values())]
     if unused:
         raise ValueError(f"override(s) {unused} fit no stage of the plan ({', '.join(fitting)})")
-    configs = [_stage(s.stage).compose([*fitting[s.stage], *s.overrides]) for s in steps]
+    configs = [_stage(s.stage).compose([*s.defaults, *fitting[s.stage], *s.overrides]) for s in steps]
+    check_steps(steps, configs)
     root = Path(cfg.output_root) / "reproduce" / cfg.name
     ledger = Ledger(root / "ledger.json")
     log.info("experiment %s: %d steps", cfg.name, len(steps))
     started, timings = time.perf_counter(), []
-    for i, (step, step_cfg) in enumerate(zip(steps, configs)):
-        key, output = config_key(OmegaConf.to_container(step_cfg, resolve=True)), finished_output(step, step_cfg)
-        if ledger.done(step, key, output) and not (step.stage == "report" and timings):
-            continue  # (the report is rebuilt whenever a step before it ran)
-        log.info("[%d/%d] %s", i + 1, len(steps), step.label)
-        began = time.perf_counter()
-        if step.stage == "train_pilot" and cfg.reproduce.train_launcher:
-            launch_training(cfg.reproduce.train_launcher, [*fitting[step.stage], *step.overrides])
-        else:
-            _stage(step.stage).run(step_cfg)
-        seconds = time.perf_counter() - began
-        timings.append({"step": step.label, "seconds": round(seconds, 1)})
-        ledger.record(step, key, output, seconds)
+    with kept_servers():  # a local judge server starts once, for every evaluate step that needs it
+        for i, (step, step_cfg) in enumerate(zip(steps, configs)):
+            run_step(f"[{i + 1}/{len(steps)}]", step, step_cfg, cfg, fitting, ledger, timings)
     summary = {"experiment": cfg.name, "steps": len(steps), "ran": timings,
                "wall_seconds": round(time.perf_counter() - started, 1),
                "report": str(Path(cfg.output_root) / "reports" / cfg.name / "README.md")}
     if timings:
         write_atomic(root / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json", json.dumps(summary, indent=1))
     return summary
+
+
+def run_step(progress: str, step: Step, step_cfg: DictConfig, cfg: DictConfig, fitting: dict, ledger: Ledger,
+             timings: list[dict]) -> None:
+    """One step, unless the ledger says it finished for the same resolved config."""
+    key, output = config_key(OmegaConf.to_container(step_cfg, resolve=True)), finished_output(step, step_cfg)
+    if ledger.done(step, key, output) and not (step.stage == "report" and timings):
+        return  # (the report is rebuilt whenever a step before it ran)
+    log.info("%s %s", progress, step.label)
+    began = time.perf_counter()
+    if step.stage == "train_pilot" and cfg.reproduce.train_launcher:
+        launch_training(cfg.reproduce.train_launcher, [*fitting[step.stage], *step.overrides])
+    else:
+        _stage(step.stage).run(step_cfg)
+    seconds = time.perf_counter() - began
+    timings.append({"step": step.label, "seconds": round(seconds, 1)})
+    ledger.record(step, key, output, seconds)
 
 
 def launch_training(launcher: str, overrides: list[str]) -> None:

@@ -179,7 +179,8 @@ def arena_hard_prompts(rows: list[dict], source: str) -> list[Prompt]:
         else:
             raise ValueError("needs a 'prompt' (v2) or 'turns' (v0.1) column")
         qid = row.get("uid") or row.get("question_id") or f"{i:03d}"
-        return f"arena_hard-{qid}", _user(text), {"meta": {k: row[k] for k in ("category", "subcategory") if k in row}}
+        meta = {"uid": str(qid), **{k: row[k] for k in ("category", "subcategory") if k in row}}
+        return f"arena_hard-{qid}", _user(text), {"meta": meta}
 
     return _to_prompts(rows, source, (), convert)
 
@@ -317,7 +318,7 @@ BENCHMARKS = {
     "alpaca_eval": Benchmark(alpaca_eval_prompts, "an 'instruction' column (and 'output' references)",
                              ("packaged", "hub"), _packaged_rows, REFERENCE),
     "arena_hard": Benchmark(arena_hard_prompts, "'uid' and 'prompt' columns (v2) or 'question_id' and 'turns' (v0.1)",
-                            ("packaged", "hub"), _packaged_rows),
+                            ("packaged", "hub"), _packaged_rows, frozenset({"baseline"})),
     # references for its math, reasoning and coding questions only
     "mt_bench": Benchmark(mt_bench_prompts, "'question_id' and 'turns' columns", ("packaged",), _packaged_rows,
                           REFERENCE),

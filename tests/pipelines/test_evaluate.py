@@ -139,3 +139,27 @@ def test_per_item_counts_are_parts_of_ratios_not_metrics():
     assert set(metrics) == {"prompt_strict", "instruction_strict", "instruction_loose"}
     assert metrics["instruction_strict"]["mean"] == pytest.approx(3 / 5)
     assert metrics["instruction_loose"]["mean"] == pytest.approx(4 / 5)
+
+
+def test_a_served_judge_killed_midway_resumes_with_nothing_judged_twice(tiny_models, tmp_path, prompt_file,
+                                                                        stand_in):
+    url, server = stand_in(lambda body: "Fine. Rating: [[7]]")
+    generate.run(generate.compose(overrides(tiny_models, tmp_path, prompt_file)))
+    served = ["judge=mt_bench_grading", f"judge.endpoint={url}", "judge.client.model=judge",
+              "judge.client.max_retries=0", "judge.max_tokens=16"]
+    server.failures = [500]  # one of the three judgments fails: the stage stops, the other two are kept
+    with pytest.raises(Exception, match="500"):
+        evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file, *served)))
+    assert len(server.chats()) == 3
+    summary = evaluate.run(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file, *served)))
+    assert len(server.chats()) == 4  # only the failed one asked again
+    assert summary["metrics"]["rating"]["mean"] == 7.0 and summary["metrics"]["rating"]["n"] == 3
+    assert summary["metrics"]["rating_turn_1"]["n"] == 3 and summary["metrics"]["parsed"]["mean"] == 1.0
+    rows = [json.loads(line) for line in open(summary["scores"])]
+    assert all(r["scores"]["judgment"] == "Fine. Rating: [[7]]" for r in rows)  # raw judgments kept
+    generation = generate.run_dir(generate.compose(overrides(tiny_models, tmp_path, prompt_file)))
+    folder = evaluate.judge_dir(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file, *served)), generation)
+    assert (folder / "judgments.jsonl").exists()
+    faster = [*served, "judge.client.concurrency=2", "judge.client.timeout_s=5"]  # how, not what: same folder
+    assert evaluate.judge_dir(evaluate.compose(overrides(tiny_models, tmp_path, prompt_file, *faster)),
+                              generation) == folder

@@ -20,7 +20,7 @@ def test_every_step_of_every_experiment_composes(experiment):
     steps = reproduce.plan(cfg)
     assert [s.stage for s in steps][:2] == ["collect_generalign", "train_pilot"] and steps[-1].stage == "report"
     for step in steps:
-        step_cfg = reproduce._stage(step.stage).compose([f"experiment={experiment}", *step.overrides])
+        step_cfg = reproduce._stage(step.stage).compose([*step.defaults, f"experiment={experiment}", *step.overrides])
         assert reproduce.finished_output(step, step_cfg).name in ("summary.json", "README.md")
         if "pilot=trained" in step.overrides:  # judged by the experiment's own pilot, not the one under test
             assert step_cfg.judge_model.name == cfg.pilot.name != step_cfg.pilot.name
@@ -41,6 +41,47 @@ def test_a_plan_whose_judge_cannot_score_its_benchmark_fails_when_composed():
     with pytest.raises(ValueError, match="judge 'local_llm_judge' needs reference answers, which benchmark "
                                          "'arena_hard' does not have"):
         reproduce.plan(cfg)
+
+
+def _evaluations(experiment: str, *overrides: str):
+    cfg = reproduce.compose([f"experiment={experiment}", *overrides])
+    steps = [s for s in reproduce.plan(cfg) if s.stage == "evaluate"]
+    return steps, [reproduce._stage("evaluate").compose([*s.defaults, f"experiment={experiment}", *overrides,
+                                                         *s.overrides])
+                   for s in steps]
+
+
+def test_the_paper_plans_judge_mt_bench_arena_hard_and_alpaca_eval_with_the_papers_judges(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    steps, configs = _evaluations("paper_llama3_70b")
+    reproduce.check_steps(steps, configs)
+    judges = {(c.benchmark.name, c.judge.name): c.judge for c in configs}
+    assert judges[("mt_bench", "mt_bench_grading")].client.model == "gpt-4"
+    assert not judges[("mt_bench", "mt_bench_grading")].proxy and not judges[("arena_hard", "arena_hard")].proxy
+    assert judges[("alpaca_eval", "alpaca_eval")].annotators_config == "weighted_alpaca_eval_gpt4_turbo"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(ValueError, match="https://api.openai.com/v1 needs an API key in the environment variable "
+                                         "OPENAI_API_KEY"):
+        reproduce.check_steps(steps, configs)
+
+
+def test_the_default_plan_serves_its_judge_locally_and_checks_the_baselines():
+    steps, configs = _evaluations("mini", "reproduce.benchmarks=[alpaca_eval, arena_hard, mt_bench]")
+    reproduce.check_steps(steps, configs)
+    served = {c.judge.name for c in configs if c.judge.get("endpoint") == "local"}
+    assert served == {"alpaca_eval", "arena_hard", "mt_bench_grading"}
+    steps, configs = _evaluations("mini", "reproduce.benchmarks=[arena_hard]", "benchmark.source=hub")
+    with pytest.raises(ValueError, match="not the shipped v2.0 ones.*judge.baseline_file"):
+        reproduce.check_steps(steps, configs)
+
+
+def test_the_plans_sizes_per_benchmark_yield_to_the_users():
+    steps, configs = _evaluations("mini")
+    limits = {(c.benchmark.name, c.method.name): c.benchmark.limit for c in configs}
+    assert limits[("mt_bench", "wsd")] == limits[("arena_hard", "base")] == 8 and limits[("alpaca_eval", "wsd")] == 16
+    assert all(s.defaults == ("benchmark.limit=8",) for s in steps if "benchmark=mt_bench" in s.overrides)
+    _, configs = _evaluations("mini", "benchmark.limit=3")
+    assert {c.benchmark.limit for c in configs} == {3}
 
 
 def test_a_bad_plan_is_named_before_anything_runs(tmp_path):
