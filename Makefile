@@ -77,7 +77,7 @@ sweep: setup
 report: setup
 	$(PY) -m pipelines.report experiment=$(EXPERIMENT) $(ARGS)
 
-# Decode benchmark on the embedded pair: vLLM and HF, fp32 and bf16 (about 40 minutes on 2 cores); JSON in outputs/bench/
+# Decode benchmark on the embedded pair: vLLM and HF, fp32 and bf16 (about 25 minutes on 2 cores; the decode table alone: BENCH_ARGS="--throughput --sweep-prompts 0", 14 minutes); JSON in outputs/bench/
 bench: setup
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m benchmarks.decode $(BENCH_ARGS)
 
