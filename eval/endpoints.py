@@ -39,7 +39,7 @@ class ServeSettings:
 
     model: dict = None  # a model config entry as in conf/pilot or conf/base
     model_cache_dir: str = "~/.cache/wsd/models"
-    cpu_kvcache_space_gib: float = 2.0  # CPU hosts: the server's KV cache
+    cpu_kvcache_space_gib: int = 2  # CPU hosts: the server's KV cache, whole GiB
     seed: int = 0
     start_timeout_s: float = 900.0  # model load (and, on GPUs, compilation) until /health answers
     args: dict = dataclasses.field(default_factory=dict)  # more `vllm serve` flags, e.g. {api-server-count: 2}
@@ -207,7 +207,9 @@ class LocalServer:
 
     def __init__(self, serve: ServeSettings, log_path: Path):
         from wsd.models import ModelSpec
-        from wsd.vllm_engine import VLLMEngine
+        from wsd.vllm_engine import VLLMEngine, kvcache_gib
+
+        kvcache_gib(serve.cpu_kvcache_space_gib)  # checked before anything is set or started
 
         self.spec = ModelSpec.from_config(serve.model)
         backend = {"cpu_kvcache_space_gib": serve.cpu_kvcache_space_gib, "seed": serve.seed}
@@ -235,8 +237,10 @@ class LocalServer:
         return [sys.executable, "-m", "eval.serve_vllm", model, *_flags(args)]
 
     def _env(self) -> dict:
+        from wsd.vllm_engine import kvcache_gib
+
         env = dict(os.environ)
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(self.serve.cpu_kvcache_space_gib)
+        env["VLLM_CPU_KVCACHE_SPACE"] = kvcache_gib(self.serve.cpu_kvcache_space_gib)
         root = str(Path(__file__).resolve().parents[1])  # eval.serve_vllm, from any working directory
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs its engine in its own process

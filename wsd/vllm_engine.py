@@ -148,10 +148,17 @@ def _rng_kept():
         torch.set_rng_state(state[2])
 
 
+def kvcache_gib(value) -> str:
+    """VLLM_CPU_KVCACHE_SPACE as vLLM reads it: whole GiB (it parses "2.0" as an error)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or not float(value).is_integer():
+        raise ValueError(f"cpu_kvcache_space_gib must be a whole number of GiB above 0, got {value!r}")
+    return str(int(value))
+
+
 def _process_env(backend: dict) -> None:
     """What vLLM reads from the environment, set before it is imported (a user's own
     settings win)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(backend.get("cpu_kvcache_space_gib", 1)))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", kvcache_gib(backend.get("cpu_kvcache_space_gib", 1)))
     if backend.get("in_process", False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")

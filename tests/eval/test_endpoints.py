@@ -1,3 +1,4 @@
+import os
 import socket
 
 import pytest
@@ -97,6 +98,10 @@ def test_local_server_command_serves_the_judge_model_on_loopback(tiny_models, tm
                      "--dtype float32", "--seed 3", "--api-server-count 1"):
         assert expected in flags
     assert server.base_url == "http://127.0.0.1:12345/v1"
+    # vLLM reads whole GiB: "2.0" in the environment would break every later engine of this process
+    assert server._env()["VLLM_CPU_KVCACHE_SPACE"] == "2" and os.environ["VLLM_CPU_KVCACHE_SPACE"].isdigit()
+    with pytest.raises(ValueError, match="whole number of GiB"):
+        LocalServer(ServeSettings(model=model, cpu_kvcache_space_gib=1.5), tmp_path / "server.log")
 
 
 def test_local_server_that_exits_early_reports_its_log(tiny_models, tmp_path, monkeypatch):
