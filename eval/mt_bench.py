@@ -88,7 +88,6 @@ class MTBenchGradingJudge(ServedJudge):
                 {"role": "user", "content": prompt["prompt_template"].format(**fields)}]
 
     def score(self, items: list[dict]) -> list[dict]:
-        self.check_items(items)
         requests = [self.chat.request(self.messages(item), temperature=self.temperature, max_tokens=self.max_tokens)
                     for item in items]
         results = []
