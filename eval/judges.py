@@ -162,46 +162,18 @@ class RewardModelJudge:
     name: str = "reward_model"
 
     def __post_init__(self):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from wsd.reward import RewardModel, RewardSettings
 
-        from wsd.models import resolve_device
-
-        self._tokenizer = _load_judge_model(self.model, lambda: AutoTokenizer.from_pretrained(self.model))
-        self._model = _load_judge_model(self.model, lambda: AutoModelForSequenceClassification.from_pretrained(
-            self.model).to(resolve_device(self.device)).eval())
-        if self._model.config.num_labels != 1:
-            raise ValueError(f"judge model {self.model!r} has {self._model.config.num_labels} labels; "
-                             "a reward model has one scalar output")
-        if self._tokenizer.pad_token is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._tokenizer.truncation_side = "left"  # over-long inputs lose the prompt's start, not the answer
-        self._model.config.pad_token_id = self._tokenizer.pad_token_id
-
-    def _text(self, messages: list[dict], response: str) -> str:
-        conversation = list(messages) + [{"role": "assistant", "content": response}]
-        if getattr(self._tokenizer, "chat_template", None):
-            return self._tokenizer.apply_chat_template(conversation, tokenize=False)
-        tags = {"user": "Human", "assistant": "Assistant", "system": "System"}
-        return "".join(f"\n\n{tags[m['role']]}: {m['content']}" for m in conversation)
-
-    def rewards(self, texts: list[str]) -> list[float]:
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                templated = bool(getattr(self._tokenizer, "chat_template", None))  # the template writes BOS
-                batch = self._tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                        truncation=True, max_length=self.max_length,
-                                        add_special_tokens=not templated).to(self._model.device)
-                out += self._model(**batch).logits[:, 0].float().tolist()
-        return out
+        settings = RewardSettings(path=self.model, device=self.device, max_length=self.max_length,
+                                  batch_size=self.batch_size)
+        self._reward = _load_judge_model(self.model, lambda: RewardModel(settings))
 
     def score(self, items: list[dict]) -> list[dict]:
-        texts = [self._text(item["messages"], item["response"]) for item in items]
+        text = self._reward.text
+        texts = [text(item["messages"], item["response"]) for item in items]
         with_reference = [i for i, item in enumerate(items) if item.get("reference")]
-        texts += [self._text(items[i]["messages"], items[i]["reference"]) for i in with_reference]
-        rewards = self.rewards(texts)
+        texts += [text(items[i]["messages"], items[i]["reference"]) for i in with_reference]
+        rewards = self._reward.rewards(texts)
         reference = dict(zip(with_reference, rewards[len(items):]))
         results = []
         for i in range(len(items)):

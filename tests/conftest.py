@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,6 +112,21 @@ def tiny_models(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_model(tiny_models, tmp_path_factory):
+    """A sequence-classification head (one label) on the tiny pilot's config and tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_models["pilot"], num_labels=1)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    folder = tmp_path_factory.mktemp("reward")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_models["pilot"]).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_pair(tiny_models, tmp_path_factory):
     """(pilot, base) HF engines of `tiny_models`."""
     from wsd.engines import load_engine
@@ -128,3 +144,17 @@ def tiny_overrides(tiny_models: dict, tmp_path: Path, *extra: str) -> list[str]:
         f"output_root={tmp_path / 'outputs'}", f"model_cache_dir={tmp_path / 'cache'}", "logger=none",
         "wsd.draft_max_tokens=12", "generation.max_new_tokens=20", *extra,
     ]
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    """Preference pairs in TRL's conversational format, with a `split` column (JSONL); the SFT
+    completions are answers the tiny pilot has not learnt for these questions."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
+             "rejected": [{"role": "assistant", "content": CORPUS[(i + 2) % len(CORPUS)]}],
+             "completion": [{"role": "assistant", "content": CORPUS[(i + 2) % len(CORPUS)]}],
+             "split": "train" if i < 15 else "test"}
+            for i, (q, a) in enumerate(zip(QUESTIONS * 3, CORPUS * 3))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -66,20 +66,6 @@ def test_reference_for_each_benchmark_shape():
     assert reference_for({"category": "writing", "reference": None}, 1) is None
 
 
-@pytest.fixture(scope="module")
-def tiny_reward_model(tiny_models, tmp_path_factory):
-    """A sequence-classification head (one label) on the tiny pilot's config and tokenizer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(tiny_models["pilot"], num_labels=1)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config)
-    folder = tmp_path_factory.mktemp("reward")
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_models["pilot"]).save_pretrained(folder)
-    return str(folder)
-
-
 def test_reward_model_scores_match_a_direct_forward_and_win_against_the_reference(tiny_reward_model):
     judge = RewardModelJudge(model=tiny_reward_model, batch_size=2)
     messages = [{"role": "user", "content": "Name a colour."}]
@@ -87,10 +73,10 @@ def test_reward_model_scores_match_a_direct_forward_and_win_against_the_referenc
              {"messages": messages, "response": "Red.", "reference": "Red."},
              {"messages": messages, "response": "Green.", "reference": None}]
     scores = judge.score(items)
-    text = judge._tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": "Blue."}], tokenize=False)
+    text = judge._reward.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": "Blue."}], tokenize=False)
     with torch.inference_mode():
-        inputs = judge._tokenizer([text], return_tensors="pt", add_special_tokens=False)  # BOS is in the template
-        direct = judge._model(**inputs).logits[0, 0].item()
+        inputs = judge._reward.tokenizer([text], return_tensors="pt", add_special_tokens=False)  # BOS is in the template
+        direct = judge._reward.model(**inputs).logits[0, 0].item()
     assert scores[0]["reward"] == pytest.approx(direct, abs=1e-4)
     assert scores[0]["win"] == (1.0 if scores[0]["reward"] > scores[0]["reference_reward"] else 0.0)
     assert scores[1]["win"] == 0.5  # the same text as its reference: a tie
@@ -106,7 +92,7 @@ def test_judge_models_go_to_the_configured_device(tiny_reward_model, monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == resolve_device(None) == "cuda"
     monkeypatch.undo()
-    assert RewardModelJudge(model=tiny_reward_model, device="cpu")._model.device.type == "cpu"
+    assert RewardModelJudge(model=tiny_reward_model, device="cpu")._reward.model.device.type == "cpu"
     with pytest.raises((RuntimeError, ValueError), match="(?i)device"):
         RewardModelJudge(model=tiny_reward_model, device="nosuchdevice")
 

@@ -1,0 +1,242 @@
+"""A reward model: a Hugging Face sequence classifier with one output, reading a conversation
+in its own chat template. The reward-model judge scores finished answers with it; ARGS, CARDS
+and best-of-N steer or pick with it, mostly on answers that are still growing, so it also
+scores many extensions of one prefix in one forward from a KV cache of that prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from wsd.models import ModelSpec, check_available
+from wsd.prompts import Message
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """A `conf/reward_model/*.yaml` entry."""
+
+    path: str
+    name: str = ""
+    dtype: str = "float32"
+    device: str = "auto"  # auto: the GPU when there is one
+    max_length: int = 2048  # tokens it reads; longer inputs lose the prompt's start
+    batch_size: int = 8
+    proxy: bool = True  # false only for the reward model a paper's table used
+
+    @classmethod
+    def from_config(cls, cfg) -> RewardSettings:
+        cfg = dict(cfg)
+        unknown = set(cfg) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown reward_model setting(s) {sorted(unknown)}")
+        settings = cls(**cfg)
+        for key in ("max_length", "batch_size"):
+            value = getattr(settings, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"reward_model.{key} must be an integer >= 1, got {value!r}")
+        return settings
+
+    def check(self) -> None:
+        """Fail before any decoding when the model cannot be found (a trained one not yet
+        trained gets the command that trains it)."""
+        try:
+            check_available(ModelSpec(name=self.name or self.path, path=self.path, dtype=self.dtype))
+        except FileNotFoundError as error:
+            hint = ""
+            if "reward_models" in Path(self.path).parts:
+                hint = " (train it first: python -m pipelines.train_reward with the same experiment)"
+            raise FileNotFoundError(f"reward model: {error}{hint}") from None
+
+
+SCALE_FILE = "reward_scale.json"
+
+
+def write_reward_scale(folder: Path, chosen: list[float], rejected: list[float]) -> dict:
+    """What rewards look like on this model's own scale, from held-out pairs: CARDS's
+    `reward_target: auto` is the 90th percentile of the preferred answers' rewards (a reward
+    good answers reach), since a threshold such as CARDS's 8.5 means nothing on another
+    model's scale."""
+    import json
+
+    import numpy as np
+
+    def stats(values):
+        return {"mean": float(np.mean(values)), "std": float(np.std(values)), "p10": float(np.quantile(values, 0.1)),
+                "p50": float(np.quantile(values, 0.5)), "p90": float(np.quantile(values, 0.9)), "n": len(values)}
+
+    scale = {"chosen": stats(chosen), "rejected": stats(rejected)}
+    scale["target"] = scale["chosen"]["p90"]
+    (Path(folder) / SCALE_FILE).write_text(json.dumps(scale, indent=1))
+    return scale
+
+
+def reward_scale(path: str) -> dict:
+    import json
+
+    file = Path(os.path.expanduser(path)) / SCALE_FILE
+    if not file.is_file():
+        raise ValueError(f"reward model {path!r} has no {SCALE_FILE} (pipelines.train_reward writes it from its "
+                         "held-out pairs), so `reward_target: auto` has no scale; set method.reward_target to a "
+                         "reward on this model's scale")
+    return json.loads(file.read_text())
+
+
+class RewardModel:
+    """Rewards of (conversation, response) pairs, batched; counts its forwards and their time
+    so a method's records can say what the reward model cost."""
+
+    def __init__(self, settings: RewardSettings):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from wsd.models import resolve_device
+
+        self.settings = settings
+        path = os.path.expanduser(settings.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        dtype = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        self.model = self.model.to(resolve_device(settings.device)).eval()
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"reward model {settings.path!r} has {self.model.config.num_labels} labels; "
+                             "a reward model has one scalar output")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.truncation_side = "left"  # over-long inputs lose the prompt's start, not the answer
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes BOS
+        # a decoder with a `score` head over every position: extensions reuse a prefix's cache
+        self.cacheable = hasattr(self.model, "score") and not self.model.config.is_encoder_decoder
+        self.forwards, self.texts, self.seconds = 0, 0, 0.0
+
+    @property
+    def name(self) -> str:
+        return self.settings.name or self.settings.path
+
+    def text(self, messages: list[Message], response: str) -> str:
+        conversation = list(messages) + [{"role": "assistant", "content": response}]
+        if self.templated:
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        tags = {"user": "Human", "assistant": "Assistant", "system": "System"}
+        return "".join(f"\n\n{tags[m['role']]}: {m['content']}" for m in conversation)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=not self.templated)["input_ids"]
+
+    def rewards(self, texts: list[str]) -> list[float]:
+        out, size = [], self.settings.batch_size
+        began = time.perf_counter()
+        with torch.inference_mode():
+            for start in range(0, len(texts), size):
+                batch = self.tokenizer(texts[start : start + size], return_tensors="pt", padding=True,
+                                       truncation=True, max_length=self.settings.max_length,
+                                       add_special_tokens=not self.templated).to(self.model.device)
+                out += self.model(**batch).logits[:, 0].float().tolist()
+                self.forwards += 1
+        self.texts += len(texts)
+        self.seconds += time.perf_counter() - began
+        return out
+
+    def score_answers(self, messages: list[Message], responses: list[str]) -> list[float]:
+        return self.rewards([self.text(messages, r) for r in responses])
+
+    def usage(self) -> dict:
+        return {"forwards": self.forwards, "texts": self.texts, "seconds": self.seconds}
+
+    def extensions(self, messages: list[Message]) -> ExtensionScorer:
+        return ExtensionScorer(self, messages)
+
+
+_POOLED: dict[RewardSettings, RewardModel] = {}
+
+
+def pooled_reward_model(settings: RewardSettings) -> RewardModel:
+    """One reward model kept across the jobs of a multirun (ARGS, CARDS and best-of-N in one
+    grid load it once); another one replaces it."""
+    if settings not in _POOLED:
+        _POOLED.clear()
+        _POOLED[settings] = RewardModel(settings)
+    return _POOLED[settings]
+
+
+class ExtensionScorer:
+    """Rewards of one prompt's answer prefix extended by each of several candidate texts, in
+    one forward: the reward model's KV cache holds the longest token prefix the previous
+    call and this one share (the answer grows, its chat-template ending moves), and only the
+    candidates' tails are fed, right-padded, the reward read at each tail's last token.
+    `keep(i)` makes candidate i the new prefix's cache. A reward model without such a head
+    (an encoder) scores the full texts instead."""
+
+    def __init__(self, reward: RewardModel, messages: list[Message]):
+        self.reward, self.messages = reward, messages
+        self.ids: list[int] = []  # tokens the cache holds (its single row)
+        self.cache = None
+        self._pending: tuple[int, list[list[int]]] | None = None  # (shared length, candidates' ids)
+
+    def score(self, prefix: str, candidates: list[str]) -> list[float]:
+        texts = [self.reward.text(self.messages, prefix + c) for c in candidates]
+        rm = self.reward
+        ids = [rm.encode(t) for t in texts]
+        if not rm.cacheable or max(map(len, ids)) > rm.settings.max_length:
+            self._pending = None
+            return rm.rewards(texts)
+        began = time.perf_counter()
+        self._settle()
+        common = 0
+        limit = min(len(self.ids), *(len(i) - 1 for i in ids))  # every candidate feeds a token
+        while common < limit and all(i[common] == self.ids[common] for i in ids):
+            common += 1
+        if self.cache is None or not self._crop(common):
+            self.cache, self.ids, common = None, [], 0
+        tails = [i[common:] for i in ids]
+        width = max(map(len, tails))
+        pad = rm.tokenizer.pad_token_id
+        feed = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=rm.model.device)
+        mask = torch.tensor([[1] * (common + len(t)) + [0] * (width - len(t)) for t in tails], device=rm.model.device)
+        backbone = getattr(rm.model, rm.model.base_model_prefix)
+        with torch.inference_mode():
+            if self.cache is not None:
+                self.cache.batch_repeat_interleave(len(candidates))
+            out = backbone(input_ids=feed, attention_mask=mask, past_key_values=self.cache, use_cache=True)
+            last = torch.tensor([len(t) - 1 for t in tails], device=feed.device)
+            hidden = out.last_hidden_state[torch.arange(len(tails), device=feed.device), last]
+            rewards = rm.model.score(hidden)[:, 0].float().tolist()
+        self.cache = out.past_key_values
+        self._pending = (common, ids)
+        rm.forwards += 1
+        rm.texts += len(texts)
+        rm.seconds += time.perf_counter() - began
+        return rewards
+
+    def keep(self, index: int) -> None:
+        """Candidate `index` of the last `score` call extends the prefix: its row of the
+        cache stays, cut to its own tokens."""
+        if self._pending is None:
+            return
+        _, ids = self._pending
+        self.cache.batch_select_indices(torch.tensor([index], device=self.reward.model.device))
+        self.cache.crop(len(ids[index]))
+        self.ids, self._pending = ids[index], None
+
+    def _settle(self) -> None:
+        """No candidate was kept: back to one row holding the shared prefix."""
+        if self._pending is not None:
+            common, ids = self._pending
+            self.cache.batch_select_indices(torch.tensor([0], device=self.reward.model.device))
+            self.cache.crop(common)
+            self.ids, self._pending = ids[0][:common], None
+
+    def _crop(self, length: int) -> bool:
+        if length == len(self.ids):
+            return True
+        try:
+            self.cache.crop(length)
+        except (RuntimeError, ValueError):  # a sliding-window layer past its window cannot roll back
+            return False
+        self.ids = self.ids[:length]
+        return True
