@@ -17,7 +17,7 @@ SWEEP ?= threshold
 SWEEP_JUDGE ?= reference_similarity
 OFFLINE := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1}
 
-.PHONY: setup test reproduce generalign train sweep report bench clean-venv
+.PHONY: setup test reproduce generalign train train-reward sweep report bench clean-venv
 
 setup: $(STAMP)
 
@@ -62,6 +62,13 @@ generalign: setup
 train: generalign
 	$(OFFLINE) $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(RANKS) \
 	    --num_machines 1 --mixed_precision no --dynamo_backend no -m pipelines.train_pilot \
+	    experiment=$(EXPERIMENT) deepspeed=$(DEEPSPEED) $(ARGS)
+
+# The reward model of ARGS, CARDS and best-of-N (reward_model=trained): TRL's RewardTrainer on
+# the GenerAlign pairs, same launcher and DeepSpeed configs as the pilot's training.
+train-reward: generalign
+	$(OFFLINE) $(VENV)/bin/accelerate launch --multi_gpu --num_processes $(RANKS) \
+	    --num_machines 1 --mixed_precision no --dynamo_backend no -m pipelines.train_reward \
 	    experiment=$(EXPERIMENT) deepspeed=$(DEEPSPEED) $(ARGS)
 
 # The switch sweep (conf/sweep/$(SWEEP).yaml) with the base model's run as the time reference,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import collect_generalign, evaluate, evaluate_tax, generate, report, reproduce, train_pilot
+from pipelines import collect_generalign, evaluate, evaluate_tax, generate, report, reproduce, train_pilot, train_reward
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = Path(__file__).resolve().parents[1] / "eval" / "tasks"
@@ -20,7 +20,8 @@ def test_every_config_choice_composes(group, choice):
     assert cfg.method.name and cfg.pilot.name and cfg.base.name
 
 
-@pytest.mark.parametrize("stage", [generate, evaluate, evaluate_tax, collect_generalign, train_pilot, report, reproduce])
+@pytest.mark.parametrize("stage", [generate, evaluate, evaluate_tax, collect_generalign, train_pilot, train_reward, report,
+                                   reproduce])
 def test_every_stage_config_composes(stage):
     assert stage.compose([]).seed == 42
 

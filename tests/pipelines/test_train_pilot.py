@@ -10,21 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines import generate, train_pilot
-from tests.conftest import CORPUS, QUESTIONS, REPO, tiny_overrides
-
-
-@pytest.fixture
-def pairs(tmp_path):
-    """Preference pairs in TRL's conversational format, with a `split` column (JSONL); the SFT
-    completions are answers the tiny pilot has not learnt for these questions."""
-    path = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
-             "rejected": [{"role": "assistant", "content": CORPUS[(i + 2) % len(CORPUS)]}],
-             "completion": [{"role": "assistant", "content": CORPUS[(i + 2) % len(CORPUS)]}],
-             "split": "train" if i < 15 else "test"}
-            for i, (q, a) in enumerate(zip(QUESTIONS * 3, CORPUS * 3))]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tests.conftest import REPO, tiny_overrides
 
 
 def overrides(tiny_models, tmp_path, pairs, *extra):
@@ -56,19 +42,24 @@ def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models
     assert records["prompts"] == 2 and records["generator"] == "wsd__trained-pilot-default__tiny-base"
 
 
-def test_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
-    args = overrides(tiny_models, tmp_path, pairs, "train.max_steps=40", "train.save_steps=2",
-                     "train.learning_rate=1e-4")
+def kill_after_a_checkpoint(stage, args: list[str]) -> None:
+    """Start `stage` in its own process and SIGKILL it once its checkpoint-4 is complete."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-m", "pipelines.train_pilot", *args], cwd=REPO, env=env,
+    child = subprocess.Popen([sys.executable, "-m", stage.__name__, *args], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = train_pilot.train_dir(train_pilot.compose(args))
+    out = stage.train_dir(stage.compose(args))
     deadline = time.time() + 300
     while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
         assert child.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
         time.sleep(0.2)
     child.send_signal(signal.SIGKILL)
     child.wait()
+
+
+def test_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
+    args = overrides(tiny_models, tmp_path, pairs, "train.max_steps=40", "train.save_steps=2",
+                     "train.learning_rate=1e-4")
+    kill_after_a_checkpoint(train_pilot, args)
     summary = train_pilot.run(train_pilot.compose(args))
     assert summary["resumed_from"] and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 4
     assert summary["global_steps"] == 40
@@ -85,7 +76,7 @@ def test_a_longer_run_after_a_finished_shorter_one_trains_its_own_pilot(tiny_mod
 
 
 @pytest.mark.parametrize("extra, error, message", [
-    (["train.algorithm=ppo"], ValueError, "unknown train.algorithm 'ppo'; accepted: dpo, sft"),
+    (["train.algorithm=ppo"], ValueError, "train.algorithm='ppo' does not train a pilot; accepted: dpo, sft"),
     (["train.dataset=/no/such/data"], FileNotFoundError, "/no/such/data"),
     (["pilot.path=/no/such/model"], FileNotFoundError, "/no/such/model"),
     (["deepspeed=zero2", "deepspeed.train_batch_size=7"], ValueError, "train_batch_size 7 must equal micro batch 2"),
@@ -98,17 +89,17 @@ def test_bad_input_is_named_before_training(tiny_models, tmp_path, pairs, extra,
 def test_data_without_the_columns_is_named(tiny_models, tmp_path, pairs):
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     pairs.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "rejected"}) + "\n" for r in rows))
-    with pytest.raises(ValueError, match="lacks column\\(s\\) rejected that DPO needs"):
+    with pytest.raises(ValueError, match="lacks column\\(s\\) rejected that dpo training needs"):
         train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs)))
     assert train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.algorithm=sft")))
 
 
-def launch_two_ranks(args: list[str], log) -> subprocess.CompletedProcess:
+def launch_two_ranks(args: list[str], log, stage: str = "train_pilot") -> subprocess.CompletedProcess:
     """The README's launcher: accelerate's torchrun with 2 processes, here on gloo."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", "0", "-m", "pipelines.train_pilot", *args]
+               "--main_process_port", "0", "-m", f"pipelines.{stage}", *args]
     return subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=900)
 
 
