@@ -47,6 +47,10 @@ def run_label(run: dict, with_models: bool = False) -> str:
     label = run["method"]
     if run.get("wsd"):
         label += f" (w={run['wsd']['window']}, γ={run['wsd']['threshold']})"
+    if run.get("settings"):
+        label += " (" + ", ".join(f"{k}={v}" for k, v in run["settings"].items()) + ")"
+    if run.get("reward_proxy"):
+        label += f" [proxy reward model{PROXY_MARK}]"
     if with_models:
         label += " · " + " → ".join(run["models"].values())
     return label

@@ -107,7 +107,7 @@ def run(cfg: DictConfig) -> dict:
     validate_logger(resolved["logger"])
     tax = resolved["tax"]
     manager, tasks = load_tasks(tax)
-    specs = {role: ModelSpec.from_config(cfg[role]) for role in entry.roles}
+    specs = {role: ModelSpec.from_config(cfg[role]) for role in entry.roles_for(cfg)}
     for spec in specs.values():
         check_available(spec)
 
@@ -122,7 +122,7 @@ def run(cfg: DictConfig) -> dict:
         install_punkt_tab(cfg.nltk_data_dir)
     answers = RecordFile(out / "generations.jsonl")
     method_name = resolved["method"]["name"]
-    label = "__".join([method_name, *(cfg[role].name for role in entry.roles)])
+    label = "__".join([method_name, *(cfg[role].name for role in entry.roles_for(cfg))])
     log.info("%s on %s (limit %s) in %s", label, ", ".join(tasks), tax["limit"], out)
 
     with tracked(resolved["logger"], stage="evaluate_tax", group=cfg.name, name=f"tax/{label}", config=resolved,

@@ -25,6 +25,7 @@ from wsd.benchmarks import Prompt, load_benchmark
 from wsd.methods import method_entry
 from wsd.engines import Engine, HFEngine, check_backend, pooled_engine
 from wsd.models import ModelSpec, check_available, resolve_device
+from wsd.reward import RewardSettings, pooled_reward_model
 from wsd.store import RunRecords, config_key, slug, write_atomic
 from wsd.tracking import tracked, validate_logger
 
@@ -38,7 +39,10 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict]:
     point of a WSD sweep."""
     entry = method_entry(cfg.method.name)
     backend = OmegaConf.to_container(cfg.backend, resolve=True)
-    payload = {role: OmegaConf.to_container(cfg[role], resolve=True) for role in entry.roles}
+    roles = entry.roles_for(cfg)
+    payload = {role: OmegaConf.to_container(cfg[role], resolve=True) for role in roles}
+    if entry.reward:
+        payload["reward_model"] = OmegaConf.to_container(cfg.reward_model, resolve=True)
     for model in payload.values():
         if model.get("path") and Path(model["path"]).expanduser().is_symlink():
             # `pilot=trained` links to the latest training: key by what it points at
@@ -51,15 +55,27 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict]:
                    generation=OmegaConf.to_container(cfg.generation, resolve=True))
     if entry.uses_wsd_block:
         payload["wsd"] = OmegaConf.to_container(cfg.wsd, resolve=True)
-    return "__".join([cfg.method.name, *(slug(cfg[role].name) for role in entry.roles)]), payload
+    names = [cfg[role].name for role in roles] + ([cfg.reward_model.name] if entry.reward else [])
+    return "__".join([cfg.method.name, *map(slug, names)]), payload
+
+
+# The settings a table row names a reward-guided run by (what a grid varies)
+_LABEL_KEYS = {"args": ("k", "weight"), "cards": ("reward_target",), "best_of_n": ("source", "n")}
 
 
 def run_description(cfg: DictConfig) -> dict:
-    """What tables name a run by: the experiment, the method, its models, WSD's settings."""
+    """What tables name a run by: the experiment, the method, its models, WSD's settings, a
+    reward-guided method's main settings and whether its reward model is a weak proxy."""
     entry = method_entry(cfg.method.name)
     wsd = {k: cfg.wsd[k] for k in ("window", "threshold", "draft_max_tokens")} if entry.uses_wsd_block else None
-    return {"experiment": cfg.name, "method": cfg.method.name,
-            "models": {role: cfg[role].name for role in entry.roles}, "wsd": wsd}
+    description = {"experiment": cfg.name, "method": cfg.method.name,
+                   "models": {role: cfg[role].name for role in entry.roles_for(cfg)}, "wsd": wsd}
+    if entry.reward:
+        description["models"]["reward_model"] = cfg.reward_model.name
+        description["reward_proxy"] = bool(cfg.reward_model.proxy)
+    if cfg.method.name in _LABEL_KEYS:
+        description["settings"] = {k: cfg.method[k] for k in _LABEL_KEYS[cfg.method.name]}
+    return description
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -194,9 +210,12 @@ def run(cfg: DictConfig) -> dict | None:
     validate_logger(resolved["logger"])
     prompts = load_benchmark(resolved["benchmark"])
     shard = current_shard()
-    specs = {role: _placed(ModelSpec.from_config(cfg[role]), shard) for role in entry.roles}
+    specs = {role: _placed(ModelSpec.from_config(cfg[role]), shard) for role in entry.roles_for(resolved)}
     for spec in specs.values():
         check_available(spec)
+    reward = RewardSettings.from_config(resolved["reward_model"]) if entry.reward else None
+    if reward:
+        reward.check()
 
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +223,8 @@ def run(cfg: DictConfig) -> dict | None:
     done = records.done()
     questions = prompts[shard.rank :: shard.world]  # a question's turns stay in one process
     order = [i for p in prompts for i in p.turn_ids]
-    generator = "__".join([method_name, *(cfg[role].name for role in entry.roles)])
+    generator = "__".join([method_name, *(cfg[role].name for role in specs)]
+                          + ([reward.name or reward.path] if reward else []))
     log.info("%s on %s: %d prompts, %d already recorded, in %s", method_name, cfg.benchmark.name, len(order),
              sum(i in done for i in order), out)
 
@@ -216,7 +236,10 @@ def run(cfg: DictConfig) -> dict | None:
             from transformers import set_seed
 
             set_seed(cfg.seed)
-            method = entry.build(resolved, pooled_models(specs, resolved))
+            models = pooled_models(specs, resolved)
+            if reward:
+                models["reward"] = pooled_reward_model(reward)
+            method = entry.build(resolved, models)
             label = f"{method_name} {cfg.benchmark.name}" + (f" [rank {shard.rank}]" if shard.world > 1 else "")
             written = _generate(method, method_name, questions, done, records, tracker, label)
         wall = time.perf_counter() - started

@@ -180,7 +180,9 @@ def time_ratios(generations: list[Generation], resamples: int, seed: int) -> dic
         est = bootstrap_ratio([ours[i] for i in common], [base[i] for i in common], resamples, seed,
                               clusters=timed_together([g, pair[-1]], common))
         cached = [r.get("draft_cache_hit", False) for r in g.records if r["id"] in base]
+        reward = [r["seconds"]["reward"] for r in g.records if r["id"] in base and "reward" in r["seconds"]]
         out[g.folder] = {"estimate": est.as_dict(), "seconds_per_prompt": sum(ours[i] for i in common) / len(common),
+                         "reward_seconds_per_prompt": sum(reward) / len(reward) if reward else None,
                          "base_seconds_per_prompt": sum(base[i] for i in common) / len(common),
                          "draft_cache_hits": sum(cached) / len(cached)}
     return out
@@ -198,6 +200,8 @@ def time_table(paper: dict, generations: list[Generation], ratios: dict[Path, di
                          "time / base alone (x)": estimate_cell(r["estimate"]),
                          "seconds per prompt": f"{r['seconds_per_prompt']:.2f}",
                          "base seconds per prompt": f"{r['base_seconds_per_prompt']:.2f}",
+                         "of which reward model": "" if r["reward_seconds_per_prompt"] is None
+                         else f"{r['reward_seconds_per_prompt']:.2f}",
                          "draft cache hits": f"{r['draft_cache_hits']:.0%}"})
     return pd.DataFrame(rows).fillna("")
 
@@ -447,7 +451,10 @@ TIME_NOTE = ("Ours: sum over the prompts both runs decoded of each record's `sec
              "batch's wall time), this run over the base model alone on the same benchmark, base model and "
              "generation settings; mean [bootstrap 95% interval] n, prompts that shared a batch's time resampled "
              "together (one batch: one measurement, no interval). Runs with draft cache hits "
-             "reused drafts and base probabilities of an earlier sweep point, so they under-count drafting.")
+             "reused drafts and base probabilities of an earlier sweep point, so they under-count drafting. "
+             f"ARGS, CARDS and best-of-N include their reward model's time (its share in its own column); "
+             f"[proxy reward model{PROXY_MARK}]: steered by a small reward model trained offline on GenerAlign-mini, "
+             "weak, so their time is comparable and their quality is not the paper's.")
 SWITCH_NOTE = ("Position = kept draft tokens k (base tokenization; the switch is at draft token k - 1), over "
                "the responses that switched; `never switched` responses kept their whole draft.")
 

@@ -15,23 +15,28 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from wsd.aligner import RELEASED, Aligner
+from wsd.args import ARGS, ARGSSettings
+from wsd.best_of_n import BestOfN
+from wsd.cards import CARDS, CARDSSettings
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, check_context, encode
 from wsd.draft_cache import DraftCache
 from wsd.engines import Engine
 from wsd.fast import FastOptions, FastWSD
+from wsd.models import ModelSpec, check_available
 from wsd.nudging import Nudging, validate_nudging
 from wsd.prompts import (
     Message,
-    base_prompt,
+    base_format,
     cut_at_stop,
     load_urial_prefix,
     pilot_prompt,
     stop_reason,
     stop_strings,
-    urial_prompt,
 )
 from wsd.reference import ReferenceWSD
+from wsd.reward import RewardSettings, reward_scale
 
 
 class Method(Protocol):
@@ -186,19 +191,19 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     return WSDMethod(fast(pilot, base, settings, options, draft_cache))
 
 
+def prompted_base(cfg: dict, base: Engine, prompt: str, options: DecodeOptions | None = None) -> PromptedModel:
+    fmt = base_format(base.tokenizer, prompt, cfg["method"].get("prompt_file"))
+    return PromptedModel(base, fmt.render, fmt.stop_kind, options or decode_options(cfg), finish=fmt.finish)
+
+
 def build_base(cfg: dict, models: dict[str, Engine]) -> Method:
     """The base model alone, zero-shot, in the plain role-tagged format WSD hands over in."""
-    base = models["base"]
-    return PromptedModel(base, lambda messages: base_prompt(messages, base.tokenizer.bos_token), "base",
-                         decode_options(cfg))
+    return prompted_base(cfg, models["base"], "base")
 
 
 def build_urial(cfg: dict, models: dict[str, Engine]) -> Method:
     """The base model with URIAL's in-context alignment prefix (ours by default)."""
-    base = models["base"]
-    prefix = load_urial_prefix(cfg["method"].get("prompt_file"))
-    return PromptedModel(base, lambda messages: urial_prompt(prefix, messages, base.tokenizer.bos_token),
-                         "urial", decode_options(cfg), finish=lambda text: text.rstrip().removesuffix("```").rstrip())
+    return prompted_base(cfg, models["base"], "urial")
 
 
 def build_pilot(cfg: dict, models: dict[str, Engine]) -> Method:
@@ -215,12 +220,127 @@ def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
                    answer_stops=options.stop_strings)
 
 
+def base_on_hf(cfg: dict) -> None:
+    """ARGS and CARDS step the base token by token through its own KV cache (transformers)."""
+    if backend_name(cfg) != "hf":
+        raise ValueError(f"method {cfg['method']['name']!r} runs on backend=hf: it reads the base's whole "
+                         "next-token distribution at every step, which vLLM's engine does not return")
+
+
+def args_settings(cfg: dict) -> ARGSSettings:
+    base_on_hf(cfg)
+    greedy_options(cfg)
+    m = cfg["method"]
+    base_format_name(m)
+    return ARGSSettings(k=m["k"], weight=m["weight"])
+
+
+def cards_settings(cfg: dict, reward: RewardSettings | None = None) -> CARDSSettings:
+    base_on_hf(cfg)
+    decode_options(cfg)
+    m = dict(cfg["method"])
+    base_format_name(m)
+    if m["reward_target"] == "auto":
+        settings = reward or RewardSettings.from_config(cfg["reward_model"])
+        settings.check()
+        m["reward_target"] = reward_scale(settings.path)["target"]
+    return CARDSSettings(**{k: m[k] for k in CARDSSettings.__dataclass_fields__})
+
+
+def base_format_name(method: dict) -> str:
+    prompt = method.get("prompt", "base")
+    if prompt not in ("base", "urial"):
+        raise ValueError(f"method.prompt must be base or urial, got {prompt!r}")
+    load_urial_prefix(method.get("prompt_file"))
+    return prompt
+
+
+def _base_parts(cfg: dict, base: Engine):
+    options, m = decode_options(cfg), cfg["method"]
+    fmt = base_format(base.tokenizer, base_format_name(m), m.get("prompt_file"))
+    return options, fmt, stop_strings(fmt.stop_kind, base.tokenizer, options.stop_strings, options.fixed_length)
+
+
+def build_args(cfg: dict, models: dict) -> Method:
+    options, fmt, stops = _base_parts(cfg, models["base"])
+    return ARGS(models["base"], models["reward"], args_settings(cfg), fmt, stops, options.max_new_tokens,
+                options.batch_size)
+
+
+def build_cards(cfg: dict, models: dict) -> Method:
+    options, fmt, stops = _base_parts(cfg, models["base"])
+    settings = cards_settings(cfg, models["reward"].settings)
+    return CARDS(models["base"], models["reward"], settings, fmt, stops, options.max_new_tokens, cfg["seed"])
+
+
+SAMPLED_SOURCES = ("base", "urial", "pilot")  # the methods that sample (WSD's switch is greedy)
+
+
+def best_of_n_source(cfg: dict) -> dict:
+    """The source method's config: its name, sampling as `method.temperature`/`top_p` ask."""
+    m = cfg["method"]
+    if m["source"] not in SAMPLED_SOURCES:
+        raise ValueError(f"method.source must be one of {', '.join(SAMPLED_SOURCES)} (methods that sample), "
+                         f"got {m['source']!r}")
+    if not m["temperature"] or m["temperature"] <= 0:
+        raise ValueError(f"best-of-n samples: method.temperature must be > 0, got {m['temperature']!r}")
+    source = {**cfg, "method": {"name": m["source"], "prompt_file": m.get("prompt_file")},
+              "generation": {**cfg["generation"], "temperature": m["temperature"], "top_p": m["top_p"]}}
+    decode_options(source)
+    if isinstance(m["n"], bool) or not isinstance(m["n"], int) or m["n"] < 1:
+        raise ValueError(f"method.n must be an integer >= 1, got {m['n']!r}")
+    return source
+
+
+def build_best_of_n(cfg: dict, models: dict) -> Method:
+    source = best_of_n_source(cfg)
+    method = METHODS[source["method"]["name"]].build(source, models)
+    return BestOfN(method, models["reward"], cfg["method"]["n"], cfg["seed"], decode_options(cfg).batch_size)
+
+
+def aligner_check(cfg: dict) -> None:
+    """Before anything loads: the source answers greedily, and a corrector must be at hand
+    (the embedded default has none)."""
+    m = cfg["method"]
+    if m["source"] not in ("base", "urial", "pilot", "wsd"):
+        raise ValueError(f"method.source must be base, urial, pilot or wsd, got {m['source']!r}")
+    METHODS[m["source"]].check({**cfg, "method": aligner_source(cfg)["method"]})
+    corrector = ModelSpec.from_config(cfg["corrector"])
+    try:
+        check_available(corrector)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"method aligner is unavailable: its corrector model is not here ({error}). "
+                                f"The embedded default ships none; pass corrector.path={RELEASED} with Hub "
+                                "access, or a local Aligner checkpoint") from None
+
+
+def aligner_source(cfg: dict) -> dict:
+    return {**cfg, "method": {"name": cfg["method"]["source"], "prompt_file": cfg["method"].get("prompt_file")}}
+
+
+def build_aligner(cfg: dict, models: dict) -> Method:
+    source = aligner_source(cfg)
+    options = decode_options(cfg)
+    corrector = models["corrector"]
+    stops = stop_strings("pilot", corrector.tokenizer, (), options.fixed_length) + ["USER:"]
+    return Aligner(METHODS[source["method"]["name"]].build(source, models), corrector, options.max_new_tokens,
+                   options.batch_size, stops)
+
+
 @dataclass(frozen=True)
 class MethodEntry:
-    roles: tuple[str, ...]  # the models it loads: "pilot", "base"
-    build: Callable[[dict, dict[str, Engine]], Method]
+    roles: tuple[str, ...]  # the models it loads: "pilot", "base", "corrector"
+    build: Callable[[dict, dict], Method]
     check: Callable[[dict], object]  # validates the config in milliseconds, before models load
     uses_wsd_block: bool = False  # whether the `wsd` settings change its results
+    reward: bool = False  # whether it loads `reward_model` too (as models["reward"])
+    source_roles: bool = False  # its roles are those of `method.source` (plus its own)
+
+    def roles_for(self, cfg) -> tuple[str, ...]:
+        if not self.source_roles:
+            return self.roles
+        source = METHODS[cfg["method"]["source"]] if cfg["method"]["source"] in METHODS else None
+        return tuple(dict.fromkeys((*(source.roles if source else ()), *self.roles)))
 
 
 METHODS = {
@@ -232,6 +352,10 @@ METHODS = {
     "nudging": MethodEntry(("pilot", "base"), build_nudging,
                            lambda cfg: (greedy_options(cfg), validate_nudging(cfg["method"]["threshold"],
                                                                               cfg["method"]["word_max_tokens"]))),
+    "args": MethodEntry(("base",), build_args, args_settings, reward=True),
+    "cards": MethodEntry(("base",), build_cards, cards_settings, reward=True),
+    "best_of_n": MethodEntry((), build_best_of_n, best_of_n_source, reward=True, source_roles=True),
+    "aligner": MethodEntry(("corrector",), build_aligner, aligner_check, source_roles=True),
 }
 
 

@@ -6,7 +6,8 @@ pretrained (not instruction-tuned) model can continue.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
@@ -126,3 +127,26 @@ def urial_prompt(prefix: str, messages: Sequence[Message], bos_token: str | None
             tag = "# Query:" if m["role"] == "user" else "# Answer:"
             blocks.append(f"{tag}\n```\n{content}\n```\n\n")
     return (bos_token or "") + prefix + "".join(blocks) + "# Answer:\n```\n"
+
+
+@dataclass(frozen=True)
+class BaseFormat:
+    """How the base model is prompted: rendering, which stop strings end its answers, and
+    the clean-up of a finished answer."""
+
+    render: Callable[[list[Message]], str]
+    stop_kind: str
+    finish: Callable[[str], str] = lambda text: text
+
+
+def base_format(tokenizer, prompt: str = "base", prompt_file: str | None = None) -> BaseFormat:
+    """`base`: zero-shot, in the plain role-tagged format WSD hands over in. `urial`: with
+    URIAL's in-context alignment prefix (ours by default)."""
+    bos = tokenizer.bos_token
+    if prompt == "base":
+        return BaseFormat(lambda messages: base_prompt(messages, bos), "base")
+    if prompt == "urial":
+        prefix = load_urial_prefix(prompt_file)
+        return BaseFormat(lambda messages: urial_prompt(prefix, messages, bos), "urial",
+                          lambda text: text.rstrip().removesuffix("```").rstrip())
+    raise ValueError(f"unknown base prompt {prompt!r}; accepted: base, urial")

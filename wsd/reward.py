@@ -91,16 +91,19 @@ class RewardModel:
     """Rewards of (conversation, response) pairs, batched; counts its forwards and their time
     so a method's records can say what the reward model cost."""
 
-    def __init__(self, settings: RewardSettings):
+    def __init__(self, settings: RewardSettings, loaded: tuple | None = None):
+        """Loads `settings.path`, or wraps `loaded` = (tokenizer, model) already in memory."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from wsd.models import resolve_device
 
         self.settings = settings
-        path = os.path.expanduser(settings.path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        dtype = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        if loaded is None:
+            path = os.path.expanduser(settings.path)
+            dtype = "auto" if settings.dtype == "auto" else getattr(torch, settings.dtype)
+            loaded = (AutoTokenizer.from_pretrained(path),
+                      AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype))
+        self.tokenizer, self.model = loaded
         self.model = self.model.to(resolve_device(settings.device)).eval()
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model {settings.path!r} has {self.model.config.num_labels} labels; "

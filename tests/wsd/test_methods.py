@@ -1,11 +1,14 @@
 """Every method on the tiny models: records with the common fields, stops, budgets, formats."""
 
 import pytest
+from omegaconf import OmegaConf
 
+from tests.conftest import REPO
 from wsd.benchmarks import Prompt
 from wsd.decoding import encode
 from wsd.methods import METHODS, DecodeOptions, method_entry
 from wsd.prompts import base_prompt, load_urial_prefix, urial_prompt
+from wsd.reward import RewardModel, RewardSettings
 
 COMMON = {"response", "response_tokens", "stop_reason", "seconds"}
 PROMPTS = [Prompt("a", [{"role": "user", "content": "What is the capital of France?"}]),
@@ -20,20 +23,32 @@ def config(method: str, **method_params) -> dict:
             "pilot": {"name": "tiny-pilot"}, "base": {"name": "tiny-base"}, "seed": 0, "draft_cache_dir": None}
 
 
-DEFAULTS = {"urial": {"prompt_file": None}, "nudging": {"threshold": 0.4, "word_max_tokens": 8}}
+def method_defaults(name: str) -> dict:
+    """The method's own config file, less its name (CARDS's `auto` reward target is a number
+    here: the tiny reward model was not trained by us)."""
+    values = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / f"{name}.yaml"))
+    values.pop("name")
+    return {**values, "reward_target": 0.0} if name == "cards" else values
 
 
-def build(name: str, tiny_pair, **params):
+@pytest.fixture(scope="module")
+def tiny_reward(tiny_reward_model):
+    return RewardModel(RewardSettings(path=tiny_reward_model))
+
+
+def build(name: str, tiny_pair, tiny_reward=None, **params):
+    """The method on the tiny pair; the tiny pilot stands in for Aligner's corrector."""
     pilot, base = tiny_pair
-    cfg = config(name, **{**DEFAULTS.get(name, {}), **params})
+    cfg = config(name, **{**method_defaults(name), **params})
     entry = method_entry(name)
-    entry.check(cfg)
-    return entry.build(cfg, {"pilot": pilot, "base": base})
+    if name != "aligner":  # its check looks for the real corrector
+        entry.check(cfg)
+    return entry.build(cfg, {"pilot": pilot, "base": base, "reward": tiny_reward, "corrector": pilot})
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_writes_the_common_fields_in_order(tiny_pair, name):
-    method = build(name, tiny_pair)
+def test_every_method_writes_the_common_fields_in_order(tiny_pair, tiny_reward, name):
+    method = build(name, tiny_pair, tiny_reward)
     for p in PROMPTS:
         method.check_fits(p.id, p.messages)
     results = list(method.generate_many(PROMPTS))
@@ -102,13 +117,13 @@ def test_urial_answer_drops_its_closing_fence(tiny_pair):
     ({"word_max_tokens": 0}, "method.word_max_tokens must be an integer >= 1, got 0"),
 ])
 def test_bad_nudging_parameters(params, message):
-    cfg = config("nudging", **{**DEFAULTS["nudging"], **params})
+    cfg = config("nudging", **{**method_defaults("nudging"), **params})
     with pytest.raises(ValueError, match=message):
         method_entry("nudging").check(cfg)
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="unknown method 'beam'; accepted: base, nudging, pilot, urial, wsd"):
+    with pytest.raises(ValueError, match="unknown method 'beam'; accepted: aligner, args, base, best_of_n, cards, nudging, pilot, urial, wsd"):
         method_entry("beam")
 
 
@@ -127,9 +142,120 @@ def test_sampling_is_seeded_and_only_for_single_model_methods(tiny_pair):
     greedy = [r["response"] for _, r in build("pilot", tiny_pair).generate_many(PROMPTS)]
     assert sample(1) != greedy
     for name in ("wsd", "nudging"):
-        cfg = config(name, **DEFAULTS.get(name, {}))
+        cfg = config(name, **method_defaults(name))
         cfg["generation"]["temperature"] = 0.7
         with pytest.raises(ValueError, match=f"method '{name}' decodes greedily; generation.temperature must be 0"):
             method_entry(name).check(cfg)
     with pytest.raises(ValueError, match="generation.top_p must be in"):
         DecodeOptions(top_p=0)
+
+
+# ---------------------------------------------------------------------------------------
+# The reward-guided baselines and Aligner
+
+
+def test_args_with_weight_zero_is_the_base_greedy_and_with_weight_it_asks_the_reward_model(tiny_pair, tiny_reward):
+    greedy = [r for _, r in build("base", tiny_pair).generate_many(PROMPTS)]
+    unguided = [r for _, r in build("args", tiny_pair, tiny_reward, weight=0).generate_many(PROMPTS)]
+    assert [r["response"] for r in unguided] == [r["response"] for r in greedy]
+    assert all(r["reward_model_calls"] == 0 for r in unguided)
+    guided = [r for _, r in build("args", tiny_pair, tiny_reward, k=3, weight=50.0).generate_many(PROMPTS)]
+    # one reward-model forward per generated token (its k candidates together), EOS included
+    for r in guided:
+        assert r["reward_model_calls"] in (r["response_tokens"], r["response_tokens"] + 1)
+        assert r["candidates_scored"] == 3 * r["reward_model_calls"] and r["seconds"]["reward"] > 0
+
+
+def test_args_steps_to_the_candidate_the_reward_prefers(tiny_pair, tiny_reward):
+    """With a huge weight the reward alone decides: each token is the best-rewarded of the
+    base's top k as the reward model scores them from scratch (no caches on either side)."""
+    import torch
+
+    cfg_tokens = 4
+    method = build("args", tiny_pair, tiny_reward, k=4, weight=1e6)
+    method.max_new_tokens = cfg_tokens
+    _, record = next(method.generate_many(PROMPTS[:1]))
+    base = tiny_pair[1]
+    tok, messages = base.tokenizer, PROMPTS[0].messages
+    ids = encode(tok, base_prompt(messages, tok.bos_token))
+    answer = []
+    for _ in range(record["response_tokens"]):
+        with torch.inference_mode():
+            logits = base.model(torch.tensor([ids + answer])).logits[0, -1]
+        candidates = logits.topk(4).indices.tolist()
+        rewards = tiny_reward.score_answers(messages, [tok.decode(answer + [c], skip_special_tokens=True)
+                                                       for c in candidates])
+        ranked = sorted(rewards, reverse=True)
+        assert ranked[0] - ranked[1] > 1e-4, "a near tie: this check needs distinct rewards"
+        answer.append(candidates[rewards.index(ranked[0])])
+    assert record["response_tokens"] == cfg_tokens and record["response"] == tok.decode(answer, skip_special_tokens=True)
+
+
+def test_best_of_one_is_its_source_sampled_with_the_same_seed(tiny_pair, tiny_reward):
+    from transformers import set_seed
+
+    source = method_entry("urial").build({**config("urial", prompt_file=None),
+                                          "generation": {**config("urial")["generation"], "temperature": 0.7}},
+                                         {"base": tiny_pair[1]})
+    set_seed(0)
+    sampled = [r["response"] for _, r in source.generate_many(PROMPTS)]
+    best = [r for _, r in build("best_of_n", tiny_pair, tiny_reward, n=1).generate_many(PROMPTS)]
+    assert [r["response"] for r in best] == sampled
+    several = [r for _, r in build("best_of_n", tiny_pair, tiny_reward, n=3).generate_many(PROMPTS)]
+    for r in several:
+        assert len(r["samples"]) == 3 and r["sample_rewards"][r["chosen_sample"]] == max(r["sample_rewards"])
+        assert r["response"] == r["samples"][r["chosen_sample"]]["response"]
+    assert several[0]["samples"][0]["response"] == sampled[0]  # sample 0 is the seed's own
+
+
+def test_cards_with_a_threshold_no_segment_can_miss_keeps_every_first_segment(tiny_pair, tiny_reward):
+    lenient = [r for _, r in build("cards", tiny_pair, tiny_reward, reward_target=-1e9, acceptance="hard",
+                                   entropy_threshold=0.5).generate_many(PROMPTS)]
+    for r in lenient:
+        assert r["rejections"] == 0 and r["segments"] >= 1
+        assert r["reward_model_calls"] == r["segments"] + 1  # one per segment, one for the prompt alone
+        assert r["sampled_tokens"] == r["response_tokens"]
+    strict = [r for _, r in build("cards", tiny_pair, tiny_reward, reward_target=1e9, acceptance="hard",
+                                  max_rejections=2).generate_many(PROMPTS)]
+    for r in strict:  # every segment refused twice, then the best of its three candidates kept
+        assert r["rejections"] == 2 * r["segments"] and r["sampled_tokens"] >= r["response_tokens"]
+    again = [r["response"] for _, r in build("cards", tiny_pair, tiny_reward, reward_target=1e9, acceptance="hard",
+                                             max_rejections=2).generate_many(PROMPTS)]
+    assert again == [r["response"] for r in strict]  # seeded per prompt
+
+
+def test_cards_auto_target_needs_a_reward_scale_and_bad_settings_fail_early(tiny_reward_model, tmp_path):
+    from wsd.reward import write_reward_scale
+
+    cfg = {**config("cards", **{**method_defaults("cards"), "reward_target": "auto"}),
+           "reward_model": {"path": tiny_reward_model}}
+    with pytest.raises(ValueError, match="no reward_scale.json"):
+        method_entry("cards").check(cfg)
+    scaled = tmp_path / "rm"
+    import shutil
+
+    shutil.copytree(tiny_reward_model, scaled)
+    scale = write_reward_scale(scaled, [1.0, 2.0, 3.0, 4.0], [0.0, 1.0])
+    settings = method_entry("cards").check({**cfg, "reward_model": {"path": str(scaled)}})
+    assert settings.reward_target == scale["target"] == pytest.approx(3.7)
+    with pytest.raises(ValueError, match="method.acceptance must be soft or hard"):
+        method_entry("cards").check(config("cards", **{**method_defaults("cards"), "reward_target": 1.0,
+                                                        "acceptance": "maybe"}))
+    with pytest.raises(ValueError, match="runs on backend=hf"):
+        method_entry("args").check({**config("args", **method_defaults("args")), "backend": {"name": "vllm"}})
+    with pytest.raises(ValueError, match="method.source must be one of base, urial, pilot"):
+        method_entry("best_of_n").check(config("best_of_n", **{**method_defaults("best_of_n"), "source": "wsd"}))
+
+
+def test_aligner_prompt_and_an_absent_corrector_named_before_anything_loads(tiny_pair, tiny_reward, tmp_path):
+    from wsd.aligner import aligner_prompt
+
+    assert aligner_prompt("Q?", "A.") == ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair "
+                                          "to make it more helpful and harmless: Q? | A. ASSISTANT:")
+    cfg = {**config("aligner", **method_defaults("aligner")),
+           "corrector": {"name": "aligner-7b-v1.0", "path": str(tmp_path / "no-aligner")}}
+    with pytest.raises(FileNotFoundError, match="aligner is unavailable.*corrector.path=aligner/aligner-7b-v1.0"):
+        method_entry("aligner").check(cfg)
+    _, record = next(build("aligner", tiny_pair, tiny_reward).generate_many(PROMPTS[:1]))
+    base_answer = next(build("base", tiny_pair).generate_many(PROMPTS[:1]))[1]["response"]
+    assert record["original_response"] == base_answer and record["corrector"] == tiny_pair[0].name
