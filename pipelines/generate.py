@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import multirun_flag_first
 from wsd.benchmarks import Prompt, load_benchmark
-from wsd.methods import method_entry
+from wsd.methods import effective_backend, method_entry
 from wsd.engines import Engine, HFEngine, check_backend, pooled_engine
 from wsd.models import ModelSpec, check_available, resolve_device
 from wsd.reward import RewardSettings, pooled_reward_model
@@ -38,7 +38,7 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict]:
     options, the `wsd` block only for WSD, and the seed. Baselines are thus shared by every
     point of a WSD sweep."""
     entry = method_entry(cfg.method.name)
-    backend = OmegaConf.to_container(cfg.backend, resolve=True)
+    backend = effective_backend(OmegaConf.to_container(cfg, resolve=True))
     roles = entry.roles_for(cfg)
     payload = {role: OmegaConf.to_container(cfg[role], resolve=True) for role in roles}
     if entry.reward:
@@ -205,8 +205,14 @@ def run(cfg: DictConfig) -> dict | None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     method_name = resolved["method"]["name"]
     entry = method_entry(method_name)
-    entry.check(resolved)
     check_backend(resolved["backend"]["name"])
+    if effective_backend(resolved) != resolved["backend"]:
+        log.warning("%s runs on backend=hf, not %s: vLLM does not return what it reads at every step",
+                    method_name, resolved["backend"]["name"])
+        resolved["backend"] = effective_backend(resolved)
+        cfg = cfg.copy()
+        cfg.backend = resolved["backend"]  # its folder, saved config and report rows say HF
+    entry.check(resolved)
     validate_logger(resolved["logger"])
     prompts = load_benchmark(resolved["benchmark"])
     shard = current_shard()

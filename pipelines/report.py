@@ -41,6 +41,7 @@ class Generation:
     benchmark: str
     settings: dict  # the config's `generation` block: runs are compared only under equal settings
     records: list[dict]
+    backend: str = "hf"  # and on the same backend
 
     @property
     def source(self) -> str:
@@ -79,7 +80,8 @@ def generation_runs(output_root: Path, experiment: str, evaluated: set[str]) -> 
         done = RunRecords(folder).done()
         runs.append(Generation(folder, {**generate.run_description(cfg), "experiment": experiment},
                                summary["benchmark"], OmegaConf.to_container(cfg.generation, resolve=True),
-                               [done[i] for i in summary["ids"] if i in done]))
+                               [done[i] for i in summary["ids"] if i in done],
+                               cfg.backend.name if "backend" in cfg else "hf"))
     return runs
 
 
@@ -163,14 +165,15 @@ def timed_together(generations: list[Generation], ids: list[str]) -> list[int]:
 
 def time_ratios(generations: list[Generation], resamples: int, seed: int) -> dict[Path, dict]:
     """Per run (any method but `base`): its decoding time over the base model's alone on the
-    same benchmark, prompts, base model and generation settings, as a ratio of summed
+    same benchmark, prompts, base model, backend and generation settings, as a ratio of summed
     per-record seconds with prompts resampled in pairs, and prompts that shared a batch's time
     resampled together (`timed_together`)."""
     bases = [g for g in generations if g.run["method"] == "base"]
     out = {}
     for g in generations:
         pair = [b for b in bases if g.run["method"] != "base" and b.benchmark == g.benchmark
-                and b.run["models"]["base"] == g.run["models"].get("base") and b.settings == g.settings]
+                and b.run["models"]["base"] == g.run["models"].get("base") and b.settings == g.settings
+                and b.backend == g.backend]
         if not pair:
             continue
         ours, base = seconds(g), seconds(pair[-1])
@@ -196,7 +199,7 @@ def time_table(paper: dict, generations: list[Generation], ratios: dict[Path, di
     for g in generations:
         if g.folder in ratios:
             r = ratios[g.folder]
-            rows.append({"source": g.source, "method": g.label, "benchmark": g.benchmark,
+            rows.append({"source": g.source, "method": g.label, "benchmark": g.benchmark, "backend": g.backend,
                          "time / base alone (x)": estimate_cell(r["estimate"]),
                          "seconds per prompt": f"{r['seconds_per_prompt']:.2f}",
                          "base seconds per prompt": f"{r['base_seconds_per_prompt']:.2f}",
@@ -448,7 +451,7 @@ TABLES = {
     "sweep": "WSD sweep points (window, threshold)",
 }
 TIME_NOTE = ("Ours: sum over the prompts both runs decoded of each record's `seconds.total` (its share of its "
-             "batch's wall time), this run over the base model alone on the same benchmark, base model and "
+             "batch's wall time), this run over the base model alone on the same benchmark, base model, backend and "
              "generation settings; mean [bootstrap 95% interval] n, prompts that shared a batch's time resampled "
              "together (one batch: one measurement, no interval). Runs with draft cache hits "
              "reused drafts and base probabilities of an earlier sweep point, so they under-count drafting. "

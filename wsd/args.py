@@ -35,9 +35,9 @@ class ARGSSettings:
 
 
 class BatchDecoder:
-    """Token-by-token decoding of a left-padded batch with one KV cache: the next-token
-    log-probabilities of every row, the caller picks each row's token; rows that finish leave
-    the batch (and the cache)."""
+    """Token-by-token decoding of a left-padded batch with one KV cache (transformers): each
+    row's top next tokens, the caller picks each row's token; rows that finish leave the
+    batch (and the cache)."""
 
     def __init__(self, loaded: LoadedModel, prompts: list[list[int]]):
         self.loaded = loaded
@@ -53,6 +53,10 @@ class BatchDecoder:
         self.cache = out.past_key_values
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
+    def top(self, k: int) -> list[tuple[list[int], list[float]]]:
+        best = self.logprobs().topk(k, dim=-1)
+        return list(zip(best.indices.tolist(), best.values.tolist()))
+
     def advance(self, tokens: list[int], keep: list[int]) -> None:
         """Append each batch row's token, then keep only the batch rows `keep` (positions)."""
         self.feed = torch.tensor(tokens, device=self.loaded.device)[:, None]
@@ -62,6 +66,26 @@ class BatchDecoder:
             self.feed, self.mask = self.feed[index], self.mask[index]
             self.cache.batch_select_indices(index)
             self.rows = [self.rows[b] for b in keep]
+
+
+class EngineDecoder:
+    """The same on any engine with `top_next_tokens` (vLLM: one step per live row and call,
+    the grown prompt read from the prefix cache)."""
+
+    def __init__(self, engine, prompts: list[list[int]]):
+        self.engine, self.ids, self.rows = engine, [list(p) for p in prompts], list(range(len(prompts)))
+
+    def top(self, k: int) -> list[tuple[list[int], list[float]]]:
+        return self.engine.top_next_tokens([self.ids[r] for r in self.rows], k)
+
+    def advance(self, tokens: list[int], keep: list[int]) -> None:
+        for row, token in zip(self.rows, tokens):
+            self.ids[row].append(token)
+        self.rows = [self.rows[b] for b in keep]
+
+
+def decoder_for(engine, prompts: list[list[int]]):
+    return BatchDecoder(engine, prompts) if isinstance(engine, LoadedModel) else EngineDecoder(engine, prompts)
 
 
 class ARGS:
@@ -86,15 +110,13 @@ class ARGS:
         eos = set(self.base.eos_token_ids)
         began, reward_began = time.perf_counter(), self.reward.seconds
         ids = [encode(tok, self.fmt.render(p.messages)) for p in batch]
-        decoder = BatchDecoder(self.base, ids)
+        decoder = decoder_for(self.base, ids)
         scorers = [self.reward.extensions(p.messages) for p in batch]
         new, ended = [[] for _ in batch], [None] * len(batch)
         calls = [0] * len(batch)
         while decoder.rows:
-            top = decoder.logprobs().topk(k, dim=-1)
             tokens, keep = [], []
-            for b, row in enumerate(decoder.rows):
-                candidates, logp = top.indices[b].tolist(), top.values[b].tolist()
+            for b, (row, (candidates, logp)) in enumerate(zip(decoder.rows, decoder.top(k))):
                 if w > 0:
                     texts = [tok.decode(new[row] + [c], skip_special_tokens=True) for c in candidates]
                     rewards = scorers[row].score("", texts)

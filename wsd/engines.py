@@ -9,7 +9,8 @@ lm-eval model) is written against `Engine`: a tokenizer, a context length, EOS i
 - `probe`: a greedy continuation with the probability of each chosen token (nudging's
   "is the base sure of its next token?");
 - `next_token_logprobs`: the log-probabilities of a few candidate next tokens (a judge's
-  verdict).
+  verdict);
+- `top_next_tokens`: the k most likely next tokens with their log-probabilities (ARGS).
 
 `backend=hf` gives `HFEngine` (transformers, eager); `backend=vllm` gives `wsd.vllm_engine.
 VLLMEngine` (vLLM's `LLM`, one process or tensor/pipeline parallel). The HF engine is also a
@@ -53,6 +54,8 @@ class Engine(Protocol):
     def probe(self, ids: list[int], max_tokens: int, min_prob: float = 0.0) -> tuple[list[int], list[float]]: ...
 
     def next_token_logprobs(self, prompts: list[list[int]], candidates: list[int]) -> list[list[float]]: ...
+
+    def top_next_tokens(self, prompts: list[list[int]], k: int) -> list[tuple[list[int], list[float]]]: ...
 
 
 @dataclass
@@ -101,11 +104,18 @@ class HFEngine(LoadedModel):
         return new, probs
 
     @torch.inference_mode()
-    def next_token_logprobs(self, prompts, candidates):
+    def _last_logprobs(self, prompts) -> torch.Tensor:
         """One left-padded forward, the last position only."""
         seqs, mask = left_pad(prompts, pad_id(self), self.device)
         logits = self.model(input_ids=seqs, attention_mask=mask, logits_to_keep=1).logits[:, -1].float()
-        return torch.log_softmax(logits, dim=-1)[:, candidates].tolist()
+        return torch.log_softmax(logits, dim=-1)
+
+    def next_token_logprobs(self, prompts, candidates):
+        return self._last_logprobs(prompts)[:, candidates].tolist()
+
+    def top_next_tokens(self, prompts, k):
+        best = self._last_logprobs(prompts).topk(k, dim=-1)
+        return list(zip(best.indices.tolist(), best.values.tolist()))
 
 
 class PrefixCachedLM:

@@ -220,15 +220,7 @@ def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
                    answer_stops=options.stop_strings)
 
 
-def base_on_hf(cfg: dict) -> None:
-    """ARGS and CARDS step the base token by token through its own KV cache (transformers)."""
-    if backend_name(cfg) != "hf":
-        raise ValueError(f"method {cfg['method']['name']!r} runs on backend=hf: it reads the base's whole "
-                         "next-token distribution at every step, which vLLM's engine does not return")
-
-
 def args_settings(cfg: dict) -> ARGSSettings:
-    base_on_hf(cfg)
     greedy_options(cfg)
     m = cfg["method"]
     base_format_name(m)
@@ -236,7 +228,6 @@ def args_settings(cfg: dict) -> ARGSSettings:
 
 
 def cards_settings(cfg: dict, reward: RewardSettings | None = None) -> CARDSSettings:
-    base_on_hf(cfg)
     decode_options(cfg)
     m = dict(cfg["method"])
     base_format_name(m)
@@ -335,6 +326,9 @@ class MethodEntry:
     uses_wsd_block: bool = False  # whether the `wsd` settings change its results
     reward: bool = False  # whether it loads `reward_model` too (as models["reward"])
     source_roles: bool = False  # its roles are those of `method.source` (plus its own)
+    # where it can run; on another backend it runs on HF (CARDS reads the base's whole
+    # next-token distribution, its entropy, at every step: vLLM returns the top few)
+    backends: tuple[str, ...] = ("hf", "vllm")
 
     def roles_for(self, cfg) -> tuple[str, ...]:
         if not self.source_roles:
@@ -353,10 +347,17 @@ METHODS = {
                            lambda cfg: (greedy_options(cfg), validate_nudging(cfg["method"]["threshold"],
                                                                               cfg["method"]["word_max_tokens"]))),
     "args": MethodEntry(("base",), build_args, args_settings, reward=True),
-    "cards": MethodEntry(("base",), build_cards, cards_settings, reward=True),
+    "cards": MethodEntry(("base",), build_cards, cards_settings, reward=True, backends=("hf",)),
     "best_of_n": MethodEntry((), build_best_of_n, best_of_n_source, reward=True, source_roles=True),
     "aligner": MethodEntry(("corrector",), build_aligner, aligner_check, source_roles=True),
 }
+
+
+def effective_backend(cfg) -> dict:
+    """The backend block the method runs on: the configured one where the method can run
+    there, else HF (the stage says so in its log, and the run is keyed by it)."""
+    backend = dict(cfg.get("backend") or {"name": "hf"})
+    return backend if backend["name"] in method_entry(cfg["method"]["name"]).backends else {"name": "hf"}
 
 
 def method_entry(name: str) -> MethodEntry:

@@ -318,6 +318,19 @@ class VLLMEngine:
         outs = self._run(prompts, [params] * len(prompts))
         return [[out.outputs[0].logprobs[0][c].logprob for c in candidates] for out in outs]
 
+    def top_next_tokens(self, prompts, k):
+        """Each prompt's k most likely next tokens and their raw log-probabilities, best
+        first (one step per prompt; prefix caching makes a growing prompt cheap)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False)
+        self.requests["generate"] += len(prompts)
+        out = []
+        for result in self._run(prompts, [params] * len(prompts)):
+            ranked = sorted(result.outputs[0].logprobs[0].items(), key=lambda item: -item[1].logprob)[:k]
+            out.append(([token for token, _ in ranked], [lp.logprob for _, lp in ranked]))
+        return out
+
     def _logprobs(self, sequences, starts):
         """log P(ids[i] | ids[:i]) for i >= start, from prompt log-probabilities. Where prefix
         caching is on, a request reads the cache (vLLM then computes log-probabilities only

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from pipelines import generate
 from tests.conftest import compose_generate
 from wsd.benchmarks import load_benchmark
+from wsd.args import ARGS, ARGSSettings
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, base_texts, encode
 from wsd.engines import load_engine, pooled_engine
@@ -22,8 +23,9 @@ from wsd.fast import FastOptions, FastWSD
 from wsd.methods import DecodeOptions, PromptedModel
 from wsd.models import ModelSpec
 from wsd.nudging import Nudging
-from wsd.prompts import base_prompt, pilot_prompt
+from wsd.prompts import base_format, base_prompt, pilot_prompt, stop_strings
 from wsd.reference import ReferenceWSD
+from wsd.reward import RewardModel, RewardSettings
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.integration
@@ -119,6 +121,9 @@ def test_probe_and_candidate_logprobs_match_hf(vllm_pair, hf_pair, prompts):
     candidates = encode(hbase.tokenizer, " A B")[:2]
     got, want = vbase.next_token_logprobs(ids, candidates), hbase.next_token_logprobs(ids, candidates)
     assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)) < 1e-3
+    got, want = vbase.top_next_tokens(ids, 5), hbase.top_next_tokens(ids, 5)
+    assert [t for t, _ in got] == [t for t, _ in want]
+    assert max(abs(a - b) for (_, g), (_, w) in zip(got, want) for a, b in zip(g, w)) < 1e-3
 
 
 def test_seeded_sampling_is_reproducible(vllm_pair, prompts):
@@ -156,14 +161,17 @@ def test_wsd_engines_agree_across_backends(vllm_pair, hf_pair, prompts, window, 
         assert any(r["switched"] and r["keep_count"] < r["base_draft_tokens"] for r in results["hf reference"])
 
 
-def test_baselines_and_nudging_agree_across_backends(vllm_pair, hf_pair, prompts):
+def test_baselines_and_nudging_agree_across_backends(vllm_pair, hf_pair, prompts, tiny_reward_model):
     options = DecodeOptions(max_new_tokens=24, batch_size=4)
+    reward = RewardModel(RewardSettings(path=tiny_reward_model))  # reads text: any base goes with it
     answers = {}
     for name, (pilot, base) in (("vllm", vllm_pair), ("hf", hf_pair)):
+        fmt = base_format(base.tokenizer)
         methods = {
             "base": PromptedModel(base, lambda m, b=base: base_prompt(m, b.tokenizer.bos_token), "base", options),
             "pilot": PromptedModel(pilot, lambda m, p=pilot: pilot_prompt(p.tokenizer, m), "pilot", options),
             "nudging": Nudging(pilot, base, 24, False, threshold=0.4),
+            "args": ARGS(base, reward, ARGSSettings(), fmt, stop_strings("base", base.tokenizer), 24, 4),
         }
         answers[name] = {k: [r["response"] for _, r in m.generate_many(prompts[:2])] for k, m in methods.items()}
     assert any(r for r in answers["vllm"]["nudging"])
@@ -220,13 +228,13 @@ def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path):
     assert not short.started
 
 
-def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path):
+def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path, tiny_reward_model):
     """The stage itself with backend=vllm (on the pooled engines) writes, for every method,
     the answers the HF backend writes, in run folders of its own. (Last in this module: the
     HF runs take the pool's places and stop the vLLM engines.)"""
     overrides = [*BASE_CFG, "benchmark.limit=2", "wsd.draft_max_tokens=24", "generation.max_new_tokens=32",
-                 f"output_root={tmp_path}"]
-    methods = ("base", "urial", "pilot", "wsd", "nudging")
+                 f"output_root={tmp_path}", "reward_model=custom", f"reward_model.path={tiny_reward_model}"]
+    methods = ("base", "urial", "pilot", "wsd", "nudging", "args")
     runs = {}
     for backend in ("vllm", "hf"):
         for method in methods:
@@ -235,3 +243,9 @@ def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path):
     for method in methods:
         assert runs["vllm", method][0] != runs["hf", method][0]
         assert len(runs["vllm", method][1]) == 2 and runs["vllm", method][1] == runs["hf", method][1], method
+    # CARDS reads the base's whole distribution: on backend=vllm it runs on HF, in HF's folder
+    cards = [*overrides, "method=cards", "method.reward_target=0.0", "generation.max_new_tokens=12"]
+    on_vllm = generate.run(compose_generate([*cards, "backend=vllm"]))
+    assert on_vllm["written_now"] == 2 and OmegaConf.load(f"{on_vllm['run_dir']}/config.yaml").backend.name == "hf"
+    on_hf = generate.run(compose_generate([*cards, "backend=hf"]))
+    assert on_hf["run_dir"] == on_vllm["run_dir"] and on_hf["written_now"] == 0

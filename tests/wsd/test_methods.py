@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO
 from wsd.benchmarks import Prompt
 from wsd.decoding import encode
-from wsd.methods import METHODS, DecodeOptions, method_entry
+from wsd.methods import METHODS, DecodeOptions, effective_backend, method_entry
 from wsd.prompts import base_prompt, load_urial_prefix, urial_prompt
 from wsd.reward import RewardModel, RewardSettings
 
@@ -166,6 +166,17 @@ def test_args_with_weight_zero_is_the_base_greedy_and_with_weight_it_asks_the_re
         assert r["candidates_scored"] == 3 * r["reward_model_calls"] and r["seconds"]["reward"] > 0
 
 
+def test_args_on_any_engine_equals_args_on_the_cached_batch(tiny_pair, tiny_reward, monkeypatch):
+    """The engine-protocol path (what vLLM runs) and the HF KV-cache batch pick the same tokens."""
+    import wsd.args
+
+    method = build("args", tiny_pair, tiny_reward, k=3, weight=2.0)
+    assert isinstance(wsd.args.decoder_for(tiny_pair[1], [[1, 2]]), wsd.args.BatchDecoder)
+    cached = [r["response"] for _, r in method.generate_many(PROMPTS)]
+    monkeypatch.setattr(wsd.args, "decoder_for", wsd.args.EngineDecoder)
+    assert [r["response"] for _, r in method.generate_many(PROMPTS)] == cached
+
+
 def test_args_steps_to_the_candidate_the_reward_prefers(tiny_pair, tiny_reward):
     """With a huge weight the reward alone decides: each token is the best-rewarded of the
     base's top k as the reward model scores them from scratch (no caches on either side)."""
@@ -241,8 +252,9 @@ def test_cards_auto_target_needs_a_reward_scale_and_bad_settings_fail_early(tiny
     with pytest.raises(ValueError, match="method.acceptance must be soft or hard"):
         method_entry("cards").check(config("cards", **{**method_defaults("cards"), "reward_target": 1.0,
                                                         "acceptance": "maybe"}))
-    with pytest.raises(ValueError, match="runs on backend=hf"):
-        method_entry("args").check({**config("args", **method_defaults("args")), "backend": {"name": "vllm"}})
+    on_vllm = {"backend": {"name": "vllm", "cpu_kvcache_space_gib": 2}}
+    assert effective_backend({**config("cards"), **on_vllm}) == {"name": "hf"}  # its entropy needs HF
+    assert effective_backend({**config("args"), **on_vllm}) == on_vllm["backend"]
     with pytest.raises(ValueError, match="method.source must be one of base, urial, pilot"):
         method_entry("best_of_n").check(config("best_of_n", **{**method_defaults("best_of_n"), "source": "wsd"}))
 
