@@ -103,6 +103,9 @@ def run(cfg: DictConfig) -> dict:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     entry = method_entry(resolved["method"]["name"])
+    if entry.reward or "corrector" in entry.roles:
+        raise ValueError(f"the alignment-tax stage does not run method {resolved['method']['name']!r} (its folder "
+                         "is not keyed by a reward model or corrector); it runs base, urial, pilot, wsd and nudging")
     entry.check(resolved)
     validate_logger(resolved["logger"])
     tax = resolved["tax"]

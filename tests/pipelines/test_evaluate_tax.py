@@ -58,6 +58,7 @@ def test_humaneval_and_ifeval_run_for_the_pilot(tiny_models, tmp_path):
     (["tax.tasks=[]"], ValueError, "tax.tasks must be a non-empty list"),
     (["wsd.threshold=2"], ValueError, "threshold"),
     (["base.path=/no/such/model"], FileNotFoundError, "/no/such/model"),
+    (["method=args"], ValueError, "does not run method 'args'"),
 ])
 def test_bad_input_fails_before_models_load(tiny_models, tmp_path, monkeypatch, extra, error, message):
     monkeypatch.setattr("pipelines.generate.pooled_models", lambda *a: pytest.fail("models were loaded"))
