@@ -351,7 +351,8 @@ class AlpacaEvalJudge(ServedJudge):
                 from alpaca_eval.annotators import PairwiseAnnotator
 
                 config, client = self.annotators_config, {}
-                folder = Path(self.folder) if self.folder else Path(tempfile.mkdtemp(prefix="wsd-alpaca-eval-"))
+                # absolute: alpaca_eval reads a relative config path as one of its own configs
+                folder = Path(self.folder).resolve() if self.folder else Path(tempfile.mkdtemp(prefix="wsd-alpaca-eval-"))
                 if self.endpoint is not None:
                     config = str(served_annotator_config(config, self.chat.model, folder))
                     client = self._client_config(folder)

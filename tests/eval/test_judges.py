@@ -213,11 +213,12 @@ def _prefers_winner(body: dict) -> str:
     return "M" if "WINNER" in second else "m"
 
 
-def test_alpaca_eval_own_annotator_through_an_openai_compatible_endpoint(stand_in, tmp_path):
+def test_alpaca_eval_own_annotator_through_an_openai_compatible_endpoint(stand_in, tmp_path, monkeypatch):
     from eval.judges import AlpacaEvalJudge
 
     url, server = stand_in(_prefers_winner, models=["my-judge"])
-    judge = AlpacaEvalJudge(endpoint=url, client={"model": "my-judge"}, folder=str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # a folder relative to the working directory, as `output_root=outputs` gives
+    judge = AlpacaEvalJudge(endpoint=url, client={"model": "my-judge"}, folder="outputs/evaluate/run")
     assert judge.proxy and judge.annotators_config == "weighted_alpaca_eval_gpt4_turbo"  # AlpacaEval 2's
     items = [{**item, "response": f"WINNER {i}"} for i, item in enumerate(_alpaca_items(3))]
     with judge.session():
