@@ -96,7 +96,7 @@ def summarize(scores: list[dict], resamples: int, seed: int, ratios: dict | None
         if values:  # (none: e.g. no verdict had a rating; its `parsed` share says so)
             metrics[key] = bootstrap(values, resamples=resamples, seed=seed).as_dict()
     for key, (numerator, denominator) in (ratios or {}).items():
-        if scored:
+        if any(s[denominator] for s in scored):  # (none: e.g. no Arena-Hard verdict was parseable)
             metrics[key] = bootstrap_ratio([s[numerator] for s in scored], [s[denominator] for s in scored],
                                            resamples=resamples, seed=seed).as_dict()
     return metrics

@@ -139,6 +139,10 @@ def test_per_item_counts_are_parts_of_ratios_not_metrics():
     assert set(metrics) == {"prompt_strict", "instruction_strict", "instruction_loose"}
     assert metrics["instruction_strict"]["mean"] == pytest.approx(3 / 5)
     assert metrics["instruction_loose"]["mean"] == pytest.approx(4 / 5)
+    # a ratio with nothing in its denominator (no Arena-Hard verdict parsed) has no estimate
+    unjudged = [{"scores": {"wins": 0.0, "battles": 0.0, "judged": 0.0}}] * 2
+    assert evaluate.summarize(unjudged, 200, 0, {"win_share": ("wins", "battles")}) == {
+        "judged": evaluate.summarize(unjudged, 200, 0)["judged"]}
 
 
 def test_a_served_judge_killed_midway_resumes_with_nothing_judged_twice(tiny_models, tmp_path, prompt_file,
