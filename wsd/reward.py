@@ -223,7 +223,7 @@ class ExtensionScorer:
             return
         _, ids = self._pending
         self.cache.batch_select_indices(torch.tensor([index], device=self.reward.model.device))
-        self.cache.crop(len(ids[index]))
+        cut_cache(self.cache, len(ids[index]))
         self.ids, self._pending = ids[index], None
 
     def _settle(self) -> None:
@@ -231,15 +231,22 @@ class ExtensionScorer:
         if self._pending is not None:
             common, ids = self._pending
             self.cache.batch_select_indices(torch.tensor([0], device=self.reward.model.device))
-            self.cache.crop(common)
+            cut_cache(self.cache, common)
             self.ids, self._pending = ids[0][:common], None
 
     def _crop(self, length: int) -> bool:
         if length == len(self.ids):
             return True
         try:
-            self.cache.crop(length)
+            cut_cache(self.cache, length)
         except (RuntimeError, ValueError):  # a sliding-window layer past its window cannot roll back
             return False
         self.ids = self.ids[:length]
         return True
+
+
+def cut_cache(cache, length: int) -> None:
+    """Keep the first `length` positions (transformers takes the count to remove)."""
+    excess = cache.get_seq_length() - length
+    if excess > 0:
+        cache.crop(-excess)
