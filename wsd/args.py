@@ -123,7 +123,6 @@ class ARGS:
                     calls[row] += 1
                     scores = [lp + w * r for lp, r in zip(logp, rewards)]
                     best = max(range(len(candidates)), key=scores.__getitem__)
-                    scorers[row].keep(best)
                 else:
                     best = 0
                 token = candidates[best]

@@ -121,7 +121,6 @@ class CARDS:
                 else:
                     kept = float(torch.rand((), generator=rng)) < math.exp(min(0.0, gap / s.temperature))
                 if kept:
-                    scorer.keep(0)
                     break
                 if refused >= s.max_rejections:
                     reward, segment, end = max(candidates, key=lambda c: c[0])

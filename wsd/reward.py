@@ -169,70 +169,64 @@ def pooled_reward_model(settings: RewardSettings) -> RewardModel:
 
 class ExtensionScorer:
     """Rewards of one prompt's answer prefix extended by each of several candidate texts, in
-    one forward: the reward model's KV cache holds the longest token prefix the previous
-    call and this one share (the answer grows, its chat-template ending moves), and only the
-    candidates' tails are fed, right-padded, the reward read at each tail's last token.
-    `keep(i)` makes candidate i the new prefix's cache. A reward model without such a head
-    (an encoder) scores the full texts instead."""
+    one forward: the reward model's KV cache holds the longest token prefix the candidates
+    share (grown as the answer grows, cut back where the re-tokenized text changed), and the
+    candidates' tails are fed side by side as one sequence, each attending to the cached
+    prefix and to its own tokens only, the reward read at each tail's last token. Their
+    tails leave the cache afterwards, so it is never copied per candidate. A reward model
+    without such a head (an encoder) scores the full texts instead."""
 
     def __init__(self, reward: RewardModel, messages: list[Message]):
         self.reward, self.messages = reward, messages
-        self.ids: list[int] = []  # tokens the cache holds (its single row)
+        self.ids: list[int] = []  # tokens the cache holds
         self.cache = None
-        self._pending: tuple[int, list[list[int]]] | None = None  # (shared length, candidates' ids)
 
     def score(self, prefix: str, candidates: list[str]) -> list[float]:
         texts = [self.reward.text(self.messages, prefix + c) for c in candidates]
         rm = self.reward
         ids = [rm.encode(t) for t in texts]
         if not rm.cacheable or max(map(len, ids)) > rm.settings.max_length:
-            self._pending = None
             return rm.rewards(texts)
         began = time.perf_counter()
-        self._settle()
-        common = 0
-        limit = min(len(self.ids), *(len(i) - 1 for i in ids))  # every candidate feeds a token
-        while common < limit and all(i[common] == self.ids[common] for i in ids):
-            common += 1
-        if self.cache is None or not self._crop(common):
-            self.cache, self.ids, common = None, [], 0
-        tails = [i[common:] for i in ids]
-        width = max(map(len, tails))
-        pad = rm.tokenizer.pad_token_id
-        feed = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=rm.model.device)
-        mask = torch.tensor([[1] * (common + len(t)) + [0] * (width - len(t)) for t in tails], device=rm.model.device)
+        kept = 0  # what the cache holds that every candidate starts with
+        while kept < len(self.ids) and all(len(i) > kept + 1 and i[kept] == self.ids[kept] for i in ids):
+            kept += 1
+        if self.cache is None or not self._crop(kept):
+            self.cache, self.ids, kept = None, [], 0
+        shared = kept  # then what the candidates share beyond it (every candidate keeps a token of its own)
+        while all(len(i) > shared + 1 for i in ids) and len({i[shared] for i in ids}) == 1:
+            shared += 1
         backbone = getattr(rm.model, rm.model.base_model_prefix)
+        device = rm.model.device
         with torch.inference_mode():
-            if self.cache is not None:
-                self.cache.batch_repeat_interleave(len(candidates))
-            out = backbone(input_ids=feed, attention_mask=mask, past_key_values=self.cache, use_cache=True)
-            last = torch.tensor([len(t) - 1 for t in tails], device=feed.device)
-            hidden = out.last_hidden_state[torch.arange(len(tails), device=feed.device), last]
-            rewards = rm.model.score(hidden)[:, 0].float().tolist()
-        self.cache = out.past_key_values
-        self._pending = (common, ids)
+            if shared > kept:  # the answer grew: the cache takes the new shared tokens
+                out = backbone(input_ids=torch.tensor([ids[0][kept:shared]], device=device),
+                               past_key_values=self.cache, use_cache=True)
+                self.cache, self.ids = out.past_key_values, ids[0][:shared]
+            tails = [i[shared:] for i in ids]
+            starts = [sum(map(len, tails[:n])) for n in range(len(tails))]
+            width = sum(map(len, tails))
+            allowed = torch.zeros(width, shared + width, dtype=torch.bool, device=device)
+            allowed[:, :shared] = True
+            for start, tail in zip(starts, tails):
+                block = slice(start, start + len(tail))
+                allowed[block, shared + start : shared + start + len(tail)] = torch.ones(
+                    len(tail), len(tail), dtype=torch.bool, device=device).tril()
+            dtype = rm.model.dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+            positions = torch.tensor([[shared + j for tail in tails for j in range(len(tail))]], device=device)
+            out = backbone(input_ids=torch.tensor([[t for tail in tails for t in tail]], device=device),
+                           attention_mask=mask[None, None], position_ids=positions,
+                           past_key_values=self.cache, use_cache=True)
+            self.cache = out.past_key_values
+            cut_cache(self.cache, shared)  # the tails leave: the next call starts from the shared prefix
+            self.ids = ids[0][:shared]
+            last = torch.tensor([start + len(tail) - 1 for start, tail in zip(starts, tails)], device=device)
+            rewards = rm.model.score(out.last_hidden_state[0, last])[:, 0].float().tolist()
         rm.forwards += 1
         rm.texts += len(texts)
         rm.seconds += time.perf_counter() - began
         return rewards
-
-    def keep(self, index: int) -> None:
-        """Candidate `index` of the last `score` call extends the prefix: its row of the
-        cache stays, cut to its own tokens."""
-        if self._pending is None:
-            return
-        _, ids = self._pending
-        self.cache.batch_select_indices(torch.tensor([index], device=self.reward.model.device))
-        cut_cache(self.cache, len(ids[index]))
-        self.ids, self._pending = ids[index], None
-
-    def _settle(self) -> None:
-        """No candidate was kept: back to one row holding the shared prefix."""
-        if self._pending is not None:
-            common, ids = self._pending
-            self.cache.batch_select_indices(torch.tensor([0], device=self.reward.model.device))
-            cut_cache(self.cache, common)
-            self.ids, self._pending = ids[0][:common], None
 
     def _crop(self, length: int) -> bool:
         if length == len(self.ids):

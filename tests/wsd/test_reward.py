@@ -21,11 +21,10 @@ def test_extensions_from_the_cache_equal_full_forwards_as_the_prefix_grows(rewar
         assert reward.forwards == forwards + 1
         full = reward.score_answers(MESSAGES, [prefix + c for c in candidates])
         assert cached == pytest.approx(full, abs=1e-4)
-        if step != 1:  # step 1 keeps none: the next call starts from the shared prefix
-            best = max(range(len(candidates)), key=cached.__getitem__)
-            scorer.keep(best)
-            prefix += candidates[best]
-    assert len(scorer.ids) > 0 and scorer.cache is not None
+        if step != 1:  # step 1 keeps none: the next call starts from the same prefix
+            prefix += candidates[max(range(len(candidates)), key=cached.__getitem__)]
+        assert scorer.cache.get_seq_length() == len(scorer.ids) > 0  # the shared prefix only, no tails
+    assert scorer.cache.get_seq_length() > 0
 
 
 def test_settings_reject_unknown_keys_and_name_the_training_command(tmp_path):
