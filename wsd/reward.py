@@ -198,25 +198,22 @@ class ExtensionScorer:
             shared += 1
         backbone = getattr(rm.model, rm.model.base_model_prefix)
         device = rm.model.device
+        # one sequence after the cache: the shared tokens it lacks (the answer grew), then the
+        # tails side by side; a tail sees the cache, the shared tokens and its own tokens
+        grown, tails = ids[0][kept:shared], [i[shared:] for i in ids]
+        starts = [len(grown) + sum(map(len, tails[:n])) for n in range(len(tails))]
+        width = len(grown) + sum(map(len, tails))
+        allowed = torch.zeros(width, kept + width, dtype=torch.bool, device=device)
+        allowed[:, :kept] = True
+        allowed[:, kept:] = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        for start, tail in zip(starts, tails):
+            allowed[start : start + len(tail), kept + len(grown) : kept + start] = False  # not the other tails
+        mask = torch.zeros(allowed.shape, dtype=rm.model.dtype, device=device)
+        mask.masked_fill_(~allowed, torch.finfo(rm.model.dtype).min)
+        positions = list(range(kept, shared)) + [shared + j for tail in tails for j in range(len(tail))]
         with torch.inference_mode():
-            if shared > kept:  # the answer grew: the cache takes the new shared tokens
-                out = backbone(input_ids=torch.tensor([ids[0][kept:shared]], device=device),
-                               past_key_values=self.cache, use_cache=True)
-                self.cache, self.ids = out.past_key_values, ids[0][:shared]
-            tails = [i[shared:] for i in ids]
-            starts = [sum(map(len, tails[:n])) for n in range(len(tails))]
-            width = sum(map(len, tails))
-            allowed = torch.zeros(width, shared + width, dtype=torch.bool, device=device)
-            allowed[:, :shared] = True
-            for start, tail in zip(starts, tails):
-                block = slice(start, start + len(tail))
-                allowed[block, shared + start : shared + start + len(tail)] = torch.ones(
-                    len(tail), len(tail), dtype=torch.bool, device=device).tril()
-            dtype = rm.model.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-            positions = torch.tensor([[shared + j for tail in tails for j in range(len(tail))]], device=device)
-            out = backbone(input_ids=torch.tensor([[t for tail in tails for t in tail]], device=device),
-                           attention_mask=mask[None, None], position_ids=positions,
+            out = backbone(input_ids=torch.tensor([grown + [t for tail in tails for t in tail]], device=device),
+                           attention_mask=mask[None, None], position_ids=torch.tensor([positions], device=device),
                            past_key_values=self.cache, use_cache=True)
             self.cache = out.past_key_values
             cut_cache(self.cache, shared)  # the tails leave: the next call starts from the shared prefix

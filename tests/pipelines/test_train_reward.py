@@ -57,7 +57,8 @@ def test_the_trained_reward_model_prefers_the_chosen_answers_and_steers_args(tin
     assert set(time_rows) == {"args (k=10, weight=1.5) [proxy reward model†]",
                               "cards (reward_target=auto) [proxy reward model†]",
                               "best_of_n (source=urial, n=4) [proxy reward model†]", "wsd (w=6, γ=0.8)"}
-    assert all(float(r["of which reward model"]) > 0 for m, r in time_rows.items() if not m.startswith("wsd"))
+    # the reward model's share is shown for its methods only (its value is a timing: not asserted)
+    assert [m for m, r in time_rows.items() if r["of which reward model"]] == [m for m in time_rows if m[:3] != "wsd"]
 
 
 def test_reward_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
