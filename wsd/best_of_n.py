@@ -13,8 +13,6 @@ from wsd.reward import RewardModel
 
 class BestOfN:
     def __init__(self, source, reward: RewardModel, n: int, seed: int, batch_size: int):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"method.n must be an integer >= 1, got {n!r}")
         self.source, self.reward, self.n, self.seed, self.batch_size = source, reward, n, seed, batch_size
 
     def check_fits(self, prompt_id, messages) -> None:

@@ -264,6 +264,11 @@ def build_cards(cfg: dict, models: dict) -> Method:
     return CARDS(models["base"], models["reward"], settings, fmt, stops, options.max_new_tokens, cfg["seed"])
 
 
+def source_config(cfg: dict) -> dict:
+    """The config of the method a wrapper (best-of-N, Aligner) takes its answers from."""
+    return {**cfg, "method": {"name": cfg["method"]["source"], "prompt_file": cfg["method"].get("prompt_file")}}
+
+
 SAMPLED_SOURCES = ("base", "urial", "pilot")  # the methods that sample (WSD's switch is greedy)
 
 
@@ -275,7 +280,7 @@ def best_of_n_source(cfg: dict) -> dict:
                          f"got {m['source']!r}")
     if not m["temperature"] or m["temperature"] <= 0:
         raise ValueError(f"best-of-n samples: method.temperature must be > 0, got {m['temperature']!r}")
-    source = {**cfg, "method": {"name": m["source"], "prompt_file": m.get("prompt_file")},
+    source = {**source_config(cfg),
               "generation": {**cfg["generation"], "temperature": m["temperature"], "top_p": m["top_p"]}}
     decode_options(source)
     if isinstance(m["n"], bool) or not isinstance(m["n"], int) or m["n"] < 1:
@@ -295,7 +300,7 @@ def aligner_check(cfg: dict) -> None:
     m = cfg["method"]
     if m["source"] not in ("base", "urial", "pilot", "wsd"):
         raise ValueError(f"method.source must be base, urial, pilot or wsd, got {m['source']!r}")
-    METHODS[m["source"]].check({**cfg, "method": aligner_source(cfg)["method"]})
+    METHODS[m["source"]].check(source_config(cfg))
     corrector = ModelSpec.from_config(cfg["corrector"])
     try:
         check_available(corrector)
@@ -305,12 +310,8 @@ def aligner_check(cfg: dict) -> None:
                                 "access, or a local Aligner checkpoint") from None
 
 
-def aligner_source(cfg: dict) -> dict:
-    return {**cfg, "method": {"name": cfg["method"]["source"], "prompt_file": cfg["method"].get("prompt_file")}}
-
-
 def build_aligner(cfg: dict, models: dict) -> Method:
-    source = aligner_source(cfg)
+    source = source_config(cfg)
     options = decode_options(cfg)
     corrector = models["corrector"]
     stops = stop_strings("pilot", corrector.tokenizer, (), options.fixed_length) + ["USER:"]

@@ -148,9 +148,6 @@ class RewardModel:
     def score_answers(self, messages: list[Message], responses: list[str]) -> list[float]:
         return self.rewards([self.text(messages, r) for r in responses])
 
-    def usage(self) -> dict:
-        return {"forwards": self.forwards, "texts": self.texts, "seconds": self.seconds}
-
     def extensions(self, messages: list[Message]) -> ExtensionScorer:
         return ExtensionScorer(self, messages)
 
