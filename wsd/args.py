@@ -5,8 +5,9 @@ the authors' released configuration).
 
 The authors feed the base's token ids to a reward model with the same tokenizer. Ours reads
 text in its own chat template, so any reward model works beside any base; the k extensions of
-a prefix are scored in one reward-model forward from a KV cache of that prefix
-(`wsd.reward.ExtensionScorer`). The base decodes a batch of prompts with one KV cache.
+a prefix, for every prompt of the batch, are scored in one reward-model forward from a KV
+cache of the prefixes (`wsd.reward.ExtensionScorer`). The base decodes the batch with one KV
+cache.
 """
 
 from __future__ import annotations
@@ -111,17 +112,19 @@ class ARGS:
         began, reward_began = time.perf_counter(), self.reward.seconds
         ids = [encode(tok, self.fmt.render(p.messages)) for p in batch]
         decoder = decoder_for(self.base, ids)
-        scorers = [self.reward.extensions(p.messages) for p in batch]
+        scorer = self.reward.extensions([p.messages for p in batch])
         new, ended = [[] for _ in batch], [None] * len(batch)
         calls = [0] * len(batch)
         while decoder.rows:
+            tops = dict(zip(decoder.rows, decoder.top(k)))
+            if w > 0:  # every live row's k extensions in one reward-model forward
+                rewards = scorer.score({row: [tok.decode(new[row] + [c], skip_special_tokens=True) for c in candidates]
+                                        for row, (candidates, _) in tops.items()})
             tokens, keep = [], []
-            for b, (row, (candidates, logp)) in enumerate(zip(decoder.rows, decoder.top(k))):
+            for b, (row, (candidates, logp)) in enumerate(tops.items()):
                 if w > 0:
-                    texts = [tok.decode(new[row] + [c], skip_special_tokens=True) for c in candidates]
-                    rewards = scorers[row].score("", texts)
                     calls[row] += 1
-                    scores = [lp + w * r for lp, r in zip(logp, rewards)]
+                    scores = [lp + w * r for lp, r in zip(logp, rewards[row])]
                     best = max(range(len(candidates)), key=scores.__getitem__)
                 else:
                     best = 0

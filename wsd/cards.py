@@ -104,15 +104,15 @@ class CARDS:
         began, reward_began = time.perf_counter(), self.reward.seconds
         rng = torch.Generator().manual_seed(int(config_key([self.seed, prompt.id]), 16) % 2**63)
         prompt_ids = encode(tok, self.fmt.render(prompt.messages))
-        scorer = self.reward.extensions(prompt.messages)
-        r0 = (1 - s.alpha) * scorer.score("", [""])[0] + s.alpha * s.reward_target
+        scorer = self.reward.extensions([prompt.messages])
+        r0 = (1 - s.alpha) * scorer.score({0: [""]})[0][0] + s.alpha * s.reward_target
         answer, why, calls, segments, rejections, sampled = [], "length", 1, 0, 0, 0
         while len(answer) < self.max_new_tokens:
             refused, candidates = 0, []
             while True:
                 segment, end = self._segment(prompt_ids, answer, rng)
                 sampled += len(segment)
-                reward = scorer.score("", [tok.decode(answer + segment, skip_special_tokens=True)])[0]
+                reward = scorer.score({0: [tok.decode(answer + segment, skip_special_tokens=True)]})[0][0]
                 calls += 1
                 candidates.append((reward, segment, end))
                 gap = reward - self.threshold(r0, len(answer) + len(segment))

@@ -113,8 +113,12 @@ class RewardModel:
         self.tokenizer.truncation_side = "left"  # over-long inputs lose the prompt's start, not the answer
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes BOS
-        # a decoder with a `score` head over every position: extensions reuse a prefix's cache
-        self.cacheable = hasattr(self.model, "score") and not self.model.config.is_encoder_decoder
+        # a decoder with a `score` head over every position, full attention in every layer:
+        # extensions reuse their prefix's cache (ExtensionScorer)
+        config = self.model.config
+        types = getattr(config, "layer_types", None)
+        full_attention = set(types) == {"full_attention"} if types else not getattr(config, "sliding_window", None)
+        self.cacheable = hasattr(self.model, "score") and not config.is_encoder_decoder and full_attention
         self.forwards, self.texts, self.seconds = 0, 0, 0.0
 
     @property
@@ -148,8 +152,8 @@ class RewardModel:
     def score_answers(self, messages: list[Message], responses: list[str]) -> list[float]:
         return self.rewards([self.text(messages, r) for r in responses])
 
-    def extensions(self, messages: list[Message]) -> ExtensionScorer:
-        return ExtensionScorer(self, messages)
+    def extensions(self, conversations: list[list[Message]]) -> ExtensionScorer:
+        return ExtensionScorer(self, conversations)
 
 
 _POOLED: dict[RewardSettings, RewardModel] = {}
@@ -165,72 +169,112 @@ def pooled_reward_model(settings: RewardSettings) -> RewardModel:
 
 
 class ExtensionScorer:
-    """Rewards of one prompt's answer prefix extended by each of several candidate texts, in
-    one forward: the reward model's KV cache holds the longest token prefix the candidates
-    share (grown as the answer grows, cut back where the re-tokenized text changed), and the
-    candidates' tails are fed side by side as one sequence, each attending to the cached
-    prefix and to its own tokens only, the reward read at each tail's last token. Their
-    tails leave the cache afterwards, so it is never copied per candidate. A reward model
-    without such a head (an encoder) scores the full texts instead."""
+    """Rewards of answers that grow a little at a time, for a batch of conversations, in one
+    reward-model forward per call. One KV cache holds, for each conversation, the longest
+    token prefix its candidates share; a call feeds every conversation's new shared tokens
+    (the answer grew) and its candidates' tails side by side, each tail attending to its own
+    conversation's cached prefix and to its own tokens only, the reward read at each tail's
+    last token. The tails leave the cache afterwards, so it is never copied per candidate.
 
-    def __init__(self, reward: RewardModel, messages: list[Message]):
-        self.reward, self.messages = reward, messages
-        self.ids: list[int] = []  # tokens the cache holds
+    A cache row's positions need not be contiguous: where re-tokenizing the grown text
+    changed a held token, the row's positions from there on stop counting (a mask says which
+    count) and the new tokens are appended; RoPE positions follow the tokens, not the slots.
+    A reward model this cannot serve (an encoder, sliding-window or recurrent layers) scores
+    the full texts instead, batched."""
+
+    def __init__(self, reward: RewardModel, conversations: list[list[Message]]):
+        self.reward, self.conversations = reward, conversations
+        self.rows: list[int] = []  # the conversation of each cache row
+        self.ids: list[list[int]] = []  # the tokens each cache row holds, in order
+        self.valid = None  # [rows, slots] bool, on the CPU: the slots holding each row's tokens
         self.cache = None
 
-    def score(self, prefix: str, candidates: list[str]) -> list[float]:
-        texts = [self.reward.text(self.messages, prefix + c) for c in candidates]
+    def score(self, answers: dict[int, list[str]]) -> dict[int, list[float]]:
+        """{conversation index: candidate answers} -> {index: their rewards}. A conversation a
+        call leaves out leaves the cache; one new to it starts the cache over."""
         rm = self.reward
-        ids = [rm.encode(t) for t in texts]
-        if not rm.cacheable or max(map(len, ids)) > rm.settings.max_length:
-            return rm.rewards(texts)
-        began = time.perf_counter()
-        kept = 0  # what the cache holds that every candidate starts with
-        while kept < len(self.ids) and all(len(i) > kept + 1 and i[kept] == self.ids[kept] for i in ids):
-            kept += 1
-        if self.cache is None or not self._crop(kept):
-            self.cache, self.ids, kept = None, [], 0
-        shared = kept  # then what the candidates share beyond it (every candidate keeps a token of its own)
-        while all(len(i) > shared + 1 for i in ids) and len({i[shared] for i in ids}) == 1:
-            shared += 1
-        backbone = getattr(rm.model, rm.model.base_model_prefix)
-        device = rm.model.device
-        # one sequence after the cache: the shared tokens it lacks (the answer grew), then the
-        # tails side by side; a tail sees the cache, the shared tokens and its own tokens
-        grown, tails = ids[0][kept:shared], [i[shared:] for i in ids]
-        starts = [len(grown) + sum(map(len, tails[:n])) for n in range(len(tails))]
-        width = len(grown) + sum(map(len, tails))
-        allowed = torch.zeros(width, kept + width, dtype=torch.bool, device=device)
-        allowed[:, :kept] = True
-        allowed[:, kept:] = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        for start, tail in zip(starts, tails):
-            allowed[start : start + len(tail), kept + len(grown) : kept + start] = False  # not the other tails
-        mask = torch.zeros(allowed.shape, dtype=rm.model.dtype, device=device)
-        mask.masked_fill_(~allowed, torch.finfo(rm.model.dtype).min)
-        positions = list(range(kept, shared)) + [shared + j for tail in tails for j in range(len(tail))]
-        with torch.inference_mode():
-            out = backbone(input_ids=torch.tensor([grown + [t for tail in tails for t in tail]], device=device),
-                           attention_mask=mask[None, None], position_ids=torch.tensor([positions], device=device),
-                           past_key_values=self.cache, use_cache=True)
-            self.cache = out.past_key_values
-            cut_cache(self.cache, shared)  # the tails leave: the next call starts from the shared prefix
-            self.ids = ids[0][:shared]
-            last = torch.tensor([start + len(tail) - 1 for start, tail in zip(starts, tails)], device=device)
-            rewards = rm.model.score(out.last_hidden_state[0, last])[:, 0].float().tolist()
-        rm.forwards += 1
-        rm.texts += len(texts)
-        rm.seconds += time.perf_counter() - began
-        return rewards
+        texts = {c: [rm.text(self.conversations[c], a) for a in candidates] for c, candidates in answers.items()}
+        ids = {c: [rm.encode(t) for t in ts] for c, ts in texts.items()}
+        cached = {c: i for c, i in ids.items() if rm.cacheable and max(map(len, i)) <= rm.settings.max_length}
+        rewards = self._from_cache(cached) if cached else {}
+        full = [c for c in answers if c not in cached]
+        flat = iter(rm.rewards([t for c in full for t in texts[c]]) if full else [])
+        rewards.update({c: [next(flat) for _ in texts[c]] for c in full})
+        return {c: rewards[c] for c in answers}
 
-    def _crop(self, length: int) -> bool:
-        if length == len(self.ids):
-            return True
-        try:
-            cut_cache(self.cache, length)
-        except (RuntimeError, ValueError):  # a sliding-window layer past its window cannot roll back
-            return False
-        self.ids = self.ids[:length]
-        return True
+    def _from_cache(self, ids: dict[int, list[list[int]]]) -> dict[int, list[float]]:
+        rm, began = self.reward, time.perf_counter()
+        device = rm.model.device
+        self._keep_rows(list(ids))
+        plans = []  # per cache row: kept, shared, grown tokens, tails
+        for b, c in enumerate(self.rows):
+            candidates, held = ids[c], self.ids[b]
+            kept = 0  # what the row holds that every candidate starts with (each keeps a token of its own)
+            while kept < len(held) and all(len(i) > kept + 1 and i[kept] == held[kept] for i in candidates):
+                kept += 1
+            if kept < len(held):  # the re-tokenized text differs from here: those slots stop counting
+                self.valid[b, self.valid[b].nonzero()[kept:, 0]] = False
+            shared = kept  # then what the candidates share beyond it
+            while all(len(i) > shared + 1 for i in candidates) and len({i[shared] for i in candidates}) == 1:
+                shared += 1
+            plans.append((kept, shared, candidates[0][kept:shared], [i[shared:] for i in candidates]))
+        slots = self.valid.shape[1]
+        grow = max(len(grown) for _, _, grown, _ in plans)
+        width = grow + max(sum(map(len, tails)) for *_, tails in plans)
+        # each row's block: its grown tokens right-aligned in the first `grow` slots, then its tails
+        tokens = torch.full((len(plans), width), rm.tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros(len(plans), width, dtype=torch.long)
+        allowed = torch.zeros(len(plans), width, slots + width, dtype=torch.bool)
+        allowed[:, :, slots:] = torch.eye(width, dtype=torch.bool)  # a padding slot sees itself
+        tail_ends = []
+        for b, (kept, shared, grown, tails) in enumerate(plans):
+            first = grow - len(grown)
+            tokens[b, first:grow] = torch.tensor(grown, dtype=torch.long)
+            positions[b, first:grow] = torch.arange(kept, shared)
+            allowed[b, first:, :slots] = self.valid[b]  # grown tokens and tails see the row's cached prefix
+            allowed[b, first:grow, slots + first : slots + grow] = torch.ones(len(grown), len(grown)).tril().bool()
+            allowed[b, grow:, slots + first : slots + grow] = True  # tails see all grown tokens
+            start, ends = grow, []
+            for tail in tails:
+                end = start + len(tail)
+                tokens[b, start:end] = torch.tensor(tail, dtype=torch.long)
+                positions[b, start:end] = torch.arange(shared, shared + len(tail))
+                allowed[b, start:end, slots + start : slots + end] = torch.ones(len(tail), len(tail)).tril().bool()
+                ends.append(end - 1)
+                start = end
+            tail_ends.append(ends)
+        mask = torch.zeros(allowed.shape, dtype=rm.model.dtype)
+        mask.masked_fill_(~allowed, torch.finfo(rm.model.dtype).min)
+        backbone = getattr(rm.model, rm.model.base_model_prefix)
+        with torch.inference_mode():
+            out = backbone(input_ids=tokens.to(device), attention_mask=mask[:, None].to(device),
+                           position_ids=positions.to(device), past_key_values=self.cache, use_cache=True)
+            self.cache = out.past_key_values
+            cut_cache(self.cache, slots + grow)  # the tails leave: the next call starts from the shared prefixes
+            rows = torch.tensor([b for b, ends in enumerate(tail_ends) for _ in ends], device=device)
+            last = torch.tensor([e for ends in tail_ends for e in ends], device=device)
+            flat = iter(rm.model.score(out.last_hidden_state[rows, last])[:, 0].float().tolist())
+        grown_valid = torch.zeros(len(plans), grow, dtype=torch.bool)
+        for b, (kept, shared, grown, _) in enumerate(plans):
+            grown_valid[b, grow - len(grown) :] = True
+            self.ids[b] = ids[self.rows[b]][0][:shared]
+        self.valid = torch.cat([self.valid, grown_valid], dim=1)
+        rm.forwards += 1
+        rm.texts += sum(len(i) for i in ids.values())
+        rm.seconds += time.perf_counter() - began
+        return {c: [next(flat) for _ in ids[c]] for c in self.rows}
+
+    def _keep_rows(self, conversations: list[int]) -> None:
+        if self.cache is not None and not set(conversations) <= set(self.rows):
+            self.cache = None
+        if self.cache is None:
+            self.rows, self.ids = list(conversations), [[] for _ in conversations]
+            self.valid = torch.zeros(len(conversations), 0, dtype=torch.bool)
+        elif len(conversations) < len(self.rows):
+            keep = [b for b, c in enumerate(self.rows) if c in set(conversations)]
+            self.cache.batch_select_indices(torch.tensor(keep, device=self.reward.model.device))
+            self.valid = self.valid[keep]
+            self.rows, self.ids = [self.rows[b] for b in keep], [self.ids[b] for b in keep]
 
 
 def cut_cache(cache, length: int) -> None:

@@ -159,11 +159,15 @@ def test_args_with_weight_zero_is_the_base_greedy_and_with_weight_it_asks_the_re
     unguided = [r for _, r in build("args", tiny_pair, tiny_reward, weight=0).generate_many(PROMPTS)]
     assert [r["response"] for r in unguided] == [r["response"] for r in greedy]
     assert all(r["reward_model_calls"] == 0 for r in unguided)
+    forwards = tiny_reward.forwards
     guided = [r for _, r in build("args", tiny_pair, tiny_reward, k=3, weight=50.0).generate_many(PROMPTS)]
-    # one reward-model forward per generated token (its k candidates together), EOS included
+    # one reward-model call per generated token (its k candidates together), EOS included
     for r in guided:
         assert r["reward_model_calls"] in (r["response_tokens"], r["response_tokens"] + 1)
         assert r["candidates_scored"] == 3 * r["reward_model_calls"] and r["seconds"]["reward"] > 0
+    # and each step's calls for the batch's live prompts (batches of 2) are one forward
+    steps = [max(r["reward_model_calls"] for r in guided[i : i + 2]) for i in range(0, len(guided), 2)]
+    assert tiny_reward.forwards - forwards == sum(steps) < sum(r["reward_model_calls"] for r in guided)
 
 
 def test_args_on_any_engine_equals_args_on_the_cached_batch(tiny_pair, tiny_reward, monkeypatch):
