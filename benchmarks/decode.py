@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.generate import compose
-from wsd.benchmarks import load_benchmark
+from wsd.prompt_sets import load_benchmark
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, base_texts, encode
 from wsd.draft_cache import DraftCache

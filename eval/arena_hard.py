@@ -157,7 +157,7 @@ class ArenaHardJudge(ServedJudge):
         return client
 
     def _read_answers(self, path: Path) -> dict[str, str]:
-        from wsd.benchmarks import read_rows
+        from wsd.prompt_sets import read_rows
 
         return {str(r.get("uid") or r.get("question_id")): answer_text(r) for r in read_rows(path)}
 

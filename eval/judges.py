@@ -550,7 +550,7 @@ def check_judge_fits(benchmark: str, judge: str) -> None:
     """A (benchmark, judge) pair that cannot yield the judge's metric fails here, in
     milliseconds, before anything runs (benchmarks read from a local file are checked on
     their items instead, by `check_items_fit`)."""
-    from wsd.benchmarks import benchmark_provides
+    from wsd.prompt_sets import benchmark_provides
 
     need, provides = requirement(judge), benchmark_provides(benchmark)
     if need and provides is not None and need not in provides:

@@ -20,7 +20,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from wsd.benchmarks import Prompt
+from wsd.prompt_sets import Prompt
 from wsd.engines import Engine, HFEngine
 from wsd.methods import method_entry
 

@@ -48,7 +48,7 @@ class MTBenchGradingJudge(ServedJudge):
 
     def __post_init__(self):
         super().__post_init__()
-        from wsd.benchmarks import read_rows
+        from wsd.prompt_sets import read_rows
 
         prompts = {p["name"]: p for p in read_rows(packaged_file(self.prompts_package, self.prompts_file))}
         missing = sorted(set(_PROMPTS.values()) - set(prompts))

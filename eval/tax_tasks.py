@@ -11,7 +11,7 @@ import re
 
 import datasets
 
-from wsd.benchmarks import BenchmarkUnavailable, hub_rows, load_benchmark, read_rows
+from wsd.prompt_sets import BenchmarkUnavailable, hub_rows, load_benchmark, read_rows
 
 log = logging.getLogger("wsd.tax")
 

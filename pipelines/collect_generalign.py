@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import generate, multirun_flag_first
-from wsd.benchmarks import Prompt, load_benchmark
+from wsd.prompt_sets import Prompt, load_benchmark
 from wsd.generalign import SourcePrompt, decontaminate, load_source, preference_pair, split
 from wsd.methods import method_entry
 from wsd.models import ModelSpec, check_available

@@ -19,7 +19,7 @@ from eval.judges import build_judge, check_items_fit, check_judge_config, refere
 from eval.results import write_tables
 from eval.stats import bootstrap, bootstrap_ratio, interval_text, print_estimates
 from pipelines import generate, multirun_flag_first
-from wsd.benchmarks import load_benchmark
+from wsd.prompt_sets import load_benchmark
 from wsd.store import RecordFile, RunRecords, config_key, write_atomic
 from wsd.tracking import tracked, validate_logger
 

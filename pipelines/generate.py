@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import multirun_flag_first
-from wsd.benchmarks import Prompt, load_benchmark
+from wsd.prompt_sets import Prompt, load_benchmark
 from wsd.methods import effective_backend, method_entry
 from wsd.engines import Engine, HFEngine, check_backend, pooled_engine
 from wsd.models import ModelSpec, check_available, resolve_device

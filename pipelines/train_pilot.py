@@ -76,7 +76,7 @@ def compare_on_heldout(resolved: dict, pilot: ModelSpec, trained: Path, test) ->
     score, and the trained pilot's round-robin win rate against the untrained one."""
     from eval.stats import bootstrap, print_estimates
     from pipelines.collect_generalign import Scorer
-    from wsd.benchmarks import Prompt
+    from wsd.prompt_sets import Prompt
     from wsd.generalign import SourcePrompt
     from wsd.methods import method_entry
 

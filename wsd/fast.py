@@ -229,7 +229,7 @@ class BatchScorer:
 class Row:
     """One prompt of a batch in a batched WSD engine."""
 
-    prompt: object  # wsd.benchmarks.Prompt
+    prompt: object  # wsd.prompt_sets.Prompt
     tokens: DraftTokens
     pilot_ids: list[int]
     drafted: list[int] = field(default_factory=list)  # the pilot's new ids so far (engines that re-request)

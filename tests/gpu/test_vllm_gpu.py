@@ -39,7 +39,7 @@ def engines(resolved):
 
 
 def test_wsd_on_vllm_matches_its_reference_and_hf(engines, resolved):
-    from wsd.benchmarks import load_benchmark
+    from wsd.prompt_sets import load_benchmark
     from wsd.chunked import ChunkedWSD
     from wsd.decoding import WSDSettings
     from wsd.fast import FastOptions

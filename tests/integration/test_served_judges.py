@@ -18,7 +18,7 @@ from eval.endpoints import ClientSettings, kept_servers, open_endpoint
 from eval.judges import AlpacaEvalJudge
 from eval.mt_bench import MTBenchGradingJudge, parse_rating
 from pipelines import evaluate, generate
-from wsd.benchmarks import load_benchmark
+from wsd.prompt_sets import load_benchmark
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.integration

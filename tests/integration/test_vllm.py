@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipelines import generate
 from tests.conftest import compose_generate
-from wsd.benchmarks import load_benchmark
+from wsd.prompt_sets import load_benchmark
 from wsd.args import ARGS, ARGSSettings
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, base_texts, encode

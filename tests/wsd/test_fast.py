@@ -1,6 +1,6 @@
 import pytest
 
-from wsd.benchmarks import Prompt
+from wsd.prompt_sets import Prompt
 from wsd.decoding import WSDSettings, base_texts
 from wsd.draft_cache import DraftCache
 from wsd.fast import FastOptions, FastWSD, stable_boundary

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO
-from wsd.benchmarks import Prompt
+from wsd.prompt_sets import Prompt
 from wsd.decoding import encode
 from wsd.methods import METHODS, DecodeOptions, effective_backend, method_entry
 from wsd.prompts import base_prompt, load_urial_prefix, urial_prompt
@@ -182,28 +182,34 @@ def test_args_on_any_engine_equals_args_on_the_cached_batch(tiny_pair, tiny_rewa
 
 
 def test_args_steps_to_the_candidate_the_reward_prefers(tiny_pair, tiny_reward):
-    """With a huge weight the reward alone decides: each token is the best-rewarded of the
-    base's top k as the reward model scores them from scratch (no caches on either side)."""
+    """With a huge weight the reward alone decides: each token of each prompt of a batch is
+    the best-rewarded of the base's top k as the reward model scores them from scratch, one
+    prompt at a time (no caches on either side)."""
     import torch
 
     cfg_tokens = 4
     method = build("args", tiny_pair, tiny_reward, k=4, weight=1e6)
     method.max_new_tokens = cfg_tokens
-    _, record = next(method.generate_many(PROMPTS[:1]))
     base = tiny_pair[1]
-    tok, messages = base.tokenizer, PROMPTS[0].messages
-    ids = encode(tok, base_prompt(messages, tok.bos_token))
-    answer = []
-    for _ in range(record["response_tokens"]):
-        with torch.inference_mode():
-            logits = base.model(torch.tensor([ids + answer])).logits[0, -1]
-        candidates = logits.topk(4).indices.tolist()
-        rewards = tiny_reward.score_answers(messages, [tok.decode(answer + [c], skip_special_tokens=True)
-                                                       for c in candidates])
-        ranked = sorted(rewards, reverse=True)
-        assert ranked[0] - ranked[1] > 1e-4, "a near tie: this check needs distinct rewards"
-        answer.append(candidates[rewards.index(ranked[0])])
-    assert record["response_tokens"] == cfg_tokens and record["response"] == tok.decode(answer, skip_special_tokens=True)
+    tok = base.tokenizer
+    records = [r for _, r in method.generate_many(PROMPTS[:2])]
+    assert [r["batch_size"] for r in records] == [2, 2]
+    for prompt, record in zip(PROMPTS, records):
+        ids = encode(tok, base_prompt(prompt.messages, tok.bos_token))
+        answer = []
+        for _ in range(record["response_tokens"]):
+            with torch.inference_mode():
+                logits = base.model(torch.tensor([ids + answer])).logits[0, -1]
+            top = logits.topk(5)
+            assert top.values[3] - top.values[4] > 1e-4, "a near tie: this check needs a distinct top 4"
+            candidates = top.indices[:4].tolist()
+            rewards = tiny_reward.score_answers(prompt.messages, [tok.decode(answer + [c], skip_special_tokens=True)
+                                                                  for c in candidates])
+            ranked = sorted(rewards, reverse=True)
+            assert ranked[0] - ranked[1] > 1e-4, "a near tie: this check needs distinct rewards"
+            answer.append(candidates[rewards.index(ranked[0])])
+        assert record["response_tokens"] == cfg_tokens
+        assert record["response"] == tok.decode(answer, skip_special_tokens=True)
 
 
 def test_best_of_one_is_its_source_sampled_with_the_same_seed(tiny_pair, tiny_reward):

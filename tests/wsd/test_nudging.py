@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wsd.benchmarks import Prompt
+from wsd.prompt_sets import Prompt
 from wsd.methods import DecodeOptions, PromptedModel
 from wsd.engines import PrefixCachedLM
 from wsd.nudging import Nudging

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO
-from wsd.benchmarks import BenchmarkUnavailable, hh_transcript, load_benchmark
+from wsd.prompt_sets import BenchmarkUnavailable, hh_transcript, load_benchmark
 from wsd.packaged import MissingPackageError
 
 
