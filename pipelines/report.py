@@ -28,7 +28,8 @@ log = logging.getLogger("wsd.report")
 PAPER_RESULTS = Path(__file__).resolve().parents[1] / "eval" / "paper_results.yaml"
 TAX = "alignment tax"  # the benchmark name eval.results gives alignment-tax rows
 PROXY_NOTE = f"{PROXY_MARK} offline proxy metric: not the paper's judge, not comparable to the paper's number."
-OURS_NOTE = ("Our cells: mean [bootstrap 95% interval] n, as fractions (0-1) where the paper reports percentages. "
+OURS_NOTE = ("Our cells: mean [bootstrap 95% interval] n, on each metric's own scale (win rates from alpaca_eval and "
+             "Arena-Hard in %, MT-Bench ratings 1-10, other rates and accuracies as fractions 0-1). "
              "Our benchmarks, models and judges differ from the paper's: compare directions, not levels.")
 
 
@@ -89,54 +90,90 @@ def generation_runs(output_root: Path, experiment: str, evaluated: set[str]) -> 
 # Tables
 
 
-def paper_vs_ours(paper: dict, columns: dict, ours: list[dict], paper_column) -> pd.DataFrame:
-    """The paper's rows (`paper[base][method][column]`) and ours in one table. Each paper column
-    is followed by the metrics of ours that correspond to it (`paper_column(row)`); the rest
-    of ours come last. Where one of our metrics was computed twice, the newest summary wins."""
+def newest_rows(rows: list[dict]) -> dict[tuple, dict]:
+    """(source, method label, benchmark, metric) -> its row; where one of our metrics was
+    computed twice (a larger limit later), the newest summary wins."""
     newest = {}
-    for row in sorted(ours, key=lambda r: r["mtime"]):
-        newest[(ours_source(row["run"]), run_label(row["run"]), row["column"])] = row
-    ours_columns = {}
-    for row in newest.values():
-        mapped = paper_column(row)
-        name = f"{mapped + ' · ' if mapped else ''}ours: {row['column']}{PROXY_MARK if row['proxy'] else ''}"
-        ours_columns.setdefault(mapped, {})[row["column"]] = name
-    order = []
-    for column, about in columns.items():
-        order += [f"{column} · paper: {about['metric']}", *sorted(ours_columns.get(column, {}).values())]
-    order += sorted(ours_columns.get(None, {}).values())
-    rows = [{"source": paper_source(base), "method": method,
-             **{f"{c} · paper: {columns[c]['metric']}": f"{v:.2f}" for c, v in values.items()}}
-            for base, methods in paper.items() for method, values in methods.items()]
-    ours_rows: dict[tuple, dict] = {}
-    for (source, method, column), row in newest.items():
-        cells = ours_rows.setdefault((source, method), {"source": source, "method": method})
-        cells[ours_columns[paper_column(row)][column]] = estimate_cell(row)
-    ours_sorted = [ours_rows[key] for key in sorted(ours_rows)]
-    return pd.DataFrame(rows + ours_sorted, columns=["source", "method", *order]).fillna("")
+    for row in sorted(rows, key=lambda r: r["mtime"]):
+        newest[(ours_source(row["run"]), run_label(row["run"]), row["benchmark"], row["metric"])] = row
+    return newest
 
 
-def main_table(paper: dict, rows: list[dict]) -> pd.DataFrame | None:
+def stand_ins(ours: dict[tuple, dict], candidates: dict) -> dict[tuple, dict]:
+    """(source, method) -> paper column -> the first of our (benchmark, metric) pairs standing
+    for that column (`candidates[column]`, in order of preference) that the run has."""
+    found: dict[tuple, dict] = {}
+    for run in sorted({key[:2] for key in ours}):
+        for column, pairs in candidates.items():
+            pair = next((p for p in pairs if (*run, *p) in ours), None)
+            if pair is not None:
+                found.setdefault(run, {})[column] = pair
+    return found
+
+
+def paper_vs_ours(paper: dict, columns: dict, ours: dict[tuple, dict], candidates: dict) -> tuple[pd.DataFrame, set]:
+    """The paper's table as the paper lays it out, one column per paper column: the paper's
+    rows with its numbers, ours with their stand-in for each column (a cell from another than
+    the column's first choice names its metric). Returns the table and the pairs it showed;
+    our runs with no stand-in are left out (the other-metrics table has them)."""
+    table = [{"source": paper_source(base), "method": method, **{c: f"{v:.2f}" for c, v in values.items()}}
+             for base, methods in paper.items() for method, values in methods.items()]
+    shown = set()
+    for (source, method), pairs in stand_ins(ours, candidates).items():
+        cells = {}
+        for column, pair in pairs.items():
+            row = ours[(source, method, *pair)]
+            named = f" ({pair[1]})" if pair != candidates[column][0] else ""
+            cells[column] = f"{estimate_cell(row)}{PROXY_MARK if row['proxy'] else ''}{named}"
+            shown.add(pair)
+        table.append({"source": source, "method": method, **cells})
+    return pd.DataFrame(table, columns=["source", "method", *columns]).fillna(""), shown
+
+
+def main_candidates(paper: dict) -> dict[str, list[tuple[str, str]]]:
+    """Paper column -> our (benchmark, metric) pairs that stand for it, in order of preference."""
+    return {column: [(about["ours"], metric) for metric in about["ours_metrics"]]
+            for column, about in paper["benchmarks"].items()}
+
+
+def tax_candidates(paper: dict) -> dict[str, list[tuple[str, str]]]:
+    return {column: [(TAX, metric) for metric in about["ours_metrics"]] for column, about in paper["tax_tasks"].items()}
+
+
+def column_note(columns: dict, candidates: dict) -> str:
+    """What each column holds: the paper's metric, and ours in order of preference."""
+    return " ".join(f"{column}: paper {about['metric']}; ours {', else '.join(m for _, m in candidates[column])}."
+                    for column, about in columns.items())
+
+
+def main_table(paper: dict, rows: list[dict]) -> tuple[pd.DataFrame, set, str] | None:
     """Preference benchmarks x methods per base model (the paper's main table)."""
-    ours = [{**r, "column": f"{r['benchmark']}: {r['metric']}"} for r in rows if r["benchmark"] != TAX]
+    ours = newest_rows([r for r in rows if r["benchmark"] != TAX])
     if not ours:
         return None
-    by_benchmark = {about["ours"]: (column, about.get("ours_metrics")) for column, about in paper["benchmarks"].items()}
-
-    def paper_column(row: dict) -> str | None:
-        column, metrics = by_benchmark.get(row["benchmark"], (None, None))
-        return column if metrics is None or row["metric"] in metrics else None
-
-    return paper_vs_ours(paper["main"], paper["benchmarks"], ours, paper_column)
+    candidates = main_candidates(paper)
+    return (*paper_vs_ours(paper["main"], paper["benchmarks"], ours, candidates),
+            column_note(paper["benchmarks"], candidates))
 
 
-def tax_table(paper: dict, rows: list[dict]) -> pd.DataFrame | None:
-    """GSM8K / HumanEval (and whatever else the tax stage ran) before and after alignment."""
-    ours = [{**r, "column": r["metric"]} for r in rows if r["benchmark"] == TAX]
+def tax_table(paper: dict, rows: list[dict]) -> tuple[pd.DataFrame, set, str] | None:
+    """GSM8K / HumanEval before and after alignment (the tax stage's other tasks: other metrics)."""
+    ours = newest_rows([r for r in rows if r["benchmark"] == TAX])
     if not ours:
         return None
-    by_task = {about["ours"]: column for column, about in paper["tax_tasks"].items()}
-    return paper_vs_ours(paper["tax"], paper["tax_tasks"], ours, lambda r: by_task.get(r["metric"].split("/")[0]))
+    candidates = tax_candidates(paper)
+    return (*paper_vs_ours(paper["tax"], paper["tax_tasks"], ours, candidates),
+            column_note(paper["tax_tasks"], candidates))
+
+
+def other_metrics_table(rows: list[dict], shown: set) -> pd.DataFrame | None:
+    """Every metric of ours the paper's tables do not show, one line per (metric, run)."""
+    ours = newest_rows(rows)
+    lines = [{"benchmark": benchmark, "metric": f"{metric}{PROXY_MARK if row['proxy'] else ''}", "source": source,
+              "method": method, "mean [95% interval] n": estimate_cell(row)}
+             for (source, method, benchmark, metric), row in sorted(ours.items(), key=lambda kv: (kv[0][2:], kv[0][:2]))
+             if (benchmark, metric) not in shown]
+    return pd.DataFrame(lines) if lines else None
 
 
 def seconds(generation: Generation) -> dict[str, float]:
@@ -343,6 +380,37 @@ def plot_time_vs_threshold(path: Path, generations: list[Generation], ratios: di
     return path
 
 
+def plot_main_metrics(path: Path, paper: dict, rows: list[dict]) -> Path | None:
+    """The main table's cells of ours as bars with their 95% intervals: one panel per paper
+    column and stand-in metric (stand-ins are on different scales, so never one panel)."""
+    ours = newest_rows([r for r in rows if r["benchmark"] != TAX])
+    panels: dict[str, list] = {}
+    for (source, method), pairs in stand_ins(ours, main_candidates(paper)).items():
+        for column, pair in pairs.items():
+            row = ours[(source, method, *pair)]
+            title = f"{column}: {pair[1]}{PROXY_MARK if row['proxy'] else ''}"
+            panels.setdefault(title, []).append((f"{method} · {source}", row))
+    if not panels:
+        return None
+    plt = _pyplot()
+    height = max(len(bars) for bars in panels.values()) * 0.45 + 1.2
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), height), squeeze=False)
+    for ax, (title, bars) in zip(axes[0], panels.items()):
+        labels, found = zip(*bars)
+        means = np.array([r["mean"] for r in found])
+        spread = [[r["mean"] - r["low"] if r.get("low") is not None else 0 for r in found],
+                  [r["high"] - r["mean"] if r.get("high") is not None else 0 for r in found]]
+        ax.barh(range(len(bars)), means, xerr=spread, capsize=3, color="tab:blue", alpha=0.7)
+        ax.set_yticks(range(len(bars)), labels, fontsize="x-small")
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize="small")
+        ax.set_xlabel("mean (95% interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_switch_histogram(path: Path, generations: list[Generation]) -> Path | None:
     runs = [(f"{g.benchmark} · {g.label} · {g.source}", switch_positions(g))
             for g in generations if g.run["method"] == "wsd"]
@@ -444,8 +512,9 @@ def publish_report(cfg: DictConfig, rows: list[dict], folder: Path) -> dict:
 
 
 TABLES = {
-    "main": "Preference benchmarks: the paper's numbers and ours",
-    "alignment_tax": "Alignment tax: the paper's GSM8K / HumanEval and our tax-stage metrics",
+    "main": "Preference benchmarks: the paper's numbers and ours, one column per benchmark",
+    "alignment_tax": "Alignment tax: the paper's GSM8K / HumanEval and ours",
+    "other_metrics": "Our other metrics: those the paper's tables have no column for",
     "time": "Decoding time relative to the base model alone",
     "switch": "Where WSD switches from the pilot to the base model",
     "sweep": "WSD sweep points (window, threshold)",
@@ -476,23 +545,31 @@ def run(cfg: DictConfig) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     paper = load_paper()
     ratios = time_ratios(generations, cfg.bootstrap_resamples, cfg.seed)
-    notes = {"main": f"{OURS_NOTE} {PROXY_NOTE}", "alignment_tax": OURS_NOTE, "time": TIME_NOTE,
-             "switch": SWITCH_NOTE, "sweep": f"{OURS_NOTE} {PROXY_NOTE}"}
-    frames = {"main": main_table(paper, rows), "alignment_tax": tax_table(paper, rows),
+    main, tax = main_table(paper, rows), tax_table(paper, rows)
+    shown = (main[1] if main else set()) | (tax[1] if tax else set())
+    notes = {"main": f"{main[2] if main else ''} {OURS_NOTE} {PROXY_NOTE}",
+             "alignment_tax": f"{tax[2] if tax else ''} {OURS_NOTE}", "other_metrics": f"{OURS_NOTE} {PROXY_NOTE}",
+             "time": TIME_NOTE, "switch": SWITCH_NOTE, "sweep": f"{OURS_NOTE} {PROXY_NOTE}"}
+    frames = {"main": main[0] if main else None, "alignment_tax": tax[0] if tax else None,
+              "other_metrics": other_metrics_table(rows, shown),
               "time": time_table(paper, generations, ratios), "switch": switch_table(generations),
               "sweep": sweep_table(generations, rows, ratios)}
     reasons = {"main": "no evaluate-stage summary (python -m pipelines.evaluate)",
                "alignment_tax": "no alignment-tax summary (python -m pipelines.evaluate_tax)",
+               "other_metrics": "no metric of ours beyond the paper's columns",
                "time": "no base-model run on the same benchmark and generation settings as another method",
                "switch": "no WSD generate run", "sweep": "no WSD generate run"}
     tables = {name: write_table(folder, name, df, f"{TABLES[name]}. {notes[name]}")
               for name, df in frames.items() if df is not None}
-    plots = {"metric_vs_threshold": plot_metric_vs_threshold(folder / "metric_vs_threshold.png", generations, rows),
+    plots = {"main_metrics": plot_main_metrics(folder / "main_metrics.png", paper, rows),
+             "metric_vs_threshold": plot_metric_vs_threshold(folder / "metric_vs_threshold.png", generations, rows),
              "switch_positions": plot_switch_histogram(folder / "switch_positions.png", generations),
              "time_vs_threshold": plot_time_vs_threshold(folder / "time_vs_threshold.png", generations, ratios)}
     skipped = {name: reasons[name] for name, df in frames.items() if df is None}
-    skipped.update({name: "fewer than two WSD thresholds with data" if name != "switch_positions"
-                    else "no WSD run, or no WSD response switched" for name, path in plots.items() if path is None})
+    plot_reasons = {"main_metrics": "no run of ours in the main table",
+                    "switch_positions": "no WSD run, or no WSD response switched"}
+    skipped.update({name: plot_reasons.get(name, "fewer than two WSD thresholds with data")
+                    for name, path in plots.items() if path is None})
     wandb = publish_report(cfg, rows, folder)
     proxies = sorted({f"{r['benchmark']}: {r['metric']}" for r in rows if r["proxy"]})
     index = folder / "README.md"

@@ -39,49 +39,74 @@ def records_of(root, method, **wsd):
     return records
 
 
-def test_main_table_holds_the_papers_numbers_and_ours_with_proxies_marked(built):
+def cell_of(estimate: dict) -> str:
+    return f"{estimate['mean']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}] n={estimate['n']}"
+
+
+def test_main_table_has_one_column_per_paper_benchmark_and_the_rest_go_to_other_metrics(built):
     root, result = built
-    main = (root / "reports" / "fixture" / "main.md").read_text()
-    assert "| paper (Llama-3-70B) | wsd | 96.48 | 87.88 | 20.13 |" in main
-    lines = main.splitlines()
-    header = lines[0]
-    # our alpaca_eval metric sits beside the paper's AlpacaEval2 column, proxy-marked
-    assert "AlpacaEval2 · paper: length-controlled win rate (%) | AlpacaEval2 · ours: alpaca_eval: " \
-           "reference_similarity/similarity† |" in header
-    assert "ours: jsonl: harmlessness/refusal†" in header and "offline proxy metric" in lines[-1]
-    # the packaged and the trained pilot are separate rows, told apart by their models
-    assert any(line.startswith("| ours (tiny-base, tiny-pilot pilot) | wsd (w=6, γ=0.8) |") for line in lines)
-    assert any(line.startswith("| ours (tiny-base, trained-pilot-fixture pilot) | wsd (w=6, γ=0.8) |")
-               for line in lines)
+    folder = root / "reports" / "fixture"
+    lines = (folder / "main.md").read_text().splitlines()
+    assert lines[0] == "| source | method | HH-RLHF | TruthfulQA | AlpacaEval2 | Arena-Hard | MT-Bench |"
+    assert "| paper (Llama-3-70B) | wsd | 96.48 | 87.88 | 20.13 | 15.90 | 7.06 |" in lines
+    # our AlpacaEval cell: the fixture has no alpaca_eval win rate, so its second stand-in, named
+    similarity = json.loads(next(root.glob("evaluate/alpaca_eval/base__*/reference_similarity__*/summary.json"))
+                            .read_text())["metrics"]["similarity"]
+    assert f"| ours (tiny-base) | base |  |  | {cell_of(similarity)}† (reference_similarity/similarity) |  |  |" in lines
+    assert "offline proxy metric" in lines[-1] and "ours alpaca_eval/win_rate, else reference_similarity" in lines[-1]
+    # runs with no stand-in for any paper column are not in it (only jsonl was judged for them)
+    assert not any("trained-pilot-fixture" in line or "(tiny-pilot) | pilot" in line for line in lines)
+
+    other = (folder / "other_metrics.md").read_text().splitlines()
+    assert other[0] == "| benchmark | metric | source | method | mean [95% interval] n |"
     evaluation = json.loads(next(root.glob("evaluate/jsonl/base__*/harmlessness__*/summary.json")).read_text())
-    refusal = evaluation["metrics"]["offensive_probability"]
-    base_row = next(line for line in lines if line.startswith("| ours (tiny-base) | base |"))
-    assert f"{refusal['mean']:.3f} [{refusal['low']:.3f}, {refusal['high']:.3f}] n={refusal['n']}" in base_row
+    offensive = evaluation["metrics"]["offensive_probability"]
+    assert f"| jsonl | harmlessness/offensive_probability† | ours (tiny-base) | base | {cell_of(offensive)} |" in other
     # the figure is the judge's on the run's own responses
     from eval.judges import is_refusal
 
-    responses = [r["response"] for r in records_of(root, "base")]
-    cells = dict(zip(header.split(" | "), base_row.split(" | ")))
-    refused = statistics.fmean(is_refusal(t) for t in responses)
-    assert cells["ours: jsonl: harmlessness/refusal†"].startswith(f"{refused:.3f} [")
-    assert not any(count in header for count in ("instructions", "followed_strict", "followed_loose"))
+    refused = statistics.fmean(is_refusal(r["response"]) for r in records_of(root, "base"))
+    refusal = next(line for line in other if line.startswith("| jsonl | harmlessness/refusal† | ours (tiny-base) | base |"))
+    assert refusal.split(" | ")[-1].startswith(f"{refused:.3f} [")
+    # the packaged and the trained pilot are separate rows, told apart by their models
+    assert any("| ours (tiny-base, tiny-pilot pilot) | wsd (w=6, γ=0.8) |" in line for line in other)
+    assert any("| ours (tiny-base, trained-pilot-fixture pilot) | wsd (w=6, γ=0.8) |" in line for line in other)
+    assert not any("AlpacaEval" in line or "alpaca_eval | reference_similarity" in line for line in other)
+    assert not any(count in line for line in other for count in ("instructions", "followed_strict", "followed_loose"))
 
-    tax = (root / "reports" / "fixture" / "alignment_tax.md").read_text()
-    assert "| paper (Gemma-2-27B) | wsd | 85.52 |" in tax and "65.85" in tax
-    assert "GSM8K · ours: wsd_gsm8k/exact_match/strict-match" in tax.splitlines()[0]
+    tax = (folder / "alignment_tax.md").read_text().splitlines()
+    assert tax[0] == "| source | method | GSM8K | HumanEval |" and "| paper (Gemma-2-27B) | wsd | 85.52 | 65.85 |" in tax
+    strict = json.loads(next(root.glob("evaluate_tax/wsd__*/summary.json")).read_text())["metrics"]
+    assert any(line.startswith("| ours (tiny-base, tiny-pilot pilot) | wsd (w=6, γ=0.8) | "
+                               f"{cell_of(strict['wsd_gsm8k/exact_match/strict-match'])} |") for line in tax)
+    assert any("| alignment tax | wsd_gsm8k/exact_match/flexible-extract |" in line for line in other)
 
-    for name in ("main", "alignment_tax", "time", "switch", "sweep"):
+    for name in ("main", "other_metrics", "alignment_tax", "time", "switch", "sweep"):
         for ext in ("md", "csv", "tex"):
-            assert (root / "reports" / "fixture" / f"{name}.{ext}").stat().st_size > 0
-    assert r"\textsuperscript{\dag}" in (root / "reports" / "fixture" / "main.tex").read_text()
-    assert "AlpacaEval2 · ours: alpaca_eval: reference_similarity/similarity†" in \
-        pd.read_csv(root / "reports" / "fixture" / "main.csv").columns
-    for plot in ("metric_vs_threshold", "switch_positions", "time_vs_threshold"):
-        assert (root / "reports" / "fixture" / f"{plot}.png").stat().st_size > 1000
-    index = (root / "reports" / "fixture" / "README.md").read_text()
-    assert "[main.md](main.md)" in index and "[switch_positions.png](switch_positions.png)" in index
+            assert (folder / f"{name}.{ext}").stat().st_size > 0
+    assert r"\textsuperscript{\dag}" in (folder / "main.tex").read_text()
+    assert list(pd.read_csv(folder / "main.csv").columns)[2:] == ["HH-RLHF", "TruthfulQA", "AlpacaEval2", "Arena-Hard",
+                                                                  "MT-Bench"]
+    for plot in ("main_metrics", "metric_vs_threshold", "switch_positions", "time_vs_threshold"):
+        assert (folder / f"{plot}.png").stat().st_size > 1000
+    index = (folder / "README.md").read_text()
+    assert "[main.md](main.md)" in index and "[other_metrics.md](other_metrics.md)" in index
+    assert "[main_metrics.png](main_metrics.png)" in index
     assert "secondary paper notes" in index and "jsonl: harmlessness/refusal" in index
     assert result["skipped"] == {}
+
+
+def test_a_paper_column_shows_a_runs_first_stand_in_and_names_any_other():
+    estimate = {"low": 0.1, "high": 0.9, "n": 4, "proxy": True}
+    ours = {("ours (b)", "wsd", "alpaca_eval", "alpaca_eval/win_rate"): {**estimate, "mean": 51.0},
+            ("ours (b)", "wsd", "alpaca_eval", "reference_similarity/similarity"): {**estimate, "mean": 0.5},
+            ("ours (b)", "base", "alpaca_eval", "reference_similarity/similarity"): {**estimate, "mean": 0.25}}
+    paper = report.load_paper()
+    table, shown = report.paper_vs_ours({}, paper["benchmarks"], ours, report.main_candidates(paper))
+    cells = dict(zip(table["method"], table["AlpacaEval2"]))
+    assert cells["wsd"].startswith("51.000 [0.100, 0.900] n=4†") and "(" not in cells["wsd"].split("n=4")[1]
+    assert cells["base"] == "0.250 [0.100, 0.900] n=4† (reference_similarity/similarity)"
+    assert shown == {("alpaca_eval", "alpaca_eval/win_rate"), ("alpaca_eval", "reference_similarity/similarity")}
 
 
 def test_switch_analysis_and_time_ratio_match_the_records(built):
