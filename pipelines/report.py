@@ -111,7 +111,7 @@ def stand_ins(ours: dict[tuple, dict], candidates: dict) -> dict[tuple, dict]:
     return found
 
 
-def paper_vs_ours(paper: dict, columns: dict, ours: dict[tuple, dict], candidates: dict) -> tuple[pd.DataFrame, set]:
+def paper_vs_ours(paper: dict, ours: dict[tuple, dict], candidates: dict) -> tuple[pd.DataFrame, set]:
     """The paper's table as the paper lays it out, one column per paper column: the paper's
     rows with its numbers, ours with their stand-in for each column (a cell from another than
     the column's first choice names its metric). Returns the table and the pairs it showed;
@@ -127,7 +127,7 @@ def paper_vs_ours(paper: dict, columns: dict, ours: dict[tuple, dict], candidate
             cells[column] = f"{estimate_cell(row)}{PROXY_MARK if row['proxy'] else ''}{named}"
             shown.add(pair)
         table.append({"source": source, "method": method, **cells})
-    return pd.DataFrame(table, columns=["source", "method", *columns]).fillna(""), shown
+    return pd.DataFrame(table, columns=["source", "method", *candidates]).fillna(""), shown
 
 
 def main_candidates(paper: dict) -> dict[str, list[tuple[str, str]]]:
@@ -152,7 +152,7 @@ def main_table(paper: dict, rows: list[dict]) -> tuple[pd.DataFrame, set, str] |
     if not ours:
         return None
     candidates = main_candidates(paper)
-    return (*paper_vs_ours(paper["main"], paper["benchmarks"], ours, candidates),
+    return (*paper_vs_ours(paper["main"], ours, candidates),
             column_note(paper["benchmarks"], candidates))
 
 
@@ -162,7 +162,7 @@ def tax_table(paper: dict, rows: list[dict]) -> tuple[pd.DataFrame, set, str] | 
     if not ours:
         return None
     candidates = tax_candidates(paper)
-    return (*paper_vs_ours(paper["tax"], paper["tax_tasks"], ours, candidates),
+    return (*paper_vs_ours(paper["tax"], ours, candidates),
             column_note(paper["tax_tasks"], candidates))
 
 

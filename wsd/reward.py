@@ -271,7 +271,8 @@ class ExtensionScorer:
             self.rows, self.ids = list(conversations), [[] for _ in conversations]
             self.valid = torch.zeros(len(conversations), 0, dtype=torch.bool)
         elif len(conversations) < len(self.rows):
-            keep = [b for b, c in enumerate(self.rows) if c in set(conversations)]
+            wanted = set(conversations)
+            keep = [b for b, c in enumerate(self.rows) if c in wanted]
             self.cache.batch_select_indices(torch.tensor(keep, device=self.reward.model.device))
             self.valid = self.valid[keep]
             self.rows, self.ids = [self.rows[b] for b in keep], [self.ids[b] for b in keep]

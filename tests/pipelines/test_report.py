@@ -102,7 +102,7 @@ def test_a_paper_column_shows_a_runs_first_stand_in_and_names_any_other():
             ("ours (b)", "wsd", "alpaca_eval", "reference_similarity/similarity"): {**estimate, "mean": 0.5},
             ("ours (b)", "base", "alpaca_eval", "reference_similarity/similarity"): {**estimate, "mean": 0.25}}
     paper = report.load_paper()
-    table, shown = report.paper_vs_ours({}, paper["benchmarks"], ours, report.main_candidates(paper))
+    table, shown = report.paper_vs_ours({}, ours, report.main_candidates(paper))
     cells = dict(zip(table["method"], table["AlpacaEval2"]))
     assert cells["wsd"].startswith("51.000 [0.100, 0.900] n=4†") and "(" not in cells["wsd"].split("n=4")[1]
     assert cells["base"] == "0.250 [0.100, 0.900] n=4† (reference_similarity/similarity)"
