@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.generate import compose
+from wsd.config import compose
 from wsd.prompt_sets import load_benchmark
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, base_texts, encode

@@ -216,7 +216,8 @@ class PairwiseLLMJudge:
 
     model: dict = None  # a model config entry as in conf/pilot or conf/base (id, folder or packaged GGUF)
     model_cache_dir: str = "~/.cache/wsd/models"
-    backend: dict = None  # conf/backend/*.yaml (null: hf); the engine is shared with the stage's own models
+    backend: dict = None  # conf/backend/*.yaml (null: hf)
+    pool: object = None  # the stage's `wsd.engines.ModelPool`: the engine is shared with the stage's own models
     batch_size: int = 4
     max_answer_chars: int = 2000
     name: str = "local_llm_judge"
@@ -224,11 +225,12 @@ class PairwiseLLMJudge:
     requires = "reference"
 
     def __post_init__(self):
-        from wsd.engines import pooled_engine
+        from wsd.engines import ModelPool
         from wsd.models import ModelSpec
 
         spec = ModelSpec.from_config(self.model)
-        self._judge = _load_judge_model(spec.name, lambda: pooled_engine(spec, self.backend, self.model_cache_dir))
+        pool = self.pool or ModelPool(size=1)
+        self._judge = _load_judge_model(spec.name, lambda: pool.engine(spec, self.backend, self.model_cache_dir))
         tok = self._judge.tokenizer
         self._verdicts = [tok(letter, add_special_tokens=False)["input_ids"][0] for letter in ("A", "B")]
 
@@ -577,11 +579,14 @@ def check_items_fit(judge: str, items: list[dict], benchmark: str) -> None:
                          f"benchmark {benchmark!r} has any, so it would score nothing")
 
 
-def build_judge(cfg: dict, folder: Path | None = None) -> Judge:
+def build_judge(cfg: dict, folder: Path | None = None, pool=None) -> Judge:
     """A judge from its `conf/judge/*.yaml` entry (`name` plus its own parameters); a judge on a
-    chat endpoint keeps its judgments (and its server's log) in `folder`."""
+    chat endpoint keeps its judgments (and its server's log) in `folder`; a local LLM judge
+    takes its model from the stage's `pool` (`wsd.engines.ModelPool`)."""
     cfg = dict(cfg)
     cls = judge_class(cfg.pop("name", None))
     if issubclass(cls, ServedJudge) and folder is not None:
         cfg["folder"] = str(folder)
+    if cls is PairwiseLLMJudge and pool is not None:
+        cfg["pool"] = pool
     return cls(**cfg)

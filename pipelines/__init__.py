@@ -2,6 +2,8 @@
 
 import sys
 
+import wsd.schemas  # noqa: F401  (registers the config schemas the stage configs start from)
+
 _MULTIRUN = ("-m", "--multirun")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from pipelines.generate import compose as compose_generate  # noqa: E402,F401  (tests import it here)
+from wsd.config import compose  # noqa: E402,F401  (tests import it here)
 from tests.stand_in import stand_in  # noqa: E402,F401  (the fixture, for every test folder)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from wsd.models import LoadedModel
 from wsd.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
-from wsd.switch import validate_switch_params
 
 
 @dataclass(frozen=True)
@@ -30,13 +29,6 @@ class WSDSettings:
     # on the draft it would write anyway, and a kept draft that already reaches one of them
     # ends the answer there.
     answer_stops: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        validate_switch_params(self.window, self.threshold)
-        for name in ("draft_max_tokens", "target_max_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     def draft_stops(self, pilot: LoadedModel) -> list[str]:
         return stop_strings("pilot", pilot.tokenizer, fixed_length=self.fixed_length)

@@ -164,22 +164,50 @@ def load_engine(spec: ModelSpec, backend: dict, cache_dir: str) -> Engine:
     return HFEngine(spec=loaded.spec, model=loaded.model, tokenizer=loaded.tokenizer, folder=loaded.folder)
 
 
-# Engines stay in memory across the jobs of a multirun and across the parts of a stage (a
-# teacher and a judge on the same model share it), so a grid loads its pilot and base once.
-# At most two are kept (what WSD needs); the least recently used leaves first.
-_POOL: OrderedDict[str, Engine] = OrderedDict()
-_POOL_SIZE = 2
+class ModelPool:
+    """The models a stage holds: engines by (backend, model), at most `size` of them (what WSD
+    needs), the least recently used leaving first, and one reward model. A stage owns one and
+    keeps it across the jobs of a multirun and across its parts (a teacher and a judge on the
+    same model share it), so a grid loads its pilot and base once; `make reproduce` passes one
+    pool to every step."""
 
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._reward = None  # (settings, model)
 
-def pooled_engine(spec: ModelSpec, backend: dict | None, cache_dir: str) -> Engine:
-    backend = backend or {"name": "hf"}
-    key = repr((backend, spec))
-    if key in _POOL:
-        _POOL.move_to_end(key)
-        return _POOL[key]
-    while len(_POOL) >= _POOL_SIZE:
-        _, evicted = _POOL.popitem(last=False)
-        if hasattr(evicted, "close"):  # a serving engine holds its KV-cache memory until stopped
-            evicted.close()
-    _POOL[key] = load_engine(spec, backend, cache_dir)
-    return _POOL[key]
+    def engine(self, spec: ModelSpec, backend: dict | None, cache_dir: str) -> Engine:
+        backend = backend or {"name": "hf"}
+        key = repr((backend, spec))
+        if key in self._engines:
+            self._engines.move_to_end(key)
+            return self._engines[key]
+        while len(self._engines) >= self.size:
+            _, evicted = self._engines.popitem(last=False)
+            if hasattr(evicted, "close"):  # a serving engine holds its KV-cache memory until stopped
+                evicted.close()
+        self._engines[key] = load_engine(spec, backend, cache_dir)
+        return self._engines[key]
+
+    def engines(self, needed: dict[str, ModelSpec], cfg: dict) -> dict[str, Engine]:
+        """Engines by role on the config's backend; HF engines decode `generation.chunk_tokens`
+        per call."""
+        engines = {role: self.engine(spec, cfg.get("backend"), cfg["model_cache_dir"]) for role, spec in needed.items()}
+        for engine in engines.values():
+            if isinstance(engine, HFEngine):
+                engine.chunk_tokens = cfg["generation"]["chunk_tokens"]
+        return engines
+
+    def reward(self, settings):
+        """The reward model of `settings` (`wsd.reward.RewardSettings`); another one replaces it."""
+        from wsd.reward import RewardModel
+
+        if self._reward is None or self._reward[0] != settings:
+            self._reward = None
+            self._reward = (settings, RewardModel(settings))
+        return self._reward[1]
+
+    @property
+    def loaded(self) -> int:
+        """How many engines it holds now."""
+        return len(self._engines)

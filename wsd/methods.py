@@ -37,6 +37,7 @@ from wsd.prompts import (
 )
 from wsd.reference import ReferenceWSD
 from wsd.reward import RewardSettings, reward_scale
+from wsd.schemas import WSD, Generation
 
 
 class Method(Protocol):
@@ -45,46 +46,12 @@ class Method(Protocol):
     def generate_many(self, prompts) -> Iterator[tuple[object, dict]]: ...
 
 
-@dataclass(frozen=True)
-class DecodeOptions:
-    """What every method shares (`generation` in the config)."""
-
-    max_new_tokens: int = 2048  # response budget; WSD's target_max_tokens
-    batch_size: int = 8
-    chunk_tokens: int = 16  # tokens per batched generate call; finished rows leave between calls
-    fixed_length: bool = False  # benchmarks of speed: no EOS or stop strings, every row runs its budget
-    # Stop strings added to every model's own (lm-eval's `until`, a benchmark's answer delimiter)
-    stop_strings: tuple[str, ...] = ()
-    # 0: greedy, as the paper decodes. > 0 samples (with top_p): the single-model methods only,
-    # for GenerAlign's candidate answers
-    temperature: float = 0.0
-    top_p: float = 1.0
-
-    def __post_init__(self):
-        for name in ("max_new_tokens", "batch_size", "chunk_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"generation.{name} must be an integer >= 1, got {value!r}")
-        stops = self.stop_strings
-        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
-            raise ValueError(f"generation.stop_strings must be a list of non-empty strings, got {stops!r}")
-        object.__setattr__(self, "stop_strings", tuple(stops))
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"generation.temperature must be a number >= 0, got {self.temperature!r}")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise ValueError(f"generation.top_p must be in (0, 1], got {self.top_p!r}")
-
-    @property
-    def sampling(self) -> tuple[float, float] | None:
-        return (float(self.temperature), float(self.top_p)) if self.temperature > 0 else None
-
-
 class PromptedModel:
     """One model decoding from a rendered prompt, in batches (greedily unless the options
     sample): the `base`, `urial` and `pilot` baselines."""
 
     def __init__(self, engine: Engine, render: Callable[[list[Message]], str], stop_kind: str,
-                 options: DecodeOptions, finish: Callable[[str], str] = lambda text: text):
+                 options: Generation, finish: Callable[[str], str] = lambda text: text):
         """`stop_kind`: which format's stop strings end its answers (see `stop_strings`)."""
         self.engine, self.render, self.options, self.finish = engine, render, options, finish
         self.stops = stop_strings(stop_kind, engine.tokenizer, options.stop_strings, options.fixed_length)
@@ -138,8 +105,11 @@ class WSDMethod:
 # Builders: (resolved config as a dict, engines by role) -> Method
 
 
-def decode_options(cfg: dict) -> DecodeOptions:
-    return DecodeOptions(**cfg["generation"])
+def decode_options(cfg: dict) -> Generation:
+    """The `generation` block, range-checked."""
+    options = Generation(**cfg["generation"])
+    options.validate()
+    return options
 
 
 def backend_name(cfg: dict) -> str:
@@ -147,7 +117,7 @@ def backend_name(cfg: dict) -> str:
     return (cfg.get("backend") or {}).get("name", "hf")
 
 
-def greedy_options(cfg: dict) -> DecodeOptions:
+def greedy_options(cfg: dict) -> Generation:
     """The options of a method that decodes greedily only (WSD's switch and nudging's
     handovers are defined on greedy decoding)."""
     options = decode_options(cfg)
@@ -157,19 +127,16 @@ def greedy_options(cfg: dict) -> DecodeOptions:
     return options
 
 
-ENGINES = ("fast", "reference")
-
-
 def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
-    """Validate the `wsd` block: the engine, the switch rule and budgets, the fast options."""
-    w, g = dict(cfg["wsd"]), greedy_options(cfg)
-    if w.get("engine") not in ENGINES:
-        raise ValueError(f"unknown wsd.engine {w.get('engine')!r}; accepted: {', '.join(ENGINES)}")
-    settings = WSDSettings(window=w["window"], threshold=w["threshold"], draft_max_tokens=w["draft_max_tokens"],
+    """The `wsd` block, range-checked, as the engine, the switch rule and budgets, and the
+    fast engine's options."""
+    w, g = WSD(**cfg["wsd"]), greedy_options(cfg)
+    w.validate()
+    settings = WSDSettings(window=w.window, threshold=w.threshold, draft_max_tokens=w.draft_max_tokens,
                            target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length,
-                           answer_stops=g.stop_strings)
-    options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w["early_stop"])
-    return w["engine"], settings, options
+                           answer_stops=tuple(g.stop_strings))
+    options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w.early_stop)
+    return w.engine, settings, options
 
 
 def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
@@ -191,7 +158,7 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     return WSDMethod(fast(pilot, base, settings, options, draft_cache))
 
 
-def prompted_base(cfg: dict, base: Engine, prompt: str, options: DecodeOptions | None = None) -> PromptedModel:
+def prompted_base(cfg: dict, base: Engine, prompt: str, options: Generation | None = None) -> PromptedModel:
     fmt = base_format(base.tokenizer, prompt, cfg["method"].get("prompt_file"))
     return PromptedModel(base, fmt.render, fmt.stop_kind, options or decode_options(cfg), finish=fmt.finish)
 

@@ -156,16 +156,23 @@ class RewardModel:
         return ExtensionScorer(self, conversations)
 
 
-_POOLED: dict[RewardSettings, RewardModel] = {}
+def pair_rewards(reward: RewardModel, pairs) -> tuple[list[float], list[float]]:
+    """The rewards of each preference pair's chosen and rejected answers (TRL's conversational
+    or plain format)."""
+    def as_chat(prompt, answer) -> tuple[list[dict], str]:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return messages, answer if isinstance(answer, str) else answer[-1]["content"]
+
+    def side(key: str) -> list[float]:
+        return reward.rewards([reward.text(*as_chat(r["prompt"], r[key])) for r in pairs])
+
+    return side("chosen"), side("rejected")
 
 
-def pooled_reward_model(settings: RewardSettings) -> RewardModel:
-    """One reward model kept across the jobs of a multirun (ARGS, CARDS and best-of-N in one
-    grid load it once); another one replaces it."""
-    if settings not in _POOLED:
-        _POOLED.clear()
-        _POOLED[settings] = RewardModel(settings)
-    return _POOLED[settings]
+def pair_accuracy(chosen: list[float], rejected: list[float]) -> dict:
+    """How often the chosen answer has the higher reward, and the mean margin."""
+    return {"accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(chosen),
+            "margin": sum(c - r for c, r in zip(chosen, rejected)) / len(chosen)}
 
 
 class ExtensionScorer:

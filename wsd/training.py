@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from wsd.identity import Identity
 from wsd.models import ModelSpec, check_available, model_folder
 from wsd.store import write_atomic
 from wsd.tracking import tracked, validate_logger
@@ -63,12 +64,16 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def load_data(name: str, path: Path, hint: str = ""):
-    """The train/test DatasetDict (a `save_to_disk` folder, or a JSONL file with a `split`
-    column), checked for the algorithm's columns (other columns, such as GenerAlign's
-    `category`, are kept for the held-out comparison)."""
+def load_data(cfg: DictConfig):
+    """The training's train/test DatasetDict (`wsd.identity.dataset_path`: a `save_to_disk`
+    folder, or a JSONL file with a `split` column), checked for the algorithm's columns
+    (other columns, such as GenerAlign's `category`, are kept for the held-out comparison)."""
+    from wsd.identity import dataset_path
+
     import datasets
 
+    name, path = cfg.train.algorithm, dataset_path(cfg)
+    hint = "" if cfg.train.dataset else " (run `python -m pipelines.collect_generalign` with the same overrides)"
     columns = algorithm(name).columns
     if not path.exists():
         raise FileNotFoundError(f"training data {str(path)!r} does not exist{hint}")
@@ -95,24 +100,15 @@ def deepspeed_config(cfg: DictConfig) -> dict | None:
     if not ds or not ds.pop("enabled", True):
         return None
     ds.pop("name", None)
-    t = cfg.train
+    t = trl_arguments(OmegaConf.to_container(cfg.train, resolve=True))
     micro, accumulation = ds.get("train_micro_batch_size_per_gpu", "auto"), ds.get("gradient_accumulation_steps", "auto")
-    micro = t.per_device_train_batch_size if micro == "auto" else micro
-    accumulation = t.gradient_accumulation_steps if accumulation == "auto" else accumulation
+    micro = t.get("per_device_train_batch_size", 8) if micro == "auto" else micro
+    accumulation = t.get("gradient_accumulation_steps", 1) if accumulation == "auto" else accumulation
     total = ds.get("train_batch_size", "auto")
     if total != "auto" and total != micro * accumulation * world_size():
         raise ValueError(f"deepspeed train_batch_size {total} must equal micro batch {micro} x gradient accumulation "
                          f"{accumulation} x {world_size()} ranks = {micro * accumulation * world_size()}")
     return ds
-
-
-# How often it saves and logs, not what it learns. The length (max_steps, num_train_epochs)
-# is keyed: it sets the learning-rate schedule, so a longer run is a different model.
-NOT_KEYED = ("save_steps", "save_total_limit", "logging_steps")
-
-
-def keyed_train_block(cfg: DictConfig) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k not in NOT_KEYED}
 
 
 def deepspeed_on_cpu_ranks(ds: dict | None) -> bool:
@@ -133,26 +129,42 @@ def deepspeed_on_cpu_ranks(ds: dict | None) -> bool:
     return True
 
 
+# What the stage sets in TRL's config itself (from `seed`, `deepspeed=`, `logger=`, the folder)
+SET_BY_THE_STAGE = ("output_dir", "seed", "data_seed", "report_to", "deepspeed", "accelerator_config")
+
+
+def trl_arguments(train: dict) -> dict:
+    """TRL's own arguments as the train block gives them: `train.trl`, and for the algorithm
+    its own block (`train.dpo`: `beta`, `loss_type`, ...)."""
+    args = {**(train.get("trl") or {}), **(train.get(train["algorithm"]) or {})}
+    taken = [k for k in SET_BY_THE_STAGE if k in args]
+    if taken:
+        raise ValueError(f"train.trl sets {', '.join(taken)}, which the stage sets itself (seed=, deepspeed=, "
+                         "logger= and the output folder)")
+    return args
+
+
 def trainer_args(cfg: DictConfig, out: Path, ds: dict | None, report_to: list[str]):
+    """TRL's config for the algorithm (DPOConfig, SFTConfig or RewardConfig) from `train.trl`
+    and the algorithm's block, passed through as they are: TRL's dataclass rejects a name it
+    does not have. The stage adds the folder, seeds, DeepSpeed and the CPU ranks' state."""
     import torch
 
-    t = cfg.train
-    config_class, _ = algorithm(t.algorithm).classes()
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    config_class, _ = algorithm(train["algorithm"]).classes()
+    args = {"dataloader_num_workers": 0, "save_only_model": False, "disable_tqdm": False, "eval_strategy": "no",
+            **trl_arguments(train)}
+    args.setdefault("per_device_eval_batch_size", args.get("per_device_train_batch_size", 8))
     configured = deepspeed_on_cpu_ranks(ds)
-    use_cpu = not torch.cuda.is_available() if t.use_cpu is None else t.use_cpu
-    extra = {"beta": t.beta} if t.algorithm == "dpo" else {}
-    return config_class(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-        num_train_epochs=t.num_train_epochs, max_steps=t.max_steps, lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_steps, logging_steps=t.logging_steps, save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit, max_length=t.max_length, seed=cfg.seed, data_seed=cfg.seed,
-        report_to=report_to, deepspeed=ds, use_cpu=use_cpu and not configured, bf16=t.bf16,
-        accelerator_config={"use_configured_state": configured},
-        dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,
-        eval_strategy="no", per_device_eval_batch_size=t.per_device_train_batch_size,
-        **extra,
-    )
+    use_cpu = not torch.cuda.is_available() if args.get("use_cpu") is None else args["use_cpu"]
+    args["use_cpu"] = use_cpu and not configured
+    try:
+        return config_class(output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
+                            report_to=report_to, deepspeed=ds, accelerator_config={"use_configured_state": configured},
+                            **args)
+    except TypeError as err:  # a name TRL's config does not have
+        raise ValueError(f"train.trl / train.{train['algorithm']}: {err} (TRL's {config_class.__name__} takes "
+                         "the names its documentation lists)") from err
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
@@ -213,9 +225,9 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def train(cfg: DictConfig, spec: ModelSpec, data, out: Path, latest: Path, stage: str,
+def train(cfg: DictConfig, spec: ModelSpec, data, identity: Identity, latest: Path, stage: str,
           after: Callable[[dict, Path], None] | None = None) -> dict | None:
-    """Train `spec` on `data` (checked) into `out`, resuming from its last checkpoint; rank 0
+    """Train `spec` on `data` (checked) into the identity's folder `out`, resuming from its last checkpoint; rank 0
     writes `out/model`, links `latest/model` to it, calls `after(summary, model)` (the held-out
     comparisons, outside the ranks' process group and DeepSpeed's model loading) and writes the
     summary. Returns the summary (None on other ranks); an existing model is kept unless `force`."""
@@ -225,11 +237,14 @@ def train(cfg: DictConfig, spec: ModelSpec, data, out: Path, latest: Path, stage
     ds = deepspeed_config(cfg)
     check_available(spec)
     rank = int(os.environ.get("RANK", "0"))
+    out = identity.folder
     final = out / "model"
     if (final / "config.json").exists() and not cfg.force:
         log.info("already trained: %s (force=true trains again)", final)
         return json.loads((out / "summary.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
+    identity.claim()
+    if rank == 0:
+        write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     folder = model_folder(spec, cfg.model_cache_dir)  # converts a packaged GGUF once (file-locked)
     report_to = ["wandb"] if resolved["logger"]["name"] == "wandb" else []
@@ -272,7 +287,7 @@ def train(cfg: DictConfig, spec: ModelSpec, data, out: Path, latest: Path, stage
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(final.resolve(), target_is_directory=True)
-        summary = {"algorithm": cfg.train.algorithm, "start_model": spec.name,
+        summary = {"algorithm": cfg.train.algorithm, "start_model": spec.name, "identity": identity.record(),
                    "train_rows": data["train"].num_rows, "test_rows": data["test"].num_rows if "test" in data else 0,
                    "deepspeed": ds, "world_size": world_size(),
                    "distributed_type": str(trainer.accelerator.distributed_type), "resumed_from": last,

@@ -5,14 +5,14 @@ from lm_eval.api.instance import Instance
 from omegaconf import OmegaConf
 
 from eval.lm_eval_model import MethodLM
-from pipelines import generate
 from tests.conftest import tiny_overrides
 from wsd.decoding import base_budget
 from wsd.methods import method_entry
+from wsd.config import compose
 
 
 def _lm(tiny_models, tiny_pair, tmp_path, method, records=None, *overrides):
-    cfg = OmegaConf.to_container(generate.compose(tiny_overrides(tiny_models, tmp_path, f"method={method}",
+    cfg = OmegaConf.to_container(compose(tiny_overrides(tiny_models, tmp_path, f"method={method}",
                                                                  "draft_cache_dir=null", *overrides)), resolve=True)
     loaded = dict(zip(("pilot", "base"), tiny_pair))
     models = {role: loaded[role] for role in method_entry(method).roles}

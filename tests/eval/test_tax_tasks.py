@@ -72,11 +72,6 @@ def test_gsm8k_bad_input_is_named(tmp_path):
         gsm8k_dataset()
 
 
-def test_bad_humaneval_timeout_is_named():
-    with pytest.raises(ValueError, match="tax.humaneval_timeout must be a positive number"):
-        humaneval_dataset(humaneval_timeout=0)
-
-
 def test_ifeval_ships_541_prompts_with_their_instructions():
     rows = ifeval_dataset()["train"]
     assert rows.num_rows == 541

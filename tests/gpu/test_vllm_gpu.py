@@ -21,17 +21,18 @@ GPU = ["backend=vllm", "pilot.vllm.gpu_memory_utilization=0.25", "base.vllm.gpu_
 
 @pytest.fixture(scope="module")
 def resolved():
-    from tests.conftest import compose_generate
+    from tests.conftest import compose
 
-    return OmegaConf.to_container(compose_generate(GPU), resolve=True)
+    return OmegaConf.to_container(compose(GPU), resolve=True)
 
 
 @pytest.fixture(scope="module")
 def engines(resolved):
-    from wsd.engines import load_engine, pooled_engine
+    from pipelines import generate
+    from wsd.engines import load_engine
     from wsd.models import ModelSpec
 
-    served = tuple(pooled_engine(ModelSpec.from_config(resolved[r]), resolved["backend"], resolved["model_cache_dir"])
+    served = tuple(generate.POOL.engine(ModelSpec.from_config(resolved[r]), resolved["backend"], resolved["model_cache_dir"])
                    for r in ("pilot", "base"))
     eager = tuple(load_engine(ModelSpec.from_config(resolved[r]), {"name": "hf"}, resolved["model_cache_dir"])
                   for r in ("pilot", "base"))
@@ -78,8 +79,8 @@ def test_tensor_parallel_base_writes_what_one_gpu_writes(engines, resolved):
 
 def test_the_generate_stage_on_the_gpu(engines, tmp_path):
     from pipelines import generate
-    from tests.conftest import compose_generate
+    from tests.conftest import compose
 
-    summary = generate.run(compose_generate([*GPU, f"output_root={tmp_path}", "method=wsd"]))
+    summary = generate.run(compose([*GPU, f"output_root={tmp_path}", "method=wsd"]))
     records = [json.loads(line) for line in open(summary["records"])]
     assert len(records) == 8 and all(r["response"].strip() for r in records)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pipelines import generate
-from tests.conftest import REPO, compose_generate
+from tests.conftest import REPO, compose
 from wsd.models import ModelSpec, packaged_folder, packaged_folder_path
 from wsd.switch import keep_count
 
@@ -18,7 +18,7 @@ SHORT = ["benchmark=alpaca_eval", "benchmark.limit=3", "wsd.draft_max_tokens=24"
 
 
 def run_stage(tmp_path, *overrides) -> list[dict]:
-    summary = generate.run(compose_generate([*SHORT, f"output_root={tmp_path}", *overrides]))
+    summary = generate.run(compose([*SHORT, f"output_root={tmp_path}", *overrides]))
     return [json.loads(line) for line in open(summary["records"])]
 
 

@@ -19,6 +19,7 @@ from eval.judges import AlpacaEvalJudge
 from eval.mt_bench import MTBenchGradingJudge, parse_rating
 from pipelines import evaluate, generate
 from wsd.prompt_sets import load_benchmark
+from wsd.config import compose
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def _port_open(port: int) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(client settings, base URL, served name) of the module's judge server."""
-    cfg = OmegaConf.to_container(evaluate.compose(["judge=mt_bench_grading", *STAGE]), resolve=True)
+    cfg = OmegaConf.to_container(compose(["judge=mt_bench_grading", *STAGE], "evaluate"), resolve=True)
     client = ClientSettings.from_config(cfg["judge"]["client"])
     folder = tmp_path_factory.mktemp("judge-server")
     with kept_servers() as servers:
@@ -50,7 +51,7 @@ def served(tmp_path_factory):
 
 def _answers(benchmark: str, limit: int) -> list[dict]:
     """Real benchmark items with short answers of our own."""
-    prompts = load_benchmark({**OmegaConf.to_container(evaluate.compose([f"benchmark={benchmark}", *STAGE]).benchmark,
+    prompts = load_benchmark({**OmegaConf.to_container(compose([f"benchmark={benchmark}", *STAGE], "evaluate").benchmark,
                                                        resolve=True), "limit": limit})
     items = []
     for p in prompts:
@@ -114,9 +115,9 @@ def test_the_evaluate_stage_serves_its_judge_with_endpoint_local(served, tmp_pat
     """The issue's command, `judge=mt_bench_grading judge.endpoint=local`, on a real MT-Bench
     generation run (the kept server is reused: same settings)."""
     overrides = [*STAGE, "benchmark=mt_bench", "benchmark.limit=1", f"output_root={tmp_path}"]
-    generate.run(generate.compose(overrides))
-    summary = evaluate.run(evaluate.compose([*overrides, "judge=mt_bench_grading", "judge.endpoint=local",
-                                             "judge.max_tokens=64"]))
+    generate.run(compose(overrides))
+    summary = evaluate.run(compose([*overrides, "judge=mt_bench_grading", "judge.endpoint=local",
+                                             "judge.max_tokens=64"], "evaluate"))
     assert summary["items"] == 2 and summary["proxy"]
     assert summary["metrics"]["parsed"]["n"] == 2
     rows = [json.loads(line) for line in open(summary["scores"])]

@@ -13,19 +13,20 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipelines import generate
-from tests.conftest import compose_generate
+from tests.conftest import compose
 from wsd.prompt_sets import load_benchmark
 from wsd.args import ARGS, ARGSSettings
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, base_texts, encode
-from wsd.engines import load_engine, pooled_engine
+from wsd.engines import load_engine
 from wsd.fast import FastOptions, FastWSD
-from wsd.methods import DecodeOptions, PromptedModel
+from wsd.methods import PromptedModel
 from wsd.models import ModelSpec
 from wsd.nudging import Nudging
 from wsd.prompts import base_format, base_prompt, pilot_prompt, stop_strings
 from wsd.reference import ReferenceWSD
 from wsd.reward import RewardModel, RewardSettings
+from wsd.schemas import Generation
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.integration
@@ -35,13 +36,13 @@ BASE_CFG = ["backend=vllm", "benchmark=alpaca_eval", "benchmark.limit=4", "logge
 
 @pytest.fixture(scope="module")
 def resolved():
-    return OmegaConf.to_container(compose_generate(BASE_CFG), resolve=True)
+    return OmegaConf.to_container(compose(BASE_CFG), resolve=True)
 
 
 @pytest.fixture(scope="module")
 def vllm_pair(resolved):
     """(pilot, base) on vLLM, through the stage's own pool (a stage run here reuses them)."""
-    return tuple(pooled_engine(ModelSpec.from_config(resolved[role]), resolved["backend"], resolved["model_cache_dir"])
+    return tuple(generate.POOL.engine(ModelSpec.from_config(resolved[role]), resolved["backend"], resolved["model_cache_dir"])
                  for role in ("pilot", "base"))
 
 
@@ -162,7 +163,7 @@ def test_wsd_engines_agree_across_backends(vllm_pair, hf_pair, prompts, window, 
 
 
 def test_baselines_and_nudging_agree_across_backends(vllm_pair, hf_pair, prompts, tiny_reward_model):
-    options = DecodeOptions(max_new_tokens=24, batch_size=4)
+    options = Generation(max_new_tokens=24, batch_size=4)
     reward = RewardModel(RewardSettings(path=tiny_reward_model))  # reads text: any base goes with it
     answers = {}
     for name, (pilot, base) in (("vllm", vllm_pair), ("hf", hf_pair)):
@@ -222,7 +223,7 @@ def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path):
     short = vllm_engine.VLLMEngine.prepare(ModelSpec.from_config({**base, "vllm": {"max_model_len": 64}}),
                                            resolved["backend"], resolved["model_cache_dir"])
     method = PromptedModel(short, lambda m: base_prompt(m, short.tokenizer.bos_token), "base",
-                           DecodeOptions(max_new_tokens=60))
+                           Generation(max_new_tokens=60))
     with pytest.raises(ValueError, match="context is 64"):
         method.check_fits("p", [{"role": "user", "content": "Tell me a fact."}])
     assert not short.started
@@ -238,14 +239,14 @@ def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path, tiny_
     runs = {}
     for backend in ("vllm", "hf"):
         for method in methods:
-            summary = generate.run(compose_generate([*overrides, f"method={method}", f"backend={backend}"]))
+            summary = generate.run(compose([*overrides, f"method={method}", f"backend={backend}"]))
             runs[backend, method] = summary["run_dir"], [json.loads(line)["response"] for line in open(summary["records"])]
     for method in methods:
         assert runs["vllm", method][0] != runs["hf", method][0]
         assert len(runs["vllm", method][1]) == 2 and runs["vllm", method][1] == runs["hf", method][1], method
     # CARDS reads the base's whole distribution: on backend=vllm it runs on HF, in HF's folder
     cards = [*overrides, "method=cards", "method.reward_target=0.0", "generation.max_new_tokens=12"]
-    on_vllm = generate.run(compose_generate([*cards, "backend=vllm"]))
+    on_vllm = generate.run(compose([*cards, "backend=vllm"]))
     assert on_vllm["written_now"] == 2 and OmegaConf.load(f"{on_vllm['run_dir']}/config.yaml").backend.name == "hf"
-    on_hf = generate.run(compose_generate([*cards, "backend=hf"]))
+    on_hf = generate.run(compose([*cards, "backend=hf"]))
     assert on_hf["run_dir"] == on_vllm["run_dir"] and on_hf["written_now"] == 0

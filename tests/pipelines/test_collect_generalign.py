@@ -5,6 +5,8 @@ import pytest
 
 from pipelines import collect_generalign
 from tests.conftest import QUESTIONS, tiny_overrides
+from wsd.config import compose
+from wsd.store import RecordFile
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def overrides(tiny_models, tmp_path, sources, *extra):
 
 
 def test_collection_decontaminates_pairs_and_resumes(tiny_models, tmp_path, sources, monkeypatch):
-    summary = collect_generalign.run(collect_generalign.compose(overrides(tiny_models, tmp_path, sources)))
+    summary = collect_generalign.run(compose(overrides(tiny_models, tmp_path, sources), "collect_generalign"))
     assert summary["decontamination"]["dropped"] == 1
     assert summary["decontamination"]["by_reason"] == {"normalized": 1}
     assert summary["prompts"] == len(QUESTIONS) + 3
@@ -54,14 +56,14 @@ def test_collection_decontaminates_pairs_and_resumes(tiny_models, tmp_path, sour
     assert "Decontamination" in card and "1 dropped" in card and "| mine |" in card
 
     # a second run answers nothing again; a margin that no pair meets leaves no pairs
-    monkeypatch.setattr(collect_generalign, "_answer_and_score", lambda *a: pytest.fail("answered again"))
-    again = collect_generalign.run(collect_generalign.compose(overrides(tiny_models, tmp_path, sources)))
+    monkeypatch.setattr(collect_generalign, "answer_and_score", lambda *a: pytest.fail("answered again"))
+    again = collect_generalign.run(compose(overrides(tiny_models, tmp_path, sources), "collect_generalign"))
     assert again["pairs"] == summary["pairs"]
 
 
 def test_margin_filters_pairs(tiny_models, tmp_path, sources):
-    summary = collect_generalign.run(collect_generalign.compose(
-        overrides(tiny_models, tmp_path, sources, "generalign.min_margin=5.0")))
+    summary = collect_generalign.run(compose(
+        overrides(tiny_models, tmp_path, sources, "generalign.min_margin=5.0"), "collect_generalign"))
     assert summary["pairs"] == {"train": 0, "test": 0}
 
 
@@ -74,9 +76,9 @@ def test_margin_filters_pairs(tiny_models, tmp_path, sources):
     (["generalign.sources.0.field=nope"], "no field 'nope'"),
 ])
 def test_bad_input_is_named_before_models_load(tiny_models, tmp_path, sources, monkeypatch, extra, message):
-    monkeypatch.setattr("pipelines.generate.pooled_models", lambda *a: pytest.fail("models were loaded"))
+    monkeypatch.setattr("wsd.engines.ModelPool.engines", lambda *a: pytest.fail("models were loaded"))
     with pytest.raises(ValueError, match=message):
-        collect_generalign.run(collect_generalign.compose(overrides(tiny_models, tmp_path, sources, *extra)))
+        collect_generalign.run(compose(overrides(tiny_models, tmp_path, sources, *extra), "collect_generalign"))
 
 
 def test_killed_collection_resumes_to_what_an_uninterrupted_one_collects(tiny_models, tmp_path, sources,
@@ -84,9 +86,9 @@ def test_killed_collection_resumes_to_what_an_uninterrupted_one_collects(tiny_mo
     """Killed in the middle of writing its second batch (sampling at temperature 0.7), then
     rerun: the same candidates, prompt by prompt, as a collection that never stopped."""
     sampled = ("generalign.temperature=0.7", "generalign.teachers=[{method: pilot, samples: 2}]")
-    uninterrupted = collect_generalign.run(collect_generalign.compose(
-        overrides(tiny_models, tmp_path / "whole", sources, *sampled)))
-    real_append, appended = collect_generalign.RecordFile.append, []
+    uninterrupted = collect_generalign.run(compose(
+        overrides(tiny_models, tmp_path / "whole", sources, *sampled), "collect_generalign"))
+    real_append, appended = RecordFile.append, []
 
     def append_then_die(self, record):
         if len(appended) == 6:  # the first batch of 4, then 2 of the second
@@ -94,11 +96,11 @@ def test_killed_collection_resumes_to_what_an_uninterrupted_one_collects(tiny_mo
         real_append(self, record)
         appended.append(record["id"])
 
-    monkeypatch.setattr(collect_generalign.RecordFile, "append", append_then_die)
-    cfg = collect_generalign.compose(overrides(tiny_models, tmp_path / "killed", sources, *sampled))
+    monkeypatch.setattr(RecordFile, "append", append_then_die)
+    cfg = compose(overrides(tiny_models, tmp_path / "killed", sources, *sampled), "collect_generalign")
     with pytest.raises(KeyboardInterrupt):
         collect_generalign.run(cfg)
-    monkeypatch.setattr(collect_generalign.RecordFile, "append", real_append)
+    monkeypatch.setattr(RecordFile, "append", real_append)
     resumed = collect_generalign.run(cfg)
 
     def candidates(root):

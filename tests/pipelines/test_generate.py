@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import MissingConfigException
 
 from pipelines import generate
-from tests.conftest import REPO, compose_generate, tiny_overrides
+from tests.conftest import REPO, compose, tiny_overrides
 from wsd import engines
 from wsd.reference import ReferenceWSD
 from wsd.switch import keep_count
@@ -34,7 +34,7 @@ def prompt_file(tmp_path):
 
 
 def run_tiny(tiny_models, tmp_path, prompt_file, *extra):
-    cfg = compose_generate(tiny_overrides(tiny_models, tmp_path, "benchmark=jsonl",
+    cfg = compose(tiny_overrides(tiny_models, tmp_path, "benchmark=jsonl",
                                           f"benchmark.path={prompt_file}", *extra))
     return generate.run(cfg), cfg
 
@@ -175,7 +175,7 @@ def test_over_long_prompt_is_rejected_before_decoding(tiny_models, tmp_path, pro
 
 def test_unknown_config_choice():
     with pytest.raises(MissingConfigException, match="pilot/gpt5"):
-        compose_generate(["pilot=gpt5"])
+        compose(["pilot=gpt5"])
 
 
 def test_cli_exits_non_zero_with_the_message(tmp_path):
@@ -193,7 +193,7 @@ def test_cli_exits_non_zero_with_the_message(tmp_path):
 
 @pytest.mark.parametrize("method", ["base", "urial", "pilot", "wsd", "nudging"])
 def test_mt_bench_second_turn_has_the_first_answer_in_context(tiny_models, tmp_path, method):
-    cfg = compose_generate(tiny_overrides(tiny_models, tmp_path, "benchmark=mt_bench", "benchmark.limit=2",
+    cfg = compose(tiny_overrides(tiny_models, tmp_path, "benchmark=mt_bench", "benchmark.limit=2",
                                           f"method={method}"))
     summary = generate.run(cfg)
     records = read_records(summary)
@@ -221,12 +221,12 @@ def test_methods_of_one_process_reuse_loaded_models(tiny_models, tmp_path, promp
     loads = []
     real = engines.load_engine
     monkeypatch.setattr(engines, "load_engine", lambda spec, *a: loads.append(spec.name) or real(spec, *a))
-    engines._POOL.clear()
+    monkeypatch.setattr(generate, "POOL", engines.ModelPool())
     for method in ("base", "urial", "pilot", "wsd", "nudging", "base"):
         run_tiny(tiny_models, tmp_path, prompt_file, f"method={method}", "benchmark.limit=1")
     assert loads == ["tiny-base", "tiny-pilot"]
     run_tiny(tiny_models, tmp_path, prompt_file, "method=pilot", "pilot.name=other-pilot", "benchmark.limit=1")
-    assert loads == ["tiny-base", "tiny-pilot", "other-pilot"] and len(engines._POOL) == 2
+    assert loads == ["tiny-base", "tiny-pilot", "other-pilot"] and generate.POOL.loaded == 2
 
 
 def read_wandb_run(run_dir: Path) -> tuple[dict, list[dict]]:

@@ -11,8 +11,10 @@ import statistics
 import pandas as pd
 import pytest
 
+from eval import reporting
 from pipelines import report
 from tests.conftest import REPO
+from wsd.config import compose
 
 FIXTURE = REPO / "tests" / "fixtures" / "report" / "outputs"
 
@@ -21,7 +23,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "report" / "outputs"
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report") / "outputs"
     shutil.copytree(FIXTURE, root)
-    result = report.run(report.compose(["name=fixture", f"output_root={root}", "bootstrap_resamples=200"]))
+    result = report.run(compose(["name=fixture", f"output_root={root}", "bootstrap_resamples=200"], "report"))
     return root, result
 
 
@@ -101,8 +103,8 @@ def test_a_paper_column_shows_a_runs_first_stand_in_and_names_any_other():
     ours = {("ours (b)", "wsd", "alpaca_eval", "alpaca_eval/win_rate"): {**estimate, "mean": 51.0},
             ("ours (b)", "wsd", "alpaca_eval", "reference_similarity/similarity"): {**estimate, "mean": 0.5},
             ("ours (b)", "base", "alpaca_eval", "reference_similarity/similarity"): {**estimate, "mean": 0.25}}
-    paper = report.load_paper()
-    table, shown = report.paper_vs_ours({}, ours, report.main_candidates(paper))
+    paper = reporting.load_paper()
+    table, shown = reporting.paper_vs_ours({}, ours, reporting.main_candidates(paper))
     cells = dict(zip(table["method"], table["AlpacaEval2"]))
     assert cells["wsd"].startswith("51.000 [0.100, 0.900] n=4†") and "(" not in cells["wsd"].split("n=4")[1]
     assert cells["base"] == "0.250 [0.100, 0.900] n=4† (reference_similarity/similarity)"
@@ -147,16 +149,16 @@ def test_a_run_timed_as_one_batch_gets_no_interval(tmp_path):
     def generation(method, seconds, batches):
         records = [{"id": f"q{i}", "seconds": {"total": t}, "batch": f"q{b}"}
                    for i, (t, b) in enumerate(zip(seconds, batches))]
-        return report.Generation(tmp_path / method, {**run, "method": method}, "jsonl", settings, records)
+        return reporting.Generation(tmp_path / method, {**run, "method": method}, "jsonl", settings, records)
 
     base = generation("base", [1.0, 2.0, 1.5, 1.0, 2.5], range(5))  # one prompt a batch
     one = generation("wsd", [2.0] * 5, [0] * 5)
     two = generation("wsd2", [2.0, 2.0, 2.0, 1.0, 1.0], [0, 0, 0, 3, 3])
-    ratios = report.time_ratios([base, one, two], 200, 0)
+    ratios = reporting.time_ratios([base, one, two], 200, 0)
     assert ratios[one.folder]["estimate"] == {"mean": pytest.approx(10 / 8), "low": None, "high": None, "n": 5}
     split = ratios[two.folder]["estimate"]
     assert split["mean"] == pytest.approx(8 / 8) and split["low"] < split["mean"] < split["high"]
-    assert report.timed_together([base, two], [f"q{i}" for i in range(5)]) == [0, 0, 0, 1, 1]
+    assert reporting.timed_together([base, two], [f"q{i}" for i in range(5)]) == [0, 0, 0, 1, 1]
 
 
 def test_wandb_report_definition_builds_offline(built, monkeypatch):
@@ -168,7 +170,7 @@ def test_wandb_report_definition_builds_offline(built, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    again = report.run(report.compose(["name=fixture", f"output_root={root}", "bootstrap_resamples=200"]))
+    again = report.run(compose(["name=fixture", f"output_root={root}", "bootstrap_resamples=200"], "report"))
     spec = json.loads((root / "reports" / "fixture" / "wandb_report.json").read_text())
     assert again["wandb_report"] == result["wandb_report"] and spec["type"] == "Report" and spec["project"] == "wsd"
     grids = [b for b in spec["blocks"] if b["type"] == "PanelGrid"]
@@ -183,4 +185,13 @@ def test_wandb_report_definition_builds_offline(built, monkeypatch):
 
 def test_an_experiment_without_results_names_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results for experiment 'nothing'.*python -m pipelines.generate"):
-        report.run(report.compose(["name=nothing", f"output_root={tmp_path}"]))
+        report.run(compose(["name=nothing", f"output_root={tmp_path}"], "report"))
+
+
+def test_the_tables_are_those_the_report_wrote_before_the_library_moved_out(built):
+    """tests/fixtures/report/expected: every table the report stage wrote from this fixture at
+    commit 502902a, before the stages' library code moved into wsd/ and eval/."""
+    root, _ = built
+    expected = REPO / "tests" / "fixtures" / "report" / "expected"
+    for path in sorted(expected.iterdir()):
+        assert (root / "reports" / "fixture" / path.name).read_text() == path.read_text(), path.name

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from pipelines import reproduce
+from wsd import plan
 from tests.conftest import REPO, tiny_overrides
+from wsd.config import compose
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"
@@ -16,12 +18,12 @@ GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_step_of_every_experiment_composes(experiment):
     """The paper experiments cannot run here, but every step of their chain is a valid config."""
-    cfg = reproduce.compose([f"experiment={experiment}"])
-    steps = reproduce.plan(cfg)
+    cfg = compose([f"experiment={experiment}"], "reproduce")
+    steps = plan.plan(cfg)
     assert [s.stage for s in steps][:2] == ["collect_generalign", "train_pilot"] and steps[-1].stage == "report"
     for step in steps:
-        step_cfg = reproduce._stage(step.stage).compose([*step.defaults, f"experiment={experiment}", *step.overrides])
-        assert reproduce.finished_output(step, step_cfg).name in ("summary.json", "README.md")
+        step_cfg = compose([*step.defaults, f"experiment={experiment}", *step.overrides], step.stage)
+        assert plan.finished_output(step, step_cfg).name in ("summary.json", "README.md")
         if "pilot=trained" in step.overrides:  # judged by the experiment's own pilot, not the one under test
             assert step_cfg.judge_model.name == cfg.pilot.name != step_cfg.pilot.name
 
@@ -29,7 +31,7 @@ def test_every_step_of_every_experiment_composes(experiment):
 def test_paper_experiments_name_the_papers_models():
     for experiment, base in (("paper_llama3_70b", "Llama-3-70B"), ("paper_llama31_70b", "Llama-3.1-70B"),
                              ("paper_gemma2_27b", "Gemma-2-27B")):
-        cfg = reproduce.compose([f"experiment={experiment}"])
+        cfg = compose([f"experiment={experiment}"], "reproduce")
         assert (cfg.name, cfg.base.name, cfg.pilot.name) == (experiment, base, "Pilot-3B")
         assert cfg.train.model.path == "meta-llama/Llama-3.2-3B-Instruct"
         assert list(cfg.reproduce.benchmarks) == ["hh_rlhf", "truthfulqa", "alpaca_eval", "arena_hard", "mt_bench"]
@@ -37,24 +39,23 @@ def test_paper_experiments_name_the_papers_models():
 
 def test_a_plan_whose_judge_cannot_score_its_benchmark_fails_when_composed():
     """Arena-Hard has no reference answers: a pairwise judge against them would score nothing."""
-    cfg = reproduce.compose(["experiment=paper_llama3_70b", "reproduce.judges.arena_hard=['judge=local_llm_judge']"])
+    cfg = compose(["experiment=paper_llama3_70b", "reproduce.judges.arena_hard=['judge=local_llm_judge']"], "reproduce")
     with pytest.raises(ValueError, match="judge 'local_llm_judge' needs reference answers, which benchmark "
                                          "'arena_hard' does not have"):
-        reproduce.plan(cfg)
+        plan.plan(cfg)
 
 
 def _evaluations(experiment: str, *overrides: str):
-    cfg = reproduce.compose([f"experiment={experiment}", *overrides])
-    steps = [s for s in reproduce.plan(cfg) if s.stage == "evaluate"]
-    return steps, [reproduce._stage("evaluate").compose([*s.defaults, f"experiment={experiment}", *overrides,
-                                                         *s.overrides])
+    cfg = compose([f"experiment={experiment}", *overrides], "reproduce")
+    steps = [s for s in plan.plan(cfg) if s.stage == "evaluate"]
+    return steps, [compose([*s.defaults, f"experiment={experiment}", *overrides, *s.overrides], "evaluate")
                    for s in steps]
 
 
 def test_the_paper_plans_judge_mt_bench_arena_hard_and_alpaca_eval_with_the_papers_judges(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     steps, configs = _evaluations("paper_llama3_70b")
-    reproduce.check_steps(steps, configs)
+    plan.check_steps(steps, configs)
     judges = {(c.benchmark.name, c.judge.name): c.judge for c in configs}
     assert judges[("mt_bench", "mt_bench_grading")].client.model == "gpt-4"
     assert not judges[("mt_bench", "mt_bench_grading")].proxy and not judges[("arena_hard", "arena_hard")].proxy
@@ -62,17 +63,17 @@ def test_the_paper_plans_judge_mt_bench_arena_hard_and_alpaca_eval_with_the_pape
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(ValueError, match="https://api.openai.com/v1 needs an API key in the environment variable "
                                          "OPENAI_API_KEY"):
-        reproduce.check_steps(steps, configs)
+        plan.check_steps(steps, configs)
 
 
 def test_the_default_plan_serves_its_judge_locally_and_checks_the_baselines():
     steps, configs = _evaluations("mini", "reproduce.benchmarks=[alpaca_eval, arena_hard, mt_bench]")
-    reproduce.check_steps(steps, configs)
+    plan.check_steps(steps, configs)
     served = {c.judge.name for c in configs if c.judge.get("endpoint") == "local"}
     assert served == {"alpaca_eval", "arena_hard", "mt_bench_grading"}
     steps, configs = _evaluations("mini", "reproduce.benchmarks=[arena_hard]", "benchmark.source=hub")
     with pytest.raises(ValueError, match="not the shipped v2.0 ones.*judge.baseline_file"):
-        reproduce.check_steps(steps, configs)
+        plan.check_steps(steps, configs)
 
 
 def test_the_plans_sizes_per_benchmark_yield_to_the_users():
@@ -85,11 +86,11 @@ def test_the_plans_sizes_per_benchmark_yield_to_the_users():
 
 
 def test_a_bad_plan_is_named_before_anything_runs(tmp_path):
-    cfg = reproduce.compose([f"output_root={tmp_path}", "reproduce.benchmarks=[ifeval, nosuch]"])
+    cfg = compose([f"output_root={tmp_path}", "reproduce.benchmarks=[ifeval, nosuch]"], "reproduce")
     with pytest.raises(ValueError, match="no entry for benchmark 'nosuch'"):
-        reproduce.plan(cfg)
+        plan.plan(cfg)
     with pytest.raises(ValueError, match="unknown reproduce.stages \\['trian'\\]"):
-        reproduce.plan(reproduce.compose(["reproduce.stages=[trian]"]))
+        plan.plan(compose(["reproduce.stages=[trian]"], "reproduce"))
     with pytest.raises(ValueError, match="override\\(s\\) \\['tax.limt=3'\\] fit no stage"):
         reproduce.run([f"output_root={tmp_path}", "experiment=mini", "tax.limt=3"])
     assert not any(tmp_path.iterdir())

@@ -11,11 +11,13 @@ from safetensors.torch import load_file
 
 from pipelines import generate, train_pilot
 from tests.conftest import REPO, tiny_overrides
+from wsd import identity
+from wsd.config import compose
 
 
 def overrides(tiny_models, tmp_path, pairs, *extra):
-    return tiny_overrides(tiny_models, tmp_path, f"train.dataset={pairs}", "deepspeed=none", "train.max_steps=4",
-                          "train.learning_rate=1e-3", "train.save_steps=2", *extra)
+    return tiny_overrides(tiny_models, tmp_path, f"train.dataset={pairs}", "deepspeed=none", "train.trl.max_steps=4",
+                          "train.trl.learning_rate=1e-3", "train.trl.save_steps=2", *extra)
 
 
 def weights(folder):
@@ -24,7 +26,7 @@ def weights(folder):
 
 @pytest.mark.parametrize("algorithm", ["dpo", "sft"])
 def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models, tmp_path, pairs, algorithm):
-    summary = train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, f"train.algorithm={algorithm}")))
+    summary = train_pilot.run(compose(overrides(tiny_models, tmp_path, pairs, f"train.algorithm={algorithm}"), "train_pilot"))
     assert summary["global_steps"] == 4 and summary["train_rows"] == 15 and summary["test_rows"] == 3
     loss = summary["curve"]["loss"]
     assert loss["last"] < loss["first"]
@@ -37,7 +39,7 @@ def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models
     assert 0 <= heldout["trained_win_rate"]["mean"] <= 1
     # the trained pilot drives WSD through `pilot=trained` (this experiment's latest pilot)
     generation = [o for o in tiny_overrides(tiny_models, tmp_path) if not o.startswith("pilot")]
-    records = generate.run(generate.compose([*generation, "pilot=trained", "method=wsd", "benchmark=mt_bench",
+    records = generate.run(compose([*generation, "pilot=trained", "method=wsd", "benchmark=mt_bench",
                                              "benchmark.limit=1"]))
     assert records["prompts"] == 2 and records["generator"] == "wsd__trained-pilot-default__tiny-base"
 
@@ -47,7 +49,8 @@ def kill_after_a_checkpoint(stage, args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-m", stage.__name__, *args], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = stage.train_dir(stage.compose(args))
+    name = stage.__name__.rsplit(".", 1)[1]
+    out = identity.training(compose(args, name), root="reward_models" if name == "train_reward" else "pilots").folder
     deadline = time.time() + 300
     while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
         assert child.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
@@ -57,19 +60,19 @@ def kill_after_a_checkpoint(stage, args: list[str]) -> None:
 
 
 def test_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
-    args = overrides(tiny_models, tmp_path, pairs, "train.max_steps=40", "train.save_steps=2",
-                     "train.learning_rate=1e-4")
+    args = overrides(tiny_models, tmp_path, pairs, "train.trl.max_steps=40", "train.trl.save_steps=2",
+                     "train.trl.learning_rate=1e-4")
     kill_after_a_checkpoint(train_pilot, args)
-    summary = train_pilot.run(train_pilot.compose(args))
+    summary = train_pilot.run(compose(args, "train_pilot"))
     assert summary["resumed_from"] and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 4
     assert summary["global_steps"] == 40
 
 
 def test_a_longer_run_after_a_finished_shorter_one_trains_its_own_pilot(tiny_models, tmp_path, pairs):
-    short = train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.max_steps=2",
-                                                          "train.heldout_comparison=false")))
-    longer = train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.max_steps=4",
-                                                           "train.heldout_comparison=false")))
+    short = train_pilot.run(compose(overrides(tiny_models, tmp_path, pairs, "train.trl.max_steps=2",
+                                                          "train.heldout_comparison=false"), "train_pilot"))
+    longer = train_pilot.run(compose(overrides(tiny_models, tmp_path, pairs, "train.trl.max_steps=4",
+                                                           "train.heldout_comparison=false"), "train_pilot"))
     assert (short["global_steps"], longer["global_steps"]) == (2, 4) and short["model"] != longer["model"]
     assert os.path.realpath(longer["latest"]) == longer["model"]  # pilot=trained is the longer run's
     assert any(not torch.equal(a, weights(longer["model"])[k]) for k, a in weights(short["model"]).items())
@@ -83,15 +86,15 @@ def test_a_longer_run_after_a_finished_shorter_one_trains_its_own_pilot(tiny_mod
 ])
 def test_bad_input_is_named_before_training(tiny_models, tmp_path, pairs, extra, error, message):
     with pytest.raises(error, match=message):
-        train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, *extra)))
+        train_pilot.run(compose(overrides(tiny_models, tmp_path, pairs, *extra), "train_pilot"))
 
 
 def test_data_without_the_columns_is_named(tiny_models, tmp_path, pairs):
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     pairs.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "rejected"}) + "\n" for r in rows))
     with pytest.raises(ValueError, match="lacks column\\(s\\) rejected that dpo training needs"):
-        train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs)))
-    assert train_pilot.run(train_pilot.compose(overrides(tiny_models, tmp_path, pairs, "train.algorithm=sft")))
+        train_pilot.run(compose(overrides(tiny_models, tmp_path, pairs), "train_pilot"))
+    assert train_pilot.run(compose(overrides(tiny_models, tmp_path, pairs, "train.algorithm=sft"), "train_pilot"))
 
 
 def launch_two_ranks(args: list[str], log, stage: str = "train_pilot") -> subprocess.CompletedProcess:
@@ -107,11 +110,11 @@ def launch_two_ranks(args: list[str], log, stage: str = "train_pilot") -> subpro
 def test_deepspeed_on_two_gloo_ranks(tiny_models, tmp_path, pairs, algorithm, zero):
     args = overrides(tiny_models, tmp_path, pairs, f"deepspeed=zero{zero}", f"train.algorithm={algorithm}",
                      "train.heldout_comparison=false",
-                     "train.per_device_train_batch_size=1")
+                     "train.trl.per_device_train_batch_size=1")
     with open(tmp_path / "launch.log", "w") as log:
         done = launch_two_ranks(args, log)
     assert done.returncode == 0, (tmp_path / "launch.log").read_text()[-3000:]
-    summary = json.loads((train_pilot.train_dir(train_pilot.compose(args)) / "summary.json").read_text())
+    summary = json.loads((identity.training(compose(args, "train_pilot")).folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["distributed_type"] == "DistributedType.DEEPSPEED"
     assert summary["deepspeed"]["zero_optimization"]["stage"] == zero
     assert summary["global_steps"] == 4

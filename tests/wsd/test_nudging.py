@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from wsd.prompt_sets import Prompt
-from wsd.methods import DecodeOptions, PromptedModel
+from wsd.methods import PromptedModel
+from wsd.schemas import Generation
 from wsd.engines import PrefixCachedLM
 from wsd.nudging import Nudging
 from wsd.prompts import base_prompt
@@ -19,7 +20,7 @@ def test_a_sure_base_writes_everything_and_matches_the_base_baseline(tiny_pair):
     record = Nudging(pilot, base, max_new_tokens=16, fixed_length=False, threshold=1e-9).generate(MESSAGES)
     assert record["handovers"] == 0 and record["pilot_char_share"] == 0.0
     baseline = PromptedModel(base, lambda m: base_prompt(m, base.tokenizer.bos_token), "base",
-                             DecodeOptions(max_new_tokens=16))
+                             Generation(max_new_tokens=16))
     [(_, expected)] = list(baseline.generate_many([Prompt("x", MESSAGES)]))
     assert record["response"] == expected["response"]
 

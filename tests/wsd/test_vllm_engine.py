@@ -3,10 +3,8 @@ GPU runs would start is composed and checked here."""
 
 import pytest
 
-from pipelines import generate
-from pipelines.reproduce import compose as compose_reproduce
-from tests.conftest import compose_generate
-from wsd import vllm_engine
+from wsd import identity, vllm_engine
+from wsd.config import compose
 from wsd.models import ModelSpec
 from wsd.vllm_engine import VLLMEngine, VLLMSettings, check_parallelism
 
@@ -53,7 +51,7 @@ def engine_args(cfg, role: str) -> dict:
 
 @pytest.mark.parametrize("experiment", ["paper_llama3_70b", "paper_llama31_70b", "paper_gemma2_27b"])
 def test_paper_experiments_put_the_base_on_a_node_and_the_pilot_beside_it(monkeypatch, experiment):
-    cfg = compose_reproduce([f"experiment={experiment}"])
+    cfg = compose([f"experiment={experiment}"], "reproduce")
     assert cfg.backend.name == "vllm" and cfg.backend.in_process is False
     base, pilot = engine_args(cfg, "base"), engine_args(cfg, "pilot")
     assert (base["tensor_parallel_size"], base["dtype"], base["enforce_eager"]) == (8, "bfloat16", False)
@@ -67,8 +65,8 @@ def test_paper_experiments_put_the_base_on_a_node_and_the_pilot_beside_it(monkey
 
 def test_the_multi_node_command_composes_and_fits(monkeypatch):
     """README: two 8-GPU nodes under Ray, the base pipeline-parallel across them."""
-    cfg = compose_reproduce(["experiment=paper_llama3_70b", "base.vllm.pipeline_parallel_size=2",
-                             "base.vllm.distributed_executor_backend=ray"])
+    cfg = compose(["experiment=paper_llama3_70b", "base.vllm.pipeline_parallel_size=2",
+                   "base.vllm.distributed_executor_backend=ray"], "reproduce")
     args = engine_args(cfg, "base")
     assert (args["tensor_parallel_size"], args["pipeline_parallel_size"], args["distributed_executor_backend"]) == \
         (8, 2, "ray")
@@ -77,11 +75,14 @@ def test_the_multi_node_command_composes_and_fits(monkeypatch):
 
 
 def test_run_folders_are_keyed_by_the_backend_in_use():
-    hf = generate.run_dir(compose_generate([]))
-    assert generate.run_dir(compose_generate(["base.vllm.max_model_len=1234"])) == hf  # vllm settings unused on hf
-    on_vllm = generate.run_dir(compose_generate(["backend=vllm"]))
+    def folder(overrides):
+        return identity.generation(compose(overrides)).folder
+
+    hf = folder([])
+    assert folder(["base.vllm.max_model_len=1234"]) == hf  # vllm settings unused on hf
+    on_vllm = folder(["backend=vllm"])
     assert on_vllm != hf
-    assert generate.run_dir(compose_generate(["backend=vllm", "base.vllm.max_model_len=1234"])) != on_vllm
+    assert folder(["backend=vllm", "base.vllm.max_model_len=1234"]) != on_vllm
 
 
 def test_an_unknown_backend_is_named():

@@ -1,0 +1,53 @@
+"""The typed config blocks: a wrong type fails as the config composes, by its full key; a value
+out of range fails in the block's `validate`, by its full key."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from wsd.config import compose
+from wsd.schemas import WSD, Generation, Tax
+
+
+@pytest.mark.parametrize("override, stage, key", [
+    ("generation.batch_size=eight", "generate", "generation.batch_size"),
+    ("wsd.threshold=high", "generate", "wsd.threshold"),
+    ("wsd.early_stop=sometimes", "evaluate", "wsd.early_stop"),
+    ("tax.limit=all", "evaluate_tax", "tax.limit"),
+    ("train.lora=16", "train_pilot", "train.lora"),
+])
+def test_a_wrong_type_fails_as_the_config_composes_naming_its_key(override, stage, key):
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose([override], stage)
+    assert f"full_key: {key}" in str(raised.value.__cause__)
+
+
+def test_composed_blocks_are_typed_and_keep_their_values():
+    cfg = compose(["generation.top_p=1", "wsd.window=3"])
+    assert cfg.generation.top_p == 1.0 and isinstance(cfg.generation.top_p, float) and cfg.wsd.window == 3
+    assert compose(["experiment=mini"], "train_pilot").train.trl.learning_rate == 5.0e-6
+
+
+@pytest.mark.parametrize("block, message", [
+    (Generation(batch_size=0), "generation.batch_size must be an integer >= 1, got 0"),
+    (Generation(temperature=-1.0), "generation.temperature must be a number >= 0"),
+    (Generation(top_p=0.0), r"generation.top_p must be in \(0, 1\]"),
+    (Generation(stop_strings=["Q:", ""]), "generation.stop_strings must be non-empty strings"),
+    (WSD(window=0), "wsd.window must be an integer >= 1, got 0"),
+    (WSD(threshold=1.5), r"wsd.threshold must be a number in \[0, 1\], got 1.5"),
+    (WSD(draft_max_tokens=0), "wsd.draft_max_tokens must be an integer >= 1"),
+    (WSD(engine="turbo"), "unknown wsd.engine 'turbo'; accepted: fast, reference"),
+    (Tax(tasks=[]), "tax.tasks must be a non-empty list"),
+    (Tax(limit=0), "tax.limit must be null or an integer >= 1, got 0"),
+    (Tax(humaneval_timeout=0.0), "tax.humaneval_timeout must be a positive number of seconds"),
+])
+def test_a_value_out_of_range_is_named_by_its_key(block, message):
+    with pytest.raises(ValueError, match=message):
+        block.validate()
+
+
+def test_the_shipped_defaults_are_in_range():
+    for block in (Generation(), WSD(), Tax()):
+        block.validate()
+    cfg = compose([])
+    Generation(**cfg.generation).validate()
+    WSD(**cfg.wsd).validate()
