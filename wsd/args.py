@@ -28,12 +28,6 @@ class ARGSSettings:
     k: int = 10  # candidates per step (the base's top-k)
     weight: float = 1.5  # w: 0 is the base's greedy decoding
 
-    def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"method.k must be an integer >= 1, got {self.k!r}")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise ValueError(f"method.weight must be a number >= 0, got {self.weight!r}")
-
 
 class BatchDecoder:
     """Token-by-token decoding of a left-padded batch with one KV cache (transformers): each

@@ -43,24 +43,6 @@ class CARDSSettings:
     max_rejections: int = 20
     acceptance: str = "soft"  # soft | hard
 
-    def __post_init__(self):
-        for name in ("min_segment_tokens", "max_segment_tokens", "top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"method.{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.max_rejections, bool) or not isinstance(self.max_rejections, int) or self.max_rejections < 0:
-            raise ValueError(f"method.max_rejections must be an integer >= 0, got {self.max_rejections!r}")
-        if self.min_segment_tokens > self.max_segment_tokens:
-            raise ValueError("method.min_segment_tokens must not exceed method.max_segment_tokens")
-        for name, low in (("entropy_threshold", 0.0), ("temperature", 1e-6)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-                raise ValueError(f"method.{name} must be a number >= {low:g}, got {value!r}")
-        if not 0 <= self.alpha <= 1:
-            raise ValueError(f"method.alpha must be in [0, 1], got {self.alpha!r}")
-        if self.acceptance not in ("soft", "hard"):
-            raise ValueError(f"method.acceptance must be soft or hard, got {self.acceptance!r}")
-
 
 class CARDS:
     def __init__(self, base: LoadedModel, reward: RewardModel, settings: CARDSSettings, fmt: BaseFormat, stops: list[str],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-import wsd.schemas  # noqa: F401  (registers the config schemas the stage configs start from)
+from wsd.schemas import BENCHMARKS, Benchmark  # (importing it registers the schemas the stage configs start from)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -28,4 +28,6 @@ def benchmark_config(name: str) -> dict:
     if not path.is_file():
         raise ValueError(f"unknown benchmark {name!r}; accepted: "
                          f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
-    return OmegaConf.to_container(OmegaConf.load(path))
+    entry = OmegaConf.load(path)
+    entry.pop("defaults", None)  # (its schema, wsd/schemas.py, which it fills in)
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(BENCHMARKS.get(name, Benchmark)(name=name)), entry))

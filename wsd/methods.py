@@ -25,7 +25,7 @@ from wsd.draft_cache import DraftCache
 from wsd.engines import Engine
 from wsd.fast import FastOptions, FastWSD
 from wsd.models import ModelSpec, check_available
-from wsd.nudging import Nudging, validate_nudging
+from wsd.nudging import Nudging
 from wsd.prompts import (
     Message,
     base_format,
@@ -37,7 +37,7 @@ from wsd.prompts import (
 )
 from wsd.reference import ReferenceWSD
 from wsd.reward import RewardSettings, reward_scale
-from wsd.schemas import WSD, Generation
+from wsd.schemas import WSD, Generation, method_block
 
 
 class Method(Protocol):
@@ -189,13 +189,14 @@ def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
 
 def args_settings(cfg: dict) -> ARGSSettings:
     greedy_options(cfg)
-    m = cfg["method"]
-    base_format_name(m)
-    return ARGSSettings(k=m["k"], weight=m["weight"])
+    m = method_block(cfg["method"])
+    base_format_name(cfg["method"])
+    return ARGSSettings(k=m.k, weight=m.weight)
 
 
 def cards_settings(cfg: dict, reward: RewardSettings | None = None) -> CARDSSettings:
     decode_options(cfg)
+    method_block(cfg["method"])
     m = dict(cfg["method"])
     base_format_name(m)
     if m["reward_target"] == "auto":
@@ -206,11 +207,9 @@ def cards_settings(cfg: dict, reward: RewardSettings | None = None) -> CARDSSett
 
 
 def base_format_name(method: dict) -> str:
-    prompt = method.get("prompt", "base")
-    if prompt not in ("base", "urial"):
-        raise ValueError(f"method.prompt must be base or urial, got {prompt!r}")
+    """How the base is prompted (`method.prompt`), its URIAL prefix file checked."""
     load_urial_prefix(method.get("prompt_file"))
-    return prompt
+    return method.get("prompt", "base")
 
 
 def _base_parts(cfg: dict, base: Engine):
@@ -245,13 +244,10 @@ def best_of_n_source(cfg: dict) -> dict:
     if m["source"] not in SAMPLED_SOURCES:
         raise ValueError(f"method.source must be one of {', '.join(SAMPLED_SOURCES)} (methods that sample), "
                          f"got {m['source']!r}")
-    if not m["temperature"] or m["temperature"] <= 0:
-        raise ValueError(f"best-of-n samples: method.temperature must be > 0, got {m['temperature']!r}")
+    method_block(m)
     source = {**source_config(cfg),
               "generation": {**cfg["generation"], "temperature": m["temperature"], "top_p": m["top_p"]}}
     decode_options(source)
-    if isinstance(m["n"], bool) or not isinstance(m["n"], int) or m["n"] < 1:
-        raise ValueError(f"method.n must be an integer >= 1, got {m['n']!r}")
     return source
 
 
@@ -312,8 +308,7 @@ METHODS = {
                          lambda cfg: (decode_options(cfg), load_urial_prefix(cfg["method"].get("prompt_file")))),
     "pilot": MethodEntry(("pilot",), build_pilot, decode_options),
     "nudging": MethodEntry(("pilot", "base"), build_nudging,
-                           lambda cfg: (greedy_options(cfg), validate_nudging(cfg["method"]["threshold"],
-                                                                              cfg["method"]["word_max_tokens"]))),
+                           lambda cfg: (greedy_options(cfg), method_block(cfg["method"]))),
     "args": MethodEntry(("base",), build_args, args_settings, reward=True),
     "cards": MethodEntry(("base",), build_cards, cards_settings, reward=True, backends=("hf",)),
     "best_of_n": MethodEntry((), build_best_of_n, best_of_n_source, reward=True, source_roles=True),

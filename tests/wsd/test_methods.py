@@ -27,7 +27,7 @@ def method_defaults(name: str) -> dict:
     """The method's own config file, less its name (CARDS's `auto` reward target is a number
     here: the tiny reward model was not trained by us)."""
     values = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / f"{name}.yaml"))
-    values.pop("name")
+    values.pop("name"), values.pop("defaults")  # (the schema it starts from: wsd/schemas.py)
     return {**values, "reward_target": 0.0} if name == "cards" else values
 
 

@@ -1,17 +1,15 @@
 import json
 
 import pytest
-from omegaconf import OmegaConf
 
-from tests.conftest import REPO
+from wsd.config import benchmark_config
 from wsd.prompt_sets import BenchmarkUnavailable, hh_transcript, load_benchmark
 from wsd.packaged import MissingPackageError
 
 
 def shipped(name: str, **overrides) -> dict:
     """A benchmark's shipped config (conf/benchmark/<name>.yaml) with overrides."""
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "benchmark" / f"{name}.yaml"))
-    return {**cfg, **overrides}
+    return {**benchmark_config(name), **overrides}
 
 
 def write_lines(path, rows):
@@ -177,7 +175,7 @@ def test_unknown_benchmark_source_bad_limit_and_missing_package():
         load_benchmark({"name": "mmlu"})
     with pytest.raises(ValueError, match="unknown source 'hub'; accepted: packaged"):
         load_benchmark(shipped("mt_bench", source="hub"))
-    with pytest.raises(ValueError, match="benchmark.limit must be a positive integer or null, got 0"):
+    with pytest.raises(ValueError, match="benchmark.limit must be null or an integer >= 1, got 0"):
         load_benchmark(shipped("alpaca_eval", limit=0))
     with pytest.raises(MissingPackageError, match="package 'no-such-pkg' is not installed"):
         load_benchmark(shipped("alpaca_eval", package="no-such-pkg"))

@@ -3,9 +3,10 @@ out of range fails in the block's `validate`, by its full key."""
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from wsd.config import compose
-from wsd.schemas import WSD, Generation, Tax
+from wsd.config import CONF, compose
+from wsd.schemas import BENCHMARKS, METHODS, WSD, Generation, Tax, benchmark_block, method_block
 
 
 @pytest.mark.parametrize("override, stage, key", [
@@ -14,10 +15,12 @@ from wsd.schemas import WSD, Generation, Tax
     ("wsd.early_stop=sometimes", "evaluate", "wsd.early_stop"),
     ("tax.limit=all", "evaluate_tax", "tax.limit"),
     ("train.lora=16", "train_pilot", "train.lora"),
+    ("method.k=many", "generate", "method.k"),  # (after method=args, below)
+    ("benchmark.limit=some", "generate", "benchmark.limit"),
 ])
 def test_a_wrong_type_fails_as_the_config_composes_naming_its_key(override, stage, key):
     with pytest.raises(ConfigCompositionException) as raised:
-        compose([override], stage)
+        compose(["method=args", override] if override.startswith("method.") else [override], stage)
     assert f"full_key: {key}" in str(raised.value.__cause__)
 
 
@@ -43,6 +46,28 @@ def test_composed_blocks_are_typed_and_keep_their_values():
 def test_a_value_out_of_range_is_named_by_its_key(block, message):
     with pytest.raises(ValueError, match=message):
         block.validate()
+
+
+@pytest.mark.parametrize("method, message", [
+    ({"name": "nudging", "threshold": 0.0}, r"method.threshold must be in \(0, 1\], got 0.0"),
+    ({"name": "args", "k": 0}, "method.k must be an integer >= 1, got 0"),
+    ({"name": "args", "prompt": "chat"}, "method.prompt must be base or urial"),
+    ({"name": "cards", "min_segment_tokens": 9, "max_segment_tokens": 8}, "must not exceed method.max_segment"),
+    ({"name": "cards", "reward_target": "high"}, "method.reward_target must be a number or auto"),
+    ({"name": "best_of_n", "temperature": 0.0}, "method.temperature must be > 0"),
+])
+def test_a_method_block_out_of_range_is_named_by_its_key(method, message):
+    with pytest.raises(ValueError, match=message):
+        method_block(method)
+
+
+def test_every_shipped_method_and_benchmark_is_typed_by_its_own_schema():
+    for group, schemas in (("method", METHODS), ("benchmark", BENCHMARKS)):
+        for path in sorted((CONF / group).glob("*.yaml")):
+            cfg = compose([f"{group}={path.stem}"])
+            assert OmegaConf.get_type(cfg[group]) is schemas[path.stem], path
+    with pytest.raises(ValueError, match="benchmark.limit must be null or an integer >= 1, got 0"):
+        benchmark_block({"name": "alpaca_eval", "limit": 0})
 
 
 def test_the_shipped_defaults_are_in_range():
