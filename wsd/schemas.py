@@ -1,10 +1,10 @@
 """The typed blocks of the stages' configs, registered with Hydra's ConfigStore as the
 `schema` group the configs start from: `generation`, `wsd`, `tax` and `train` (in the stage
-configs' defaults), and one schema per method and per benchmark (each `conf/method/*.yaml`
-and `conf/benchmark/*.yaml` starts from its own). A value of the wrong type fails when the
-config composes, with the key's full name (OmegaConf's `full_key`); each block's `validate`
-holds its range checks, run where the block is read, before any model loads. The judges'
-blocks are the judge classes' own dataclasses (`eval/judges.py`).
+configs' defaults), and one schema per method, benchmark and judge (each file of
+`conf/method`, `conf/benchmark` and `conf/judge` starts from its own). A value of the wrong
+type fails when the config composes, with the key's full name (OmegaConf's `full_key`); each
+block's `validate` holds its range checks, run where the block is read, before any model
+loads. The fields mirror the shipped files exactly, so folder keys stay as they were.
 """
 
 from __future__ import annotations
@@ -288,6 +288,113 @@ def benchmark_block(benchmark: dict, key: str = "benchmark") -> Benchmark:
     return block
 
 
+# --- the `judge` block, one schema per judge (conf/judge/<name>.yaml starts from it); the
+# judge classes (eval/judges.py) take these fields and check what needs their models or files
+
+
+@dataclass
+class Serve:
+    """`endpoint=local`: the `vllm serve` a served judge starts on 127.0.0.1."""
+
+    model: Any = None  # a model config entry
+    model_cache_dir: str = "~/.cache/wsd/models"
+    cpu_kvcache_space_gib: Any = 2  # CPU hosts: the server's KV cache (GiB)
+    seed: int = 0
+    start_timeout_s: Any = 900
+    args: dict[str, Any] = field(default_factory=dict)  # more `vllm serve` flags
+
+
+@dataclass
+class Client:
+    """How a judge on a chat endpoint asks it."""
+
+    model: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: Any = 600
+    max_retries: int = 6
+    serve: Serve = field(default_factory=Serve)
+
+
+@dataclass
+class Judge:
+    name: str = "harmlessness"
+
+
+@dataclass
+class IFEvalJudge(Judge):
+    name: str = "ifeval"
+    nltk_data_dir: str = "~/.cache/wsd/nltk_data"
+
+
+@dataclass
+class LocalLLMJudge(Judge):
+    name: str = "local_llm_judge"
+    model: Any = None
+    model_cache_dir: str = "~/.cache/wsd/models"
+    backend: Any = None
+    batch_size: int = 4
+    max_answer_chars: int = 2000
+    proxy: bool = True
+
+
+@dataclass
+class ReferenceSimilarityJudge(Judge):
+    name: str = "reference_similarity"
+    model: Optional[str] = None
+    batch_size: int = 32
+    device: str = "auto"
+
+
+@dataclass
+class RewardModelJudge(Judge):
+    name: str = "reward_model"
+    model: Optional[str] = None
+    batch_size: int = 8
+    max_length: int = 2048
+    device: str = "auto"
+    proxy: bool = True
+
+
+@dataclass
+class ServedJudge(Judge):
+    client: Client = field(default_factory=Client)
+    endpoint: Optional[str] = "local"  # local (a served model), or an OpenAI-compatible URL
+
+
+@dataclass
+class AlpacaEvalJudge(ServedJudge):
+    name: str = "alpaca_eval"
+    endpoint: Optional[str] = None
+    annotators_config: Optional[str] = None
+    local_judge: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArenaHardJudge(ServedJudge):
+    name: str = "arena_hard"
+    baseline_file: Optional[str] = None
+    temperature: float = 0.0
+    max_tokens: int = 16000
+    weight: int = 3
+    bootstrap_rounds: int = 100
+    seed: int = 42
+    proxy: bool = True
+
+
+@dataclass
+class MTBenchGradingJudge(ServedJudge):
+    name: str = "mt_bench_grading"
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    proxy: bool = True
+
+
+JUDGES = {"harmlessness": Judge, "ifeval": IFEvalJudge, "local_llm_judge": LocalLLMJudge,
+          "reference_similarity": ReferenceSimilarityJudge, "reward_model": RewardModelJudge,
+          "alpaca_eval": AlpacaEvalJudge, "arena_hard": ArenaHardJudge, "mt_bench_grading": MTBenchGradingJudge}
+
+
 SCHEMAS = {"generation": Generation, "wsd": WSD, "tax": Tax, "train": Train}
 
 
@@ -301,5 +408,7 @@ def register() -> None:
         store.store(group="schema/method", name=name, node=schema(name=name))
     for name, schema in BENCHMARKS.items():
         store.store(group="schema/benchmark", name=name, node=schema(name=name))
+    for name, schema in JUDGES.items():
+        store.store(group="schema/judge", name=name, node=schema(name=name))
 
 register()

@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from wsd.config import CONF, compose
-from wsd.schemas import BENCHMARKS, METHODS, WSD, Generation, Tax, benchmark_block, method_block
+from wsd.schemas import BENCHMARKS, JUDGES, METHODS, WSD, Generation, Serve, Tax, benchmark_block, method_block
 
 
 @pytest.mark.parametrize("override, stage, key", [
@@ -17,10 +17,12 @@ from wsd.schemas import BENCHMARKS, METHODS, WSD, Generation, Tax, benchmark_blo
     ("train.lora=16", "train_pilot", "train.lora"),
     ("method.k=many", "generate", "method.k"),  # (after method=args, below)
     ("benchmark.limit=some", "generate", "benchmark.limit"),
+    ("judge.client.concurrency=many", "evaluate", "judge.client.concurrency"),  # (judge=arena_hard, below)
 ])
 def test_a_wrong_type_fails_as_the_config_composes_naming_its_key(override, stage, key):
     with pytest.raises(ConfigCompositionException) as raised:
-        compose(["method=args", override] if override.startswith("method.") else [override], stage)
+        chosen = {"method.": ["method=args"], "judge.": ["judge=arena_hard"]}.get(override.split(".")[0] + ".", [])
+        compose([*chosen, override], stage)
     assert f"full_key: {key}" in str(raised.value.__cause__)
 
 
@@ -61,11 +63,12 @@ def test_a_method_block_out_of_range_is_named_by_its_key(method, message):
         method_block(method)
 
 
-def test_every_shipped_method_and_benchmark_is_typed_by_its_own_schema():
-    for group, schemas in (("method", METHODS), ("benchmark", BENCHMARKS)):
+def test_every_shipped_method_benchmark_and_judge_is_typed_by_its_own_schema():
+    for group, schemas in (("method", METHODS), ("benchmark", BENCHMARKS), ("judge", JUDGES)):
         for path in sorted((CONF / group).glob("*.yaml")):
-            cfg = compose([f"{group}={path.stem}"])
+            cfg = compose([f"{group}={path.stem}"], "evaluate")
             assert OmegaConf.get_type(cfg[group]) is schemas[path.stem], path
+    assert OmegaConf.get_type(compose(["judge=mt_bench_grading"], "evaluate").judge.client.serve) is Serve
     with pytest.raises(ValueError, match="benchmark.limit must be null or an integer >= 1, got 0"):
         benchmark_block({"name": "alpaca_eval", "limit": 0})
 
