@@ -187,9 +187,12 @@ def test_the_local_judge_and_lm_eval_scoring_agree_across_backends(vllm_pair, re
 
     items = [{"prompt": "Name a fruit.", "response": "An apple.", "reference": "A car."},
              {"prompt": "What is 2+2?", "response": "5", "reference": "4"}]
+    # the vLLM judge takes the stage's engine from its pool (a second vLLM engine in one process
+    # breaks vLLM's process groups); the HF judge loads its own
     judges = {name: PairwiseLLMJudge(model=resolved["pilot"], model_cache_dir=resolved["model_cache_dir"],
-                                     backend=backend)
-              for name, backend in (("vllm", resolved["backend"]), ("hf", {"name": "hf"}))}
+                                     backend=backend, pool=pool)
+              for name, backend, pool in (("vllm", resolved["backend"], generate.POOL), ("hf", {"name": "hf"}, None))}
+    assert judges["vllm"]._judge is vllm_pair[0]
     wins = {name: [r["win"] for r in j.score(items)] for name, j in judges.items()}
     assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(wins["vllm"], wins["hf"]))
 
