@@ -45,27 +45,23 @@ def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models
 
 
 def kill_after_a_checkpoint(stage, args: list[str]) -> None:
-    """Start `stage` in its own process and SIGKILL it once its checkpoint-4 is complete."""
+    """Run `stage` in its own process, SIGKILLed from inside right after it saved checkpoint-4."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-m", stage.__name__, *args], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.run([sys.executable, "-m", "tests.killed_after_checkpoint", "4", stage.__name__, *args],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
     name = stage.__name__.rsplit(".", 1)[1]
     out = identity.training(compose(args, name), root="reward_models" if name == "train_reward" else "pilots").folder
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
-        assert child.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.2)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "summary.json").exists()  # it did not finish
 
 
 def test_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
-    args = overrides(tiny_models, tmp_path, pairs, "train.trl.max_steps=40", "train.trl.save_steps=2",
+    args = overrides(tiny_models, tmp_path, pairs, "train.trl.max_steps=8", "train.trl.save_steps=2",
                      "train.trl.learning_rate=1e-4")
     kill_after_a_checkpoint(train_pilot, args)
     summary = train_pilot.run(compose(args, "train_pilot"))
-    assert summary["resumed_from"] and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 4
-    assert summary["global_steps"] == 40
+    assert summary["resumed_from"].endswith("/checkpoint-4") and summary["global_steps"] == 8
 
 
 def test_a_longer_run_after_a_finished_shorter_one_trains_its_own_pilot(tiny_models, tmp_path, pairs):

@@ -64,12 +64,12 @@ def test_the_trained_reward_model_prefers_the_chosen_answers_and_steers_args(tin
 
 
 def test_reward_training_resumes_after_a_kill(tiny_models, tmp_path, pairs):
-    args = overrides(tiny_models, tmp_path, pairs, "train.trl.max_steps=40", "train.trl.save_steps=2",
+    args = overrides(tiny_models, tmp_path, pairs, "train.trl.max_steps=8", "train.trl.save_steps=2",
                      "train.trl.learning_rate=1e-4")
     kill_after_a_checkpoint(train_reward, args)
     summary = train_reward.run(compose(args, "train_reward"))
-    assert summary["resumed_from"] and int(summary["resumed_from"].rsplit("-", 1)[1]) >= 4
-    assert summary["global_steps"] == 40 and summary["heldout"]["accuracy"]["after"] is not None
+    assert summary["resumed_from"].endswith("/checkpoint-4") and summary["global_steps"] == 8
+    assert summary["heldout"]["accuracy"]["after"] is not None
 
 
 def test_reward_training_under_deepspeed_on_two_gloo_ranks(tiny_models, tmp_path, pairs):
