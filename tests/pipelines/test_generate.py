@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -272,28 +273,18 @@ def stage_command(tiny_models, out, prompts, *extra):
 
 
 def test_sigkilled_run_resumes_with_exactly_one_record_per_prompt(tiny_models, tmp_path):
-    import signal
-    import time
-
     prompts = long_prompts(tmp_path)
     args = ("method=base", "generation.batch_size=1", "generation.fixed_length=true",
-            "generation.max_new_tokens=150")
-    command = [sys.executable, *stage_command(tiny_models, tmp_path / "run", prompts, *args)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    records = None
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        found = list((tmp_path / "run" / "outputs" / "generate").glob("jsonl/*/records.jsonl"))
-        if found and found[0].read_text().count("\n") >= 2:
-            records = found[0]
-            break
-        time.sleep(0.2)
-    assert records is not None and process.poll() is None, "the run should still be going after 2 records"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+            "generation.max_new_tokens=24")
+    stage = stage_command(tiny_models, tmp_path / "run", prompts, *args)
+    killed = subprocess.run([sys.executable, "-m", "tests.crash", "records", "2", *stage[1:]], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    [records] = list((tmp_path / "run" / "outputs" / "generate").glob("jsonl/*/records.jsonl"))
     before = records.read_text()
-    assert 2 <= before.count("\n") < 6
+    assert before.count("\n") == 2
 
+    command = [sys.executable, *stage]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=600)
     after = [json.loads(line) for line in records.read_text().splitlines()]
     assert [r["id"] for r in after] == [f"p{i}" for i in range(6)]

@@ -47,7 +47,7 @@ def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models
 def kill_after_a_checkpoint(stage, args: list[str]) -> None:
     """Run `stage` in its own process, SIGKILLed from inside right after it saved checkpoint-4."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, "-m", "tests.killed_after_checkpoint", "4", stage.__name__, *args],
+    killed = subprocess.run([sys.executable, "-m", "tests.crash", "checkpoint", "4", stage.__name__, *args],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     assert killed.returncode == -signal.SIGKILL
     name = stage.__name__.rsplit(".", 1)[1]
