@@ -9,7 +9,11 @@ is or on how often a watcher polls.
 import os
 import runpy
 import signal
+import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def die() -> None:
@@ -39,6 +43,14 @@ def after_records(count: int) -> None:
             die()
 
     RecordFile.append = append_then_maybe_die
+
+
+def run_until_killed(point: str, n: int, module: str, args: list[str]) -> None:
+    """Run `python -m module args` in its own process, killed at `point` N, and check it was."""
+    killed = subprocess.run([sys.executable, "-m", "tests.crash", point, str(n), module, *args], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from hydra.errors import MissingConfigException
 
 from pipelines import generate
 from tests.conftest import REPO, compose, tiny_overrides
+from tests.crash import run_until_killed
 from wsd import engines
 from wsd.reference import ReferenceWSD
 from wsd.switch import keep_count
@@ -277,9 +277,7 @@ def test_sigkilled_run_resumes_with_exactly_one_record_per_prompt(tiny_models, t
     args = ("method=base", "generation.batch_size=1", "generation.fixed_length=true",
             "generation.max_new_tokens=24")
     stage = stage_command(tiny_models, tmp_path / "run", prompts, *args)
-    killed = subprocess.run([sys.executable, "-m", "tests.crash", "records", "2", *stage[1:]], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    assert killed.returncode == -signal.SIGKILL
+    run_until_killed("records", 2, stage[1], stage[2:])  # stage: ["-m", module, *overrides]
     [records] = list((tmp_path / "run" / "outputs" / "generate").glob("jsonl/*/records.jsonl"))
     before = records.read_text()
     assert before.count("\n") == 2

@@ -1,9 +1,7 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ from safetensors.torch import load_file
 
 from pipelines import generate, train_pilot
 from tests.conftest import REPO, tiny_overrides
+from tests.crash import run_until_killed
 from wsd import identity
 from wsd.config import compose
 
@@ -46,10 +45,7 @@ def test_training_lowers_the_loss_changes_the_weights_and_drives_wsd(tiny_models
 
 def kill_after_a_checkpoint(stage, args: list[str]) -> None:
     """Run `stage` in its own process, SIGKILLed from inside right after it saved checkpoint-4."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, "-m", "tests.crash", "checkpoint", "4", stage.__name__, *args],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    assert killed.returncode == -signal.SIGKILL
+    run_until_killed("checkpoint", 4, stage.__name__, args)
     name = stage.__name__.rsplit(".", 1)[1]
     out = identity.training(compose(args, name), root="reward_models" if name == "train_reward" else "pilots").folder
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
