@@ -43,10 +43,9 @@ class MethodLM(LM):
         return self.models["base"] if "base" in self.models else self.models["pilot"]
 
     def _method(self, until: tuple[str, ...], max_gen_toks: int):
-        """The method with the request's stops and budget (WSD's draft no longer than it)."""
+        """The method with the request's stops and budget (WSD drafts no further than it)."""
         generation = {**self.cfg["generation"], "max_new_tokens": max_gen_toks, "stop_strings": list(until)}
-        wsd = {**self.cfg["wsd"], "draft_max_tokens": min(self.cfg["wsd"]["draft_max_tokens"], max_gen_toks)}
-        return self.entry.build({**self.cfg, "generation": generation, "wsd": wsd}, self.models)
+        return self.entry.build({**self.cfg, "generation": generation}, self.models)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Requests grouped by (`until`, `max_gen_toks`), each group decoded in the method's

@@ -127,13 +127,45 @@ def tiny_reward_model(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_pair(tiny_models, tmp_path_factory):
-    """(pilot, base) HF engines of `tiny_models`."""
+def placement() -> dict:
+    """Where the engine tests put their models: the CPU in fp32 here; `tests/gpu/` overrides
+    it to run the same tests on CUDA in fp32 and bf16."""
+    return {"device": "cpu", "dtype": "float32"}
+
+
+def tolerance(engine) -> float:
+    """Relative tolerance between one computation in two shapes (batched or cached, and not):
+    ~1e-6 apart in fp32; bf16 keeps 8 bits of mantissa, and its logits' errors of a few
+    hundredths move probabilities by several percent."""
+    import torch
+
+    return 1e-4 if engine.model.dtype == torch.float32 else 0.1
+
+
+def assert_same_answers(got: dict, want: dict, engine) -> None:
+    """Two WSD runs' records by prompt id give the same answers: in fp32 the same switch and
+    the same text. In bf16 a batched or cached continuation parts from a full forward's at
+    near-ties (the top-2 logits closer than bf16 resolves), so there the switch and the kept
+    draft must agree and the continuations may differ."""
+    import torch
+
+    if engine.model.dtype == torch.float32:
+        assert {p: (r["keep_count"], r["response"]) for p, r in got.items()} == \
+               {p: (r["keep_count"], r["response"]) for p, r in want.items()}
+        return
+    assert {p: (r["keep_count"], r["accepted_draft"]) for p, r in got.items()} == \
+           {p: (r["keep_count"], r["accepted_draft"]) for p, r in want.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_models, tmp_path_factory, placement):
+    """(pilot, base) HF engines of `tiny_models`, placed by `placement`."""
     from wsd.engines import load_engine
     from wsd.models import ModelSpec
 
     cache = tmp_path_factory.mktemp("cache")
-    return tuple(load_engine(ModelSpec.from_config({"name": role, "path": tiny_models[role]}), {"name": "hf"}, cache)
+    return tuple(load_engine(ModelSpec.from_config({"name": role, "path": tiny_models[role], **placement}),
+                             {"name": "hf"}, cache)
                  for role in ("pilot", "base"))
 
 

@@ -37,9 +37,14 @@ class WSDSettings:
         return stop_strings("base", base.tokenizer, self.answer_stops, self.fixed_length)
 
     def base_budget(self, kept: int) -> int:
-        if self.fixed_length:
-            return max(1, self.target_max_tokens - kept)
+        if self.fixed_length:  # exactly the rest of the answer
+            return max(0, self.target_max_tokens - kept)
         return base_budget(self.target_max_tokens, kept)
+
+    def max_answer_tokens(self) -> int:
+        """The longest answer the budgets allow: kept draft + the base's budget, at its worst
+        over every keep count up to the draft budget (up to target + 49 by the rounding)."""
+        return max(kept + self.base_budget(kept) for kept in range(self.draft_max_tokens + 1))
 
     def continuation_budget(self, base: LoadedModel, kept_ids: list[int]) -> int:
         """New tokens the base may write after the kept draft: none when the kept draft
@@ -201,12 +206,12 @@ def check_context(loaded: LoadedModel, prompt_id: str, prompt_tokens: int, new_t
 
 def check_fits(pilot: LoadedModel, base: LoadedModel, settings: WSDSettings, prompt_id: str,
                messages: list[Message]) -> None:
-    """WSD's budgets: the pilot drafts up to `draft_max_tokens`; the base needs prompt + kept
-    draft + budget <= prompt + target + 49."""
+    """WSD's budgets: the pilot drafts up to `draft_max_tokens`; the base needs the prompt and
+    the longest answer the budgets allow."""
     s = settings
     pilot_len = len(encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, messages)))
     check_context(pilot, prompt_id, pilot_len, s.draft_max_tokens, "draft")
-    check_context(base, prompt_id, base_texts(base, messages)[1], s.target_max_tokens + 49, "target + 49")
+    check_context(base, prompt_id, base_texts(base, messages)[1], s.max_answer_tokens(), "answer")
 
 
 def pad_id(loaded: LoadedModel) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -148,6 +149,20 @@ class PrefixCachedLM:
         return True
 
 
+def model_identity(model: dict, backend: dict) -> dict:
+    """What determines a model's outputs on `backend`: its config block, a linked folder keyed
+    by what it points at (`pilot=trained` links to the latest training), without the engine
+    settings of a backend not in use. Run identities and the draft cache both key models so."""
+    model = dict(model)
+    if model.get("path"):
+        path = Path(model["path"]).expanduser()
+        if path.is_symlink():
+            model["resolved_path"] = str(path.resolve())
+    if backend["name"] == "hf":
+        model.pop("vllm", None)
+    return model
+
+
 def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; accepted: {', '.join(BACKENDS)}")
@@ -169,30 +184,41 @@ class ModelPool:
     needs), the least recently used leaving first, and one reward model. A stage owns one and
     keeps it across the jobs of a multirun and across its parts (a teacher and a judge on the
     same model share it), so a grid loads its pilot and base once; `make reproduce` passes one
-    pool to every step."""
+    pool to every step. The engines of the latest `engines` call belong to the method that runs
+    now and are never evicted (the pool grows past `size` instead): Aligner over WSD holds
+    pilot, base and corrector, and GenerAlign's teachers stay while its judge loads its own
+    model."""
 
     def __init__(self, size: int = 2):
         self.size = size
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._reward = None  # (settings, model)
+        self._held: frozenset[str] = frozenset()  # the keys of the running method's engines
 
     def engine(self, spec: ModelSpec, backend: dict | None, cache_dir: str) -> Engine:
-        backend = backend or {"name": "hf"}
-        key = repr((backend, spec))
+        """The engine of `spec` on `backend`, loaded if needed."""
+        key = self._key(spec, backend)
         if key in self._engines:
             self._engines.move_to_end(key)
             return self._engines[key]
-        while len(self._engines) >= self.size:
-            _, evicted = self._engines.popitem(last=False)
+        evictable = [k for k in self._engines if k not in self._held]  # least recently used first
+        while evictable and len(self._engines) >= self.size:
+            evicted = self._engines.pop(evictable.pop(0))
             if hasattr(evicted, "close"):  # a serving engine holds its KV-cache memory until stopped
                 evicted.close()
-        self._engines[key] = load_engine(spec, backend, cache_dir)
+        self._engines[key] = load_engine(spec, backend or {"name": "hf"}, cache_dir)
         return self._engines[key]
 
+    @staticmethod
+    def _key(spec: ModelSpec, backend: dict | None) -> str:
+        return repr((backend or {"name": "hf"}, spec))
+
     def engines(self, needed: dict[str, ModelSpec], cfg: dict) -> dict[str, Engine]:
-        """Engines by role on the config's backend; HF engines decode `generation.chunk_tokens`
-        per call."""
-        engines = {role: self.engine(spec, cfg.get("backend"), cfg["model_cache_dir"]) for role, spec in needed.items()}
+        """Engines by role on the config's backend, held until the next call (they replace
+        the engines held before); HF engines decode `generation.chunk_tokens` per call."""
+        self._held = frozenset(self._key(spec, cfg.get("backend")) for spec in needed.values())
+        engines = {role: self.engine(spec, cfg.get("backend"), cfg["model_cache_dir"])
+                   for role, spec in needed.items()}
         for engine in engines.values():
             if isinstance(engine, HFEngine):
                 engine.chunk_tokens = cfg["generation"]["chunk_tokens"]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from wsd.engines import model_identity
 from wsd.methods import effective_backend, method_entry
 from wsd.store import config_key, slug, write_atomic
 
@@ -124,16 +125,12 @@ def finished(folder: str | Path, stage: str) -> dict:
 # --- generation ------------------------------------------------------------------------
 
 
-def _model_inputs(cfg, roles) -> tuple[dict, dict[str, str]]:
+def _model_inputs(cfg, roles, backend: dict) -> tuple[dict, dict[str, str]]:
     payload, inputs = {}, {}
     for role in roles:
-        model = _plain(cfg[role])
-        if model.get("path"):
-            path = Path(model["path"]).expanduser()
-            if path.is_symlink():  # `pilot=trained` links to the latest training: key by what it points at
-                model["resolved_path"] = str(path.resolve())
-            inputs[role] = str(path.resolve())
-        payload[role] = model
+        payload[role] = model_identity(_plain(cfg[role]), backend)
+        if payload[role].get("path"):
+            inputs[role] = str(Path(payload[role]["path"]).expanduser().resolve())
     return payload, inputs
 
 
@@ -145,11 +142,8 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict, dict[str, str]]:
     entry = method_entry(cfg.method.name)
     backend = effective_backend(_plain(cfg))
     roles = list(entry.roles_for(cfg)) + (["reward_model"] if entry.reward else [])
-    payload, inputs = _model_inputs(cfg, roles)
-    if backend["name"] == "hf":
-        for model in payload.values():
-            model.pop("vllm", None)  # engine settings of a backend not in use change nothing
-    else:  # HF, the default, keeps the keys its runs always had
+    payload, inputs = _model_inputs(cfg, roles, backend)
+    if backend["name"] != "hf":  # HF, the default, keeps the keys its runs always had
         payload["backend"] = backend
     payload.update(method=_plain(cfg.method), seed=cfg.seed, generation=_plain(cfg.generation))
     if entry.uses_wsd_block:

@@ -10,6 +10,7 @@ method (best-of-n, ARGS...) is one builder and one config file. Builders get eng
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from wsd.cards import CARDS, CARDSSettings
 from wsd.chunked import ChunkedWSD
 from wsd.decoding import WSDSettings, check_context, encode
 from wsd.draft_cache import DraftCache
-from wsd.engines import Engine
+from wsd.engines import Engine, model_identity
 from wsd.fast import FastOptions, FastWSD
 from wsd.models import ModelSpec, check_available
 from wsd.nudging import Nudging
@@ -38,6 +39,8 @@ from wsd.prompts import (
 from wsd.reference import ReferenceWSD
 from wsd.reward import RewardSettings, reward_scale
 from wsd.schemas import WSD, Generation, method_block
+
+log = logging.getLogger(__name__)
 
 
 class Method(Protocol):
@@ -132,7 +135,12 @@ def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
     fast engine's options."""
     w, g = WSD(**cfg["wsd"]), greedy_options(cfg)
     w.validate()
-    settings = WSDSettings(window=w.window, threshold=w.threshold, draft_max_tokens=w.draft_max_tokens,
+    draft = min(w.draft_max_tokens, g.max_new_tokens)
+    if draft < w.draft_max_tokens:
+        log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
+                    "drafts at most %d tokens, so no kept draft outruns the answer", w.draft_max_tokens,
+                    g.max_new_tokens, draft)
+    settings = WSDSettings(window=w.window, threshold=w.threshold, draft_max_tokens=draft,
                            target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length,
                            answer_stops=tuple(g.stop_strings))
     options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w.early_stop)
@@ -148,14 +156,24 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     vllm = backend_name(cfg) == "vllm"
     if engine == "reference":
         return WSDMethod(ReferenceWSD(pilot, base, settings, batch_size=options.batch_size if vllm else 1))
-    draft_cache = None
-    if cfg.get("draft_cache_dir"):
-        # what a draft and its base probabilities depend on (the answer's stop strings do not)
-        identity = {"pilot": cfg["pilot"], "base": cfg["base"], "draft_max_tokens": settings.draft_max_tokens,
-                    "fixed_length": settings.fixed_length, "seed": cfg["seed"]}
-        draft_cache = DraftCache(cfg["draft_cache_dir"], identity)
+    draft_cache = DraftCache(cfg["draft_cache_dir"], draft_identity(cfg)) if cfg.get("draft_cache_dir") else None
     fast = ChunkedWSD if vllm else FastWSD
     return WSDMethod(fast(pilot, base, settings, options, draft_cache))
+
+
+def draft_identity(cfg: dict) -> dict:
+    """What a pilot draft and its base probabilities depend on: both models as run identities
+    key them, the backend (each backend's kernels decide near-ties their own way), the draft
+    budget, fixed-length decoding, the seed, and the batching (in bf16 the batch's shape
+    changes the numbers). Not the switch rule, nor the answer's budget and stop strings, so
+    every point of a (window, threshold) sweep shares the entries."""
+    backend = dict(cfg.get("backend") or {"name": "hf"})
+    w, g = WSD(**cfg["wsd"]), Generation(**cfg["generation"])
+    identity = {role: model_identity(cfg[role], backend) for role in ("pilot", "base")}
+    identity.update(draft_max_tokens=min(w.draft_max_tokens, g.max_new_tokens), fixed_length=g.fixed_length,
+                    seed=cfg["seed"], batch_size=g.batch_size, chunk_tokens=g.chunk_tokens)
+    identity["backend"] = backend
+    return identity
 
 
 def prompted_base(cfg: dict, base: Engine, prompt: str, options: Generation | None = None) -> PromptedModel:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsd.packaged import package_version, packaged_file
-from wsd.store import slug
+from wsd.store import slug, umask_modes
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ def packaged_folder(spec: ModelSpec, cache_dir: str | os.PathLike) -> Path:
             source = [{"package": p.package, "version": package_version(p.package), "file": p.file}
                       for p in spec.gguf_parts]
             (out / _DONE_FILE).write_text(json.dumps({"name": spec.name, "source": source}, indent=1))
+            umask_modes(out)
             if final.exists():  # a folder without the marker: leftover of a foreign failure
                 shutil.rmtree(final)
             os.replace(out, final)

@@ -38,6 +38,19 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def umask_modes(folder: Path) -> None:
+    """Give a folder written by libraries its umask's permissions, as a plain write has:
+    `save_pretrained` writes `model.safetensors` with mode 0600, which makes a cache or a
+    checkpoint shared between users of a machine (`WSD_CACHE_DIR` on a cluster) unreadable
+    to all but its writer."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 class RecordFile:
     """A JSONL file of records with a unique `id`, appended to as items finish."""
 

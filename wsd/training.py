@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsd.identity import Identity
 from wsd.models import ModelSpec, check_available, model_folder
-from wsd.store import write_atomic
+from wsd.store import umask_modes, write_atomic
 from wsd.tracking import tracked, validate_logger
 
 log = logging.getLogger("wsd.train")
@@ -279,6 +279,7 @@ def train(cfg: DictConfig, spec: ModelSpec, data, identity: Identity, latest: Pa
         if cfg.train.lora:
             merge_lora(tmp, folder, cfg.train.dtype, kind.head)
         tokenizer.save_pretrained(str(tmp))
+        umask_modes(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

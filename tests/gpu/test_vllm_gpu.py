@@ -2,6 +2,8 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/gpu -q
 
+(beside `test_hf_engines_gpu.py`, the HF engine tests on CUDA in fp32 and bf16).
+
 The embedded pair in fp32, both engines on one GPU (each with its share of its memory), the
 same checks the CPU tests make, plus tensor parallelism where two GPUs are visible.
 """
@@ -12,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+pytest.importorskip("vllm")  # a GPU machine without vLLM still runs test_hf_engines_gpu.py
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -249,6 +249,15 @@ def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path, tiny_
     for method in methods:
         assert runs["vllm", method][0] != runs["hf", method][0]
         assert len(runs["vllm", method][1]) == 2 and runs["vllm", method][1] == runs["hf", method][1], method
+    # one draft cache (output_root/cache/drafts) for both backends: HF took none of vLLM's
+    # drafts; a run of the same pair on the same backend (another folder) takes every one
+    def cache_hits(run_dir):
+        return [json.loads(line)["draft_cache_hit"] for line in open(f"{run_dir}/records.jsonl")]
+
+    assert cache_hits(runs["vllm", "wsd"][0]) == cache_hits(runs["hf", "wsd"][0]) == [False, False]
+    again = generate.run(compose([*overrides, "method=wsd", "backend=hf", f"output_root={tmp_path / 'again'}",
+                                  f"draft_cache_dir={tmp_path / 'cache' / 'drafts'}"]))
+    assert cache_hits(again["run_dir"]) == [True, True]
     # CARDS reads the base's whole distribution: on backend=vllm it runs on HF, in HF's folder
     cards = [*overrides, "method=cards", "method.reward_target=0.0", "generation.max_new_tokens=12"]
     on_vllm = generate.run(compose([*cards, "backend=vllm"]))

@@ -1,5 +1,6 @@
 import pytest
 
+from tests.conftest import assert_same_answers, tolerance
 from wsd.prompt_sets import Prompt
 from wsd.decoding import WSDSettings, base_texts
 from wsd.draft_cache import DraftCache
@@ -46,12 +47,14 @@ def test_fast_matches_reference_at_every_batch_size(tiny_pair, fixed_length, win
         engine = FastWSD(*tiny_pair, settings, FastOptions(batch_size=batch_size, chunk_tokens=7))
         fast = records(engine)
         paths = {key: paths[key] + engine.continuation_batches[key] for key in paths}
+        assert_same_answers(fast, reference, tiny_pair[1])
         for pid, ref in reference.items():
             got = fast[pid]
-            assert (got["keep_count"], got["response"]) == (ref["keep_count"], ref["response"]), (pid, batch_size)
-            assert got["stop_reason"] == ref["stop_reason"]
+            if tolerance(tiny_pair[1]) < 1e-3:  # fp32: the same text, so the same ending
+                assert got["stop_reason"] == ref["stop_reason"]
             k = ref["keep_count"]
-            assert got["base_token_probs"][:k] == pytest.approx(ref["base_token_probs"][:k], rel=1e-4, abs=1e-7)
+            assert got["base_token_probs"][:k] == pytest.approx(ref["base_token_probs"][:k], rel=tolerance(tiny_pair[1]),
+                                                               abs=1e-7)
             if not got["early_stopped"]:
                 assert got["draft"] == ref["draft"]
     assert paths["reused_scoring_cache"] > 0  # these drafts fit the 256-token sliding window
@@ -64,9 +67,7 @@ def test_long_rows_fall_back_to_a_batched_prefill(tiny_pair):
     engine = FastWSD(*tiny_pair, settings, FastOptions(batch_size=8))
     got = records(engine)
     assert engine.continuation_batches["prefilled"] > 0
-    want = records(ReferenceWSD(*tiny_pair, settings))
-    assert {p: (r["keep_count"], r["response"]) for p, r in got.items()} == \
-           {p: (r["keep_count"], r["response"]) for p, r in want.items()}
+    assert_same_answers(got, records(ReferenceWSD(*tiny_pair, settings)), tiny_pair[1])
 
 
 def test_early_stopping_drafts_less(tiny_pair):
@@ -78,8 +79,7 @@ def test_early_stopping_drafts_less(tiny_pair):
     assert stopped, "no prompt switched early at this threshold"
     assert all(a[p]["draft_tokens"] < b[p]["draft_tokens"] for p in stopped)
     assert early.counter["pilot_drafting"] < full.counter["pilot_drafting"]
-    assert [(r["keep_count"], r["response"]) for r in a.values()] == \
-           [(r["keep_count"], r["response"]) for r in b.values()]
+    assert_same_answers(a, b, tiny_pair[1])
 
 
 def test_sweep_reuses_drafts_and_scores(tiny_pair, tmp_path):
@@ -94,9 +94,7 @@ def test_sweep_reuses_drafts_and_scores(tiny_pair, tmp_path):
         got = records(point)
         assert point.counter["pilot_drafting"] == point.counter["base_scoring"] == 0
         assert all(r["draft_cache_hit"] for r in got.values())
-        want = records(ReferenceWSD(*tiny_pair, settings))
-        assert {p: (r["keep_count"], r["response"]) for p, r in got.items()} == \
-               {p: (r["keep_count"], r["response"]) for p, r in want.items()}
+        assert_same_answers(got, records(ReferenceWSD(*tiny_pair, settings)), tiny_pair[1])
 
 
 def test_early_stopped_cache_entry_serves_only_earlier_switches(tiny_pair, tmp_path):
@@ -114,7 +112,7 @@ def test_early_stopped_cache_entry_serves_only_earlier_switches(tiny_pair, tmp_p
 
 
 @pytest.fixture(scope="module")
-def small_window_pair(tiny_pair, tmp_path_factory):
+def small_window_pair(tiny_pair, tmp_path_factory, placement):
     """The tiny pair with the base's attention limited to a 32-token sliding window (same
     weights), so prompts, drafts and continuations cross it."""
     import json
@@ -129,7 +127,7 @@ def small_window_pair(tiny_pair, tmp_path_factory):
     config = json.loads((folder / "config.json").read_text())
     assert set(config["layer_types"]) == {"sliding_attention"}
     (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 32}))
-    return pilot, load_engine(ModelSpec.from_config({"name": "base-window-32", "path": str(folder)}), {"name": "hf"},
+    return pilot, load_engine(ModelSpec.from_config({"name": "base-window-32", "path": str(folder), **placement}), {"name": "hf"},
                               tmp_path_factory.mktemp("cache"))
 
 
@@ -150,7 +148,6 @@ def test_fast_matches_reference_across_a_small_sliding_window(small_window_pair,
     for batch_size in (2, len(prompts)):
         engine = FastWSD(*small_window_pair, settings, FastOptions(batch_size=batch_size, chunk_tokens=chunk))
         fast = records(engine, prompts)
-        assert {p: (r["keep_count"], r["response"]) for p, r in fast.items()} == \
-               {p: (r["keep_count"], r["response"]) for p, r in reference.items()}, batch_size
+        assert_same_answers(fast, reference, base)
         assert engine.continuation_batches["prefilled"] > 0
         assert engine.scoring_restarts > 0 or draft == 3  # 59-token prompts fill the window at once

@@ -279,3 +279,56 @@ def test_aligner_prompt_and_an_absent_corrector_named_before_anything_loads(tiny
     _, record = next(build("aligner", tiny_pair, tiny_reward).generate_many(PROMPTS[:1]))
     base_answer = next(build("base", tiny_pair).generate_many(PROMPTS[:1]))[1]["response"]
     assert record["original_response"] == base_answer and record["corrector"] == tiny_pair[0].name
+
+
+def test_the_draft_cache_is_keyed_by_backend_and_by_the_engine_settings_in_use():
+    """The cache serves drafts and base probabilities only to runs that would compute the same:
+    HF and vLLM (and each vLLM setting) apart; HF runs blind to the unused `vllm:` block; the
+    switch rule shared by every point of a sweep."""
+    from wsd.methods import draft_identity
+    from wsd.store import config_key
+
+    def key(backend="hf", vllm=None, **wsd):
+        cfg = config("wsd")
+        cfg["backend"] = {"name": backend}
+        cfg["wsd"] = {**cfg["wsd"], **wsd}
+        cfg["pilot"] = {**cfg["pilot"], "vllm": vllm or {"dtype": "float32"}}
+        return config_key(draft_identity(cfg))
+
+    assert key("hf") != key("vllm")
+    assert key("vllm") != key("vllm", vllm={"dtype": "bfloat16"})
+    assert key("hf") == key("hf", vllm={"dtype": "bfloat16"})
+    assert key("hf") == key("hf", window=6, threshold=0.9) != key("hf", draft_max_tokens=8)
+
+
+def test_a_draft_budget_above_the_answer_budget_is_clamped_and_said(caplog):
+    """The pilot never drafts past the answer's budget (a kept draft of k > budget got a base
+    budget of 1 and outran it), and the context check covers the longest answer allowed."""
+    from wsd.methods import wsd_settings
+
+    cfg = config("wsd")
+    cfg["wsd"] = {**cfg["wsd"], "draft_max_tokens": 96}
+    with caplog.at_level("WARNING", logger="wsd.methods"):
+        _, settings, _ = wsd_settings(cfg)
+    assert settings.draft_max_tokens == 16
+    assert "wsd.draft_max_tokens=96" in caplog.text and "generation.max_new_tokens=16" in caplog.text
+    assert settings.max_answer_tokens() == 16 + 49  # k = 1: 1 + 15 rounded up to 50
+    fixed = config("wsd")
+    fixed["generation"] = {**fixed["generation"], "fixed_length": True}
+    fixed["wsd"] = {**fixed["wsd"], "draft_max_tokens": 96}
+    assert wsd_settings(fixed)[1].max_answer_tokens() == 16
+
+
+@pytest.mark.parametrize("fixed_length", [False, True])
+def test_answers_stay_within_their_budget_when_the_draft_budget_is_larger(tiny_pair, fixed_length):
+    """threshold 1.0 keeps whole drafts: a 96-token draft budget on a 16-token answer."""
+    pilot, base = tiny_pair
+    cfg = config("wsd")
+    cfg["generation"] = {**cfg["generation"], "fixed_length": fixed_length}
+    cfg["wsd"] = {**cfg["wsd"], "draft_max_tokens": 96, "threshold": 1.0}
+    records = [r for _, r in method_entry("wsd").build(cfg, {"pilot": pilot, "base": base}).generate_many(PROMPTS)]
+    assert all(r["draft_tokens"] <= 16 for r in records)
+    # the kept draft is in base tokens: its tokenization of 16 pilot tokens may be a little longer
+    assert all(r["response_tokens"] <= max(16 + 49 * (not fixed_length), r["keep_count"]) for r in records)
+    if fixed_length:
+        assert all(r["response_tokens"] == max(16, r["keep_count"]) for r in records)

@@ -50,3 +50,32 @@ def test_local_folder_loads_on_cpu(tiny_models, tmp_path):
     assert loaded.name == "tiny"
     assert str(loaded.device) == "cpu"
     assert not loaded.model.training
+
+
+def test_a_converted_packaged_model_gets_the_umasks_permissions(tiny_models, tmp_path, monkeypatch):
+    """A cache shared by the users of a machine: `save_pretrained` writes the weights 0600."""
+    import os
+    import stat
+
+    import transformers
+
+    from wsd import models
+
+    part = tmp_path / "part.gguf"
+    part.write_bytes(b"GGUF")
+    monkeypatch.setattr(models, "packaged_file", lambda package, file: part)
+    monkeypatch.setattr(models, "package_version", lambda package: "1.0")
+    for auto in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):  # the GGUF reader: the tiny pilot
+        load = auto.from_pretrained
+        monkeypatch.setattr(auto, "from_pretrained",
+                            lambda folder, gguf_file=None, _load=load, **kw: _load(tiny_models["pilot"], **kw))
+    spec = ModelSpec.from_config({"name": "packed", "gguf": {"parts": [{"package": "p", "file": "m.gguf"}]}})
+    umask = os.umask(0o022)
+    try:
+        folder = models.packaged_folder(spec, tmp_path / "cache")
+    finally:
+        os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+    assert "model.safetensors" in modes
+    assert modes == {name: 0o755 if name == folder.name else 0o644 for name in modes}
+    assert models.load_model(spec, tmp_path / "cache").model.config.vocab_size > 0

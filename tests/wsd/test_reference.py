@@ -32,7 +32,7 @@ def free_greedy(loaded, ids: list[int], steps: int, stops: list[str]) -> tuple[l
     eos, new = set(loaded.eos_token_ids), []
     with torch.inference_mode():
         for _ in range(steps):
-            token = int(loaded.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            token = int(loaded.model(input_ids=torch.tensor([ids + new], device=loaded.device)).logits[0, -1].argmax())
             if token in eos:
                 return new, "eos"
             new.append(token)
@@ -68,7 +68,7 @@ def test_check_scores_the_base_tokenization_of_the_draft(pair):
     assert c.prompt_ids == encode(base.tokenizer, prompt_text)
     assert base.tokenizer.decode(c.draft_ids) == draft_text.strip()
     with torch.no_grad():
-        logprobs = torch.log_softmax(base.model(torch.tensor([joined])).logits[0], dim=-1)
+        logprobs = torch.log_softmax(base.model(torch.tensor([joined], device=base.device)).logits[0].float(), dim=-1)
     n = len(c.prompt_ids)
     direct = [logprobs[n - 1 + i, t].exp().item() for i, t in enumerate(c.draft_ids)]
     assert c.token_probs == pytest.approx(direct, rel=1e-5, abs=1e-9)
