@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.endpoints import ServedJudge
-from wsd.packaged import packaged_file
+from wsd.core.packaged import packaged_file
 
 #: Verdict -> the outcomes it stands for, for assistant A (1 win, 0 loss, 0.5 tie), as
 #: arena-hard-auto's `show_result.py` counts them: a strong verdict counts `weight` times.
@@ -132,8 +132,12 @@ class ArenaHardJudge(ServedJudge):
 
     def __post_init__(self):
         super().__post_init__()
-        from eval_framework.tasks.arena_hard_task import (DEFAULT_PROMPT_TEMPLATE, DEFAULT_REGEX_PATTERNS,
-                                                          JUDGE_SETTINGS, OG_ARENA_HARD_PROMPT)
+        from eval_framework.tasks.arena_hard_task import (
+            DEFAULT_PROMPT_TEMPLATE,
+            DEFAULT_REGEX_PATTERNS,
+            JUDGE_SETTINGS,
+            OG_ARENA_HARD_PROMPT,
+        )
 
         self._settings, self._default_prompt = JUDGE_SETTINGS, OG_ARENA_HARD_PROMPT
         self._template, self._patterns = DEFAULT_PROMPT_TEMPLATE, DEFAULT_REGEX_PATTERNS
@@ -157,7 +161,7 @@ class ArenaHardJudge(ServedJudge):
         return client
 
     def _read_answers(self, path: Path) -> dict[str, str]:
-        from wsd.prompt_sets import read_rows
+        from wsd.data.prompt_sets import read_rows
 
         return {str(r.get("uid") or r.get("question_id")): answer_text(r) for r in read_rows(path)}
 

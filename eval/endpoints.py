@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from wsd.store import RecordFile, config_key
+from wsd.core.store import RecordFile, config_key
 
 log = logging.getLogger("wsd.endpoints")
 
@@ -206,8 +206,8 @@ class LocalServer:
     waited for (bounded), its log kept, stopped on exit and on error."""
 
     def __init__(self, serve: ServeSettings, log_path: Path):
-        from wsd.models import ModelSpec
-        from wsd.vllm_engine import VLLMEngine, kvcache_gib
+        from wsd.backends.models import ModelSpec
+        from wsd.backends.vllm_engine import VLLMEngine, kvcache_gib
 
         kvcache_gib(serve.cpu_kvcache_space_gib)  # checked before anything is set or started
 
@@ -237,7 +237,7 @@ class LocalServer:
         return [sys.executable, "-m", "eval.serve_vllm", model, *_flags(args)]
 
     def _env(self) -> dict:
-        from wsd.vllm_engine import kvcache_gib
+        from wsd.backends.vllm_engine import kvcache_gib
 
         env = dict(os.environ)
         env["VLLM_CPU_KVCACHE_SPACE"] = kvcache_gib(self.serve.cpu_kvcache_space_gib)

@@ -22,8 +22,8 @@ from typing import Protocol
 from eval.arena_hard import ArenaHardJudge
 from eval.endpoints import ServedJudge
 from eval.mt_bench import MTBenchGradingJudge
-from wsd.packaged import packaged_file
-from wsd.store import write_atomic
+from wsd.core.packaged import packaged_file
+from wsd.core.store import write_atomic
 
 
 class Judge(Protocol):
@@ -126,7 +126,7 @@ class ReferenceSimilarityJudge:
     def __post_init__(self):
         from sentence_transformers import SentenceTransformer
 
-        from wsd.models import resolve_device
+        from wsd.backends.models import resolve_device
 
         path = self.model or str(packaged_file(self.package, self.folder))
         self._encoder = _load_judge_model(path, lambda: SentenceTransformer(path, device=resolve_device(self.device)))
@@ -162,7 +162,7 @@ class RewardModelJudge:
     name: str = "reward_model"
 
     def __post_init__(self):
-        from wsd.reward import RewardModel, RewardSettings
+        from wsd.backends.reward import RewardModel, RewardSettings
 
         settings = RewardSettings(path=self.model, device=self.device, max_length=self.max_length,
                                   batch_size=self.batch_size)
@@ -217,7 +217,7 @@ class PairwiseLLMJudge:
     model: dict = None  # a model config entry as in conf/pilot or conf/base (id, folder or packaged GGUF)
     model_cache_dir: str = "~/.cache/wsd/models"
     backend: dict = None  # conf/backend/*.yaml (null: hf)
-    pool: object = None  # the stage's `wsd.engines.ModelPool`: the engine is shared with the stage's own models
+    pool: object = None  # the stage's `wsd.backends.engines.ModelPool`: the engine is shared with the stage's own models
     batch_size: int = 4
     max_answer_chars: int = 2000
     name: str = "local_llm_judge"
@@ -225,8 +225,8 @@ class PairwiseLLMJudge:
     requires = "reference"
 
     def __post_init__(self):
-        from wsd.engines import ModelPool
-        from wsd.models import ModelSpec
+        from wsd.backends.engines import ModelPool
+        from wsd.backends.models import ModelSpec
 
         spec = ModelSpec.from_config(self.model)
         pool = self.pool or ModelPool(size=1)
@@ -235,7 +235,7 @@ class PairwiseLLMJudge:
         self._verdicts = [tok(letter, add_special_tokens=False)["input_ids"][0] for letter in ("A", "B")]
 
     def _prompt(self, question: str, a: str, b: str) -> str:
-        from wsd.prompts import base_prompt, pilot_prompt
+        from wsd.core.prompts import base_prompt, pilot_prompt
 
         text = PAIRWISE_PROMPT.format(question=question, a=a[: self.max_answer_chars], b=b[: self.max_answer_chars])
         messages = [{"role": "user", "content": text}]
@@ -244,7 +244,7 @@ class PairwiseLLMJudge:
 
     def prefer_a(self, pairs: list[tuple[str, str, str]]) -> list[float]:
         """P(A) / (P(A) + P(B)) for each (question, answer A, answer B)."""
-        from wsd.decoding import encode
+        from wsd.backends.decoding import encode
 
         out = []
         for start in range(0, len(pairs), self.batch_size):
@@ -552,7 +552,7 @@ def check_judge_fits(benchmark: str, judge: str) -> None:
     """A (benchmark, judge) pair that cannot yield the judge's metric fails here, in
     milliseconds, before anything runs (benchmarks read from a local file are checked on
     their items instead, by `check_items_fit`)."""
-    from wsd.prompt_sets import benchmark_provides
+    from wsd.data.prompt_sets import benchmark_provides
 
     need, provides = requirement(judge), benchmark_provides(benchmark)
     if need and provides is not None and need not in provides:
@@ -582,7 +582,7 @@ def check_items_fit(judge: str, items: list[dict], benchmark: str) -> None:
 def build_judge(cfg: dict, folder: Path | None = None, pool=None) -> Judge:
     """A judge from its `conf/judge/*.yaml` entry (`name` plus its own parameters); a judge on a
     chat endpoint keeps its judgments (and its server's log) in `folder`; a local LLM judge
-    takes its model from the stage's `pool` (`wsd.engines.ModelPool`)."""
+    takes its model from the stage's `pool` (`wsd.backends.engines.ModelPool`)."""
     cfg = dict(cfg)
     cls = judge_class(cfg.pop("name", None))
     if issubclass(cls, ServedJudge) and folder is not None:

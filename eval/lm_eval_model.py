@@ -20,8 +20,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from wsd.prompt_sets import Prompt
-from wsd.engines import Engine, HFEngine
+from wsd.backends.engines import Engine, HFEngine
+from wsd.data.prompt_sets import Prompt
 from wsd.methods import method_entry
 
 log = logging.getLogger("wsd.lm_eval")
@@ -101,7 +101,7 @@ def _lm_eval_vllm(engine, batch_size: int):
     handed ours instead."""
     from unittest import mock
 
-    from wsd.vllm_engine import vllm_version_lookup
+    from wsd.backends.vllm_engine import vllm_version_lookup
 
     with vllm_version_lookup():  # lm-eval looks vLLM up by its distribution name
         from lm_eval.models import vllm_causallms

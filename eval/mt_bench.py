@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from eval.endpoints import ServedJudge
-from wsd.packaged import packaged_file
+from wsd.core.packaged import packaged_file
 
 #: FastChat's categories that are graded against a reference answer.
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
@@ -48,7 +48,7 @@ class MTBenchGradingJudge(ServedJudge):
 
     def __post_init__(self):
         super().__post_init__()
-        from wsd.prompt_sets import read_rows
+        from wsd.data.prompt_sets import read_rows
 
         prompts = {p["name"]: p for p in read_rows(packaged_file(self.prompts_package, self.prompts_file))}
         missing = sorted(set(_PROMPTS.values()) - set(prompts))

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.results import PROXY_MARK, estimate_cell, markdown_table, run_label
 from eval.stats import bootstrap_ratio
-from wsd.identity import run_description
-from wsd.store import RunRecords, write_atomic
+from wsd.core.store import RunRecords, write_atomic
+from wsd.runs.identity import run_description
 
 log = logging.getLogger("wsd.report")
 
@@ -30,7 +30,7 @@ OURS_NOTE = ("Our cells: mean [bootstrap 95% interval] n, on each metric's own s
 
 
 @dataclasses.dataclass
-class Generation:
+class GenerationRun:
     """One finished generate-stage run: what it was, its summary and its records in benchmark order."""
 
     folder: Path
@@ -64,7 +64,7 @@ def load_paper() -> dict:
     return yaml.safe_load(PAPER_RESULTS.read_text())
 
 
-def generation_runs(output_root: Path, experiment: str, evaluated: set[str]) -> list[Generation]:
+def generation_runs(output_root: Path, experiment: str, evaluated: set[str]) -> list[GenerationRun]:
     """The experiment's generate runs: those whose config names it, and those its evaluations
     scored (a folder is shared by experiments with identical settings)."""
     runs = []
@@ -75,7 +75,7 @@ def generation_runs(output_root: Path, experiment: str, evaluated: set[str]) -> 
             continue
         summary = json.loads(path.read_text())
         done = RunRecords(folder).done()
-        runs.append(Generation(folder, {**run_description(cfg), "experiment": experiment},
+        runs.append(GenerationRun(folder, {**run_description(cfg), "experiment": experiment},
                                summary["benchmark"], OmegaConf.to_container(cfg.generation, resolve=True),
                                [done[i] for i in summary["ids"] if i in done],
                                cfg.backend.name if "backend" in cfg else "hf"))
@@ -172,11 +172,11 @@ def other_metrics_table(rows: list[dict], shown: set) -> pd.DataFrame | None:
     return pd.DataFrame(lines) if lines else None
 
 
-def seconds(generation: Generation) -> dict[str, float]:
+def seconds(generation: GenerationRun) -> dict[str, float]:
     return {r["id"]: r["seconds"]["total"] for r in generation.records}
 
 
-def timed_together(generations: list[Generation], ids: list[str]) -> list[int]:
+def timed_together(generations: list[GenerationRun], ids: list[str]) -> list[int]:
     """A cluster label per id: prompts that shared a batch's time in any of these runs are one
     measurement, not several (records name their `batch`; older ones count as their own)."""
     parent = {i: i for i in ids}
@@ -196,7 +196,7 @@ def timed_together(generations: list[Generation], ids: list[str]) -> list[int]:
     return [labels.setdefault(root(i), len(labels)) for i in ids]
 
 
-def time_ratios(generations: list[Generation], resamples: int, seed: int) -> dict[Path, dict]:
+def time_ratios(generations: list[GenerationRun], resamples: int, seed: int) -> dict[Path, dict]:
     """Per run (any method but `base`): its decoding time over the base model's alone on the
     same benchmark, prompts, base model, backend and generation settings, as a ratio of summed
     per-record seconds with prompts resampled in pairs, and prompts that shared a batch's time
@@ -224,7 +224,7 @@ def time_ratios(generations: list[Generation], resamples: int, seed: int) -> dic
     return out
 
 
-def time_table(paper: dict, generations: list[Generation], ratios: dict[Path, dict]) -> pd.DataFrame | None:
+def time_table(paper: dict, generations: list[GenerationRun], ratios: dict[Path, dict]) -> pd.DataFrame | None:
     if not ratios:
         return None
     rows = [{"source": paper_source(base), "method": method, "time / base alone (x)": f"{ratio:.2f}"}
@@ -242,12 +242,12 @@ def time_table(paper: dict, generations: list[Generation], ratios: dict[Path, di
     return pd.DataFrame(rows).fillna("")
 
 
-def switch_positions(g: Generation) -> list[int]:
+def switch_positions(g: GenerationRun) -> list[int]:
     """Kept draft tokens (base tokenization) of the responses that switched: position i + 1."""
     return [r["keep_count"] for r in g.records if r["switched"]]
 
 
-def switch_table(generations: list[Generation]) -> pd.DataFrame | None:
+def switch_table(generations: list[GenerationRun]) -> pd.DataFrame | None:
     """Where WSD hands over, per run: quantiles of the switch position and the share of
     responses whose pilot draft never reached the threshold (kept whole)."""
     rows = []
@@ -263,7 +263,7 @@ def switch_table(generations: list[Generation]) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
-def sweep_table(generations: list[Generation], rows: list[dict], ratios: dict[Path, dict]) -> pd.DataFrame | None:
+def sweep_table(generations: list[GenerationRun], rows: list[dict], ratios: dict[Path, dict]) -> pd.DataFrame | None:
     """One row per WSD (window, threshold) point: its metrics, relative time and switch share."""
     wsd = [g for g in generations if g.run["method"] == "wsd"]
     if not wsd:
@@ -325,7 +325,7 @@ def _by_window(points: list[tuple]) -> dict:
     return lines
 
 
-def plot_metric_vs_threshold(path: Path, generations: list[Generation], rows: list[dict]) -> Path | None:
+def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows: list[dict]) -> Path | None:
     """One panel per (benchmark, metric) evaluated at two or more thresholds; a line per window
     (and pilot), the bootstrap interval as error bars."""
     wsd = {(g.benchmark, g.folder.name): g for g in generations if g.run["method"] == "wsd"}
@@ -357,7 +357,7 @@ def plot_metric_vs_threshold(path: Path, generations: list[Generation], rows: li
     return path
 
 
-def plot_time_vs_threshold(path: Path, generations: list[Generation], ratios: dict[Path, dict]) -> Path | None:
+def plot_time_vs_threshold(path: Path, generations: list[GenerationRun], ratios: dict[Path, dict]) -> Path | None:
     points = [(f"{g.benchmark} · w={g.run['wsd']['window']} · {g.source}", g.run["wsd"]["threshold"],
                ratios[g.folder]["estimate"]["mean"]) for g in generations
               if g.run["method"] == "wsd" and g.folder in ratios]
@@ -407,7 +407,7 @@ def plot_main_metrics(path: Path, paper: dict, rows: list[dict]) -> Path | None:
     return path
 
 
-def plot_switch_histogram(path: Path, generations: list[Generation]) -> Path | None:
+def plot_switch_histogram(path: Path, generations: list[GenerationRun]) -> Path | None:
     runs = [(f"{g.benchmark} · {g.label} · {g.source}", switch_positions(g))
             for g in generations if g.run["method"] == "wsd"]
     runs = [(label, positions) for label, positions in runs if positions]

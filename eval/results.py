@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from eval.stats import interval_text
-from wsd.store import write_atomic
+from wsd.core.store import write_atomic
 
 PROXY_MARK = "†"
 PROXY_NOTE = f"{PROXY_MARK} offline proxy metric (not the paper's judge)."

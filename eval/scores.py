@@ -9,9 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.judges import reference_for
 from eval.stats import bootstrap, bootstrap_ratio, print_estimates
-from wsd import identity as identities
-from wsd.prompt_sets import load_benchmark
-from wsd.store import RunRecords, config_key
+from wsd.core.store import RunRecords, config_key
+from wsd.data.prompt_sets import load_benchmark
+from wsd.runs import identity as identities
 
 RECORD_FIELDS = ("id", "turn", "prompt", "messages", "response")
 
@@ -24,7 +24,7 @@ def item_key(item: dict) -> str:
 def generation_source(cfg: DictConfig) -> tuple[Path, DictConfig]:
     """The finished generate run an evaluate config names, and that run's own config: the
     folder `input=` gives, or the one the config's generate settings derive
-    (`wsd.identity.generation`)."""
+    (`wsd.runs.identity.generation`)."""
     if cfg.get("input"):
         folder = Path(cfg.input).expanduser()
         identities.finished(folder, "generate")

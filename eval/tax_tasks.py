@@ -11,7 +11,7 @@ import re
 
 import datasets
 
-from wsd.prompt_sets import BenchmarkUnavailable, hub_rows, load_benchmark, read_rows
+from wsd.data.prompt_sets import BenchmarkUnavailable, hub_rows, load_benchmark, read_rows
 
 log = logging.getLogger("wsd.tax")
 
@@ -67,7 +67,7 @@ def humaneval_dataset(humaneval_timeout: float = 10.0, **_) -> datasets.DatasetD
 
 def ifeval_dataset(**_) -> datasets.DatasetDict:
     """IFEval's 541 prompts as the generate stage reads them (`conf/benchmark/ifeval.yaml`)."""
-    from wsd.config import benchmark_config
+    from wsd.core.config import benchmark_config
 
     rows = [{**p.meta, "prompt": p.instruction} for p in load_benchmark(benchmark_config("ifeval"))]
     return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})

@@ -2,7 +2,7 @@
 
 import sys
 
-import wsd.schemas  # noqa: F401  (registers the config schemas the stage configs start from)
+import wsd.core.schemas  # noqa: F401  (registers the config schemas the stage configs start from)
 
 _MULTIRUN = ("-m", "--multirun")
 

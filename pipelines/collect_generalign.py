@@ -1,6 +1,6 @@
 """GenerAlign collection: prompt sources -> decontaminated train/test prompts -> sampled
 candidate answers from teacher methods -> judge scores -> DPO pairs and SFT targets, saved
-as `datasets` DatasetDicts, JSONL and a dataset card, in `wsd.identity.collection`'s folder
+as `datasets` DatasetDicts, JSONL and a dataset card, in `wsd.runs.identity.collection`'s folder
 (`outputs/generalign/<experiment>__<key>`). Resumable per prompt.
 
     python -m pipelines.collect_generalign experiment=mini
@@ -16,15 +16,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import multirun_flag_first
-from wsd import identity as identities
-from wsd.engines import ModelPool
-from wsd.generalign import answer_and_score, check_config, prepare_prompts, write_datasets
+from wsd.backends.engines import ModelPool
+from wsd.backends.models import ModelSpec, check_available
+from wsd.core.store import RecordFile, write_atomic
+from wsd.experiments.generalign import answer_and_score, check_config, prepare_prompts, write_datasets
 from wsd.methods import method_entry
-from wsd.models import ModelSpec, check_available
-from wsd.store import RecordFile, write_atomic
-from wsd.tracking import tracked, validate_logger
+from wsd.runs import identity as identities
+from wsd.runs.tracking import tracked, validate_logger
 
-log = logging.getLogger("wsd.generalign")
+log = logging.getLogger("wsd.experiments.generalign")
 
 POOL = ModelPool()  # the teachers' and the local judge's models
 

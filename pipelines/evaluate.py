@@ -1,6 +1,6 @@
 """Evaluate stage: one judge over one finished generation run -> per-item scores (JSONL,
 resumable per item) and a summary with n and a bootstrap 95% interval per metric, in
-`wsd.identity.evaluation`'s folder (`outputs/evaluate/<benchmark>/<generate run>/<judge>__<key>`).
+`wsd.runs.identity.evaluation`'s folder (`outputs/evaluate/<benchmark>/<generate run>/<judge>__<key>`).
 The run to score is `input=<its folder>`, or the one the same generate overrides name.
 
     python -m pipelines.evaluate input=outputs/generate/harmful/wsd__... judge=harmlessness
@@ -22,10 +22,10 @@ from eval.results import write_tables
 from eval.scores import generation_items, generation_source, item_key, numbers, print_table, summarize_scores
 from eval.stats import interval_text
 from pipelines import multirun_flag_first
-from wsd import identity as identities
-from wsd.engines import ModelPool
-from wsd.store import RecordFile, write_atomic
-from wsd.tracking import tracked, validate_logger
+from wsd.backends.engines import ModelPool
+from wsd.core.store import RecordFile, write_atomic
+from wsd.runs import identity as identities
+from wsd.runs.tracking import tracked, validate_logger
 
 log = logging.getLogger("wsd.evaluate")
 

@@ -1,6 +1,6 @@
 """Alignment-tax stage: lm-eval's own runner (`simple_evaluate`, `--log_samples` output) over
 GSM8K, HumanEval and IFEval with a generate-stage method as the lm-eval model `wsd`, in
-`wsd.identity.tax`'s folder (`outputs/evaluate_tax/<method>__<models>__<key>`).
+`wsd.runs.identity.tax`'s folder (`outputs/evaluate_tax/<method>__<models>__<key>`).
 
     python -m pipelines.evaluate_tax -m method=base,pilot,wsd tax.limit=10
     python -m pipelines.evaluate_tax method=wsd tax.tasks=[wsd_gsm8k] tax.gsm8k_path=gsm8k_test.jsonl
@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from eval.results import write_tables
 from eval.tax import load_tasks, print_table, sample_metrics
 from pipelines import multirun_flag_first
-from wsd import identity as identities
-from wsd.engines import ModelPool
-from wsd.generation import summarize
+from wsd.backends.engines import ModelPool
+from wsd.backends.models import ModelSpec, check_available
+from wsd.core.store import RecordFile, write_atomic
 from wsd.methods import method_entry
-from wsd.models import ModelSpec, check_available
-from wsd.store import RecordFile, write_atomic
-from wsd.tracking import tracked, validate_logger
+from wsd.runs import identity as identities
+from wsd.runs.generate_stage import summarize
+from wsd.runs.tracking import tracked, validate_logger
 
 log = logging.getLogger("wsd.evaluate_tax")
 

@@ -1,5 +1,5 @@
 """Generation stage: one method over one benchmark, one JSON record per prompt (and turn),
-resumable, logged, and shardable across processes. Writes to `wsd.identity.generation`'s
+resumable, logged, and shardable across processes. Writes to `wsd.runs.identity.generation`'s
 folder (`outputs/generate/<benchmark>/<method>__<models>__<key>`).
 
     python -m pipelines.generate benchmark=alpaca_eval method=wsd benchmark.limit=5
@@ -17,15 +17,22 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import multirun_flag_first
-from wsd import identity as identities
-from wsd.engines import ModelPool, check_backend
-from wsd.generation import current_shard, generate_turns, placed, print_table, summarize, table_row, write_alpaca_eval
-from wsd.methods import effective_backend, method_entry
-from wsd.models import ModelSpec, check_available
-from wsd.prompt_sets import load_benchmark
-from wsd.reward import RewardSettings
-from wsd.store import RunRecords, write_atomic
-from wsd.tracking import tracked, validate_logger
+from wsd.api import Generator
+from wsd.backends.engines import ModelPool, check_backend
+from wsd.core.store import RunRecords, write_atomic
+from wsd.data.prompt_sets import load_benchmark
+from wsd.methods import effective_backend
+from wsd.runs import identity as identities
+from wsd.runs.generate_stage import (
+    current_shard,
+    generate_turns,
+    placed,
+    print_table,
+    summarize,
+    table_row,
+    write_alpaca_eval,
+)
+from wsd.runs.tracking import tracked, validate_logger
 
 log = logging.getLogger("wsd.generate")
 
@@ -38,7 +45,6 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict | None:
     given). Returns the summary (None on ranks other than 0)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     method_name = resolved["method"]["name"]
-    entry = method_entry(method_name)
     check_backend(resolved["backend"]["name"])
     if effective_backend(resolved) != resolved["backend"]:
         log.warning("%s runs on backend=hf, not %s: vLLM does not return what it reads at every step",
@@ -46,16 +52,10 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict | None:
         resolved["backend"] = effective_backend(resolved)
         cfg = cfg.copy()
         cfg.backend = resolved["backend"]  # its folder, saved config and report rows say HF
-    entry.check(resolved)
+    shard = current_shard()
+    runner = Generator(resolved, POOL if pool is None else pool, place=lambda spec: placed(spec, shard))
     validate_logger(resolved["logger"])
     prompts = load_benchmark(resolved["benchmark"])
-    shard = current_shard()
-    specs = {role: placed(ModelSpec.from_config(cfg[role]), shard) for role in entry.roles_for(resolved)}
-    for spec in specs.values():
-        check_available(spec)
-    reward = RewardSettings.from_config(resolved["reward_model"]) if entry.reward else None
-    if reward:
-        reward.check()
 
     identity = identities.generation(cfg)
     out = identity.claim()
@@ -63,7 +63,8 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict | None:
     done = records.done()
     questions = prompts[shard.rank :: shard.world]  # a question's turns stay in one process
     order = [i for p in prompts for i in p.turn_ids]
-    generator = "__".join([method_name, *(cfg[role].name for role in specs)]
+    reward = runner.reward
+    generator = "__".join([method_name, *(cfg[role].name for role in runner.specs)]
                           + ([reward.name or reward.path] if reward else []))
     log.info("%s on %s: %d prompts, %d already recorded, in %s", method_name, cfg.benchmark.name, len(order),
              sum(i in done for i in order), out)
@@ -76,11 +77,7 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict | None:
             from transformers import set_seed
 
             set_seed(cfg.seed)
-            pool = POOL if pool is None else pool
-            models = pool.engines(specs, resolved)
-            if reward:
-                models["reward"] = pool.reward(reward)
-            method = entry.build(resolved, models)
+            method = runner.build()
             label = f"{method_name} {cfg.benchmark.name}" + (f" [rank {shard.rank}]" if shard.world > 1 else "")
             written = generate_turns(method, method_name, questions, done, records, tracker, label)
         wall = time.perf_counter() - started

@@ -38,7 +38,7 @@ from eval.reporting import (
 )
 from eval.results import evaluation_rows
 from pipelines import multirun_flag_first
-from wsd.store import write_atomic
+from wsd.core.store import write_atomic
 
 
 def run(cfg: DictConfig) -> dict:

@@ -4,11 +4,11 @@ GenerAlign collection -> pilot training (DeepSpeed ranks through a launcher) -> 
 evaluation -> alignment tax -> report.
 
 Every step is one stage run with the user's overrides plus its own (a benchmark, a method,
-a judge); the plan (`wsd.plan`) is composed and checked before anything runs. A step whose
+a judge); the plan (`wsd.experiments.plan`) is composed and checked before anything runs. A step whose
 output is recorded as finished for the same resolved config is skipped, so a rerun after an
 interruption finishes the rest, and a rerun after completion only prints where the results
 are (each stage also resumes inside itself). Each step's input and output folder come from
-`wsd.identity`, as when the stage runs alone.
+`wsd.runs.identity`, as when the stage runs alone.
 
     python -m pipelines.reproduce experiment=mini
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eval.endpoints import kept_servers
-from wsd.config import compose
-from wsd.engines import ModelPool
-from wsd.plan import Ledger, Step, check_steps, finished_output, launch_training, plan, stage_overrides
-from wsd.store import config_key, write_atomic
+from wsd.backends.engines import ModelPool
+from wsd.core.config import compose
+from wsd.core.store import config_key, write_atomic
+from wsd.experiments.plan import Ledger, Step, check_steps, finished_output, launch_training, plan, stage_overrides
 
 log = logging.getLogger("wsd.reproduce")
 

@@ -1,6 +1,6 @@
 """Pilot training: TRL's DPOTrainer (the paper's choice) or SFTTrainer on GenerAlign data,
 full fine-tuning or LoRA, under DeepSpeed ZeRO-2/3 when a config names it, in
-`wsd.identity.training`'s folder (`outputs/pilots/<experiment>__<model>__<key>`; its input is
+`wsd.runs.identity.training`'s folder (`outputs/pilots/<experiment>__<model>__<key>`; its input is
 `train.dataset` or the experiment's collection). Resumes from the last checkpoint; saves a
 plain HF folder the generate stage takes as `pilot=trained`.
 
@@ -18,11 +18,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import multirun_flag_first
-from wsd import identity as identities
-from wsd import training
-from wsd.engines import ModelPool
-from wsd.generalign import compare_on_heldout
-from wsd.models import ModelSpec
+from wsd.backends.engines import ModelPool
+from wsd.backends.models import ModelSpec
+from wsd.experiments import training
+from wsd.experiments.generalign import compare_on_heldout
+from wsd.runs import identity as identities
 
 
 def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict | None:

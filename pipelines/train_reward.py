@@ -1,7 +1,7 @@
 """Reward-model training: TRL's RewardTrainer (a Bradley-Terry loss on preference pairs) on
 GenerAlign's DPO pairs, from the experiment's pilot with a one-output head unless
 `train.model` names another start model; the same launcher, DeepSpeed configs and resume as
-pilot training, in `wsd.identity.training`'s folder under `outputs/reward_models/`. Held-out
+pilot training, in `wsd.runs.identity.training`'s folder under `outputs/reward_models/`. Held-out
 pair accuracy and margin before and after training go into the summary; the result is
 `reward_model=trained` for the reward-guided methods (ARGS, CARDS, best-of-N).
 
@@ -18,10 +18,10 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import multirun_flag_first
-from wsd import identity as identities
-from wsd import training
-from wsd.models import ModelSpec, model_folder
-from wsd.reward import RewardModel, RewardSettings, pair_accuracy, pair_rewards, write_reward_scale
+from wsd.backends.models import ModelSpec, model_folder
+from wsd.backends.reward import RewardModel, RewardSettings, pair_accuracy, pair_rewards, write_reward_scale
+from wsd.experiments import training
+from wsd.runs import identity as identities
 
 
 def run(cfg: DictConfig) -> dict | None:

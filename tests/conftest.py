@@ -13,8 +13,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from wsd.config import compose  # noqa: E402,F401  (tests import it here)
 from tests.stand_in import stand_in  # noqa: E402,F401  (the fixture, for every test folder)
+from wsd.core.config import compose  # noqa: E402,F401  (tests import it here)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,8 +160,8 @@ def assert_same_answers(got: dict, want: dict, engine) -> None:
 @pytest.fixture(scope="session")
 def tiny_pair(tiny_models, tmp_path_factory, placement):
     """(pilot, base) HF engines of `tiny_models`, placed by `placement`."""
-    from wsd.engines import load_engine
-    from wsd.models import ModelSpec
+    from wsd.backends.engines import load_engine
+    from wsd.backends.models import ModelSpec
 
     cache = tmp_path_factory.mktemp("cache")
     return tuple(load_engine(ModelSpec.from_config({"name": role, "path": tiny_models[role], **placement}),

@@ -32,7 +32,7 @@ def after_checkpoint(step: int) -> None:
 
 
 def after_records(count: int) -> None:
-    from wsd.store import RecordFile
+    from wsd.core.store import RecordFile
 
     append, written = RecordFile.append, []
 

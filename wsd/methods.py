@@ -5,7 +5,7 @@ prompt cannot fit) and `generate_many(prompts)`, which yields `(prompt, record)`
 order; every record has `response`, `response_tokens`, `stop_reason` and `seconds.total`.
 `METHODS` maps a `conf/method/*.yaml` name to the models it needs and a builder, so a new
 method (best-of-n, ARGS...) is one builder and one config file. Builders get engines
-(`wsd.engines.Engine`) by role, on whichever backend the config names.
+(`wsd.backends.engines.Engine`) by role, on whichever backend the config names.
 """
 
 from __future__ import annotations
@@ -16,18 +16,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from wsd.aligner import RELEASED, Aligner
-from wsd.args import ARGS, ARGSSettings
-from wsd.best_of_n import BestOfN
-from wsd.cards import CARDS, CARDSSettings
-from wsd.chunked import ChunkedWSD
-from wsd.decoding import WSDSettings, check_context, encode
-from wsd.draft_cache import DraftCache
-from wsd.engines import Engine, model_identity
-from wsd.fast import FastOptions, FastWSD
-from wsd.models import ModelSpec, check_available
-from wsd.nudging import Nudging
-from wsd.prompts import (
+from wsd.backends.decoding import WSDSettings, check_context, encode
+from wsd.backends.engines import Engine, model_identity
+from wsd.backends.models import ModelSpec, check_available
+from wsd.backends.reward import RewardSettings, reward_scale
+from wsd.baselines.aligner import RELEASED, Aligner
+from wsd.baselines.args import ARGS, ARGSSettings
+from wsd.baselines.best_of_n import BestOfN
+from wsd.baselines.cards import CARDS, CARDSSettings
+from wsd.baselines.nudging import Nudging
+from wsd.core.prompts import (
     Message,
     base_format,
     cut_at_stop,
@@ -36,9 +34,12 @@ from wsd.prompts import (
     stop_reason,
     stop_strings,
 )
-from wsd.reference import ReferenceWSD
-from wsd.reward import RewardSettings, reward_scale
-from wsd.schemas import WSD, Generation, method_block
+from wsd.core.schemas import WSDBlock, GenerationBlock, method_block
+from wsd.weak_to_strong.batched import FastOptions
+from wsd.weak_to_strong.draft_cache import DraftCache
+from wsd.weak_to_strong.on_hf import FastWSD
+from wsd.weak_to_strong.on_vllm import ChunkedWSD
+from wsd.weak_to_strong.reference import ReferenceWSD
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class PromptedModel:
     sample): the `base`, `urial` and `pilot` baselines."""
 
     def __init__(self, engine: Engine, render: Callable[[list[Message]], str], stop_kind: str,
-                 options: Generation, finish: Callable[[str], str] = lambda text: text):
+                 options: GenerationBlock, finish: Callable[[str], str] = lambda text: text):
         """`stop_kind`: which format's stop strings end its answers (see `stop_strings`)."""
         self.engine, self.render, self.options, self.finish = engine, render, options, finish
         self.stops = stop_strings(stop_kind, engine.tokenizer, options.stop_strings, options.fixed_length)
@@ -87,30 +88,31 @@ class PromptedModel:
 
 
 class WSDMethod:
-    """Either WSD engine, its records completed with the fields every method has."""
+    """A WSD implementation (`wsd.engine`: the reference passes, or the backend's fast engine),
+    its records completed with the fields every method has."""
 
-    def __init__(self, engine: FastWSD | ChunkedWSD | ReferenceWSD):
-        self.engine = engine
+    def __init__(self, implementation: FastWSD | ChunkedWSD | ReferenceWSD):
+        self.implementation = implementation
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
-        self.engine.check_fits(prompt_id, messages)
+        self.implementation.check_fits(prompt_id, messages)
 
     def generate_many(self, prompts):
-        for prompt, record in self.engine.generate_many(prompts):
+        for prompt, record in self.implementation.generate_many(prompts):
             yield prompt, {**record, "response_tokens": record["keep_count"] + record["continuation_tokens"]}
 
     @property
     def counter(self):
-        return getattr(self.engine, "counter", None)
+        return getattr(self.implementation, "counter", None)
 
 
 # ---------------------------------------------------------------------------------------
 # Builders: (resolved config as a dict, engines by role) -> Method
 
 
-def decode_options(cfg: dict) -> Generation:
+def decode_options(cfg: dict) -> GenerationBlock:
     """The `generation` block, range-checked."""
-    options = Generation(**cfg["generation"])
+    options = GenerationBlock(**cfg["generation"])
     options.validate()
     return options
 
@@ -120,7 +122,7 @@ def backend_name(cfg: dict) -> str:
     return (cfg.get("backend") or {}).get("name", "hf")
 
 
-def greedy_options(cfg: dict) -> Generation:
+def greedy_options(cfg: dict) -> GenerationBlock:
     """The options of a method that decodes greedily only (WSD's switch and nudging's
     handovers are defined on greedy decoding)."""
     options = decode_options(cfg)
@@ -133,14 +135,9 @@ def greedy_options(cfg: dict) -> Generation:
 def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
     """The `wsd` block, range-checked, as the engine, the switch rule and budgets, and the
     fast engine's options."""
-    w, g = WSD(**cfg["wsd"]), greedy_options(cfg)
+    w, g = WSDBlock(**cfg["wsd"]), greedy_options(cfg)
     w.validate()
-    draft = min(w.draft_max_tokens, g.max_new_tokens)
-    if draft < w.draft_max_tokens:
-        log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
-                    "drafts at most %d tokens, so no kept draft outruns the answer", w.draft_max_tokens,
-                    g.max_new_tokens, draft)
-    settings = WSDSettings(window=w.window, threshold=w.threshold, draft_max_tokens=draft,
+    settings = WSDSettings(window=w.window, threshold=w.threshold, draft_max_tokens=min(w.draft_max_tokens, g.max_new_tokens),
                            target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length,
                            answer_stops=tuple(g.stop_strings))
     options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w.early_stop)
@@ -152,6 +149,10 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     fastest engine of the backend: on HF one shared KV cache per batch (`FastWSD`), on vLLM
     chunked drafting with prefix-cached scoring (`ChunkedWSD`)."""
     engine, settings, options = wsd_settings(cfg)
+    if settings.draft_max_tokens < cfg["wsd"]["draft_max_tokens"]:
+        log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
+                    "drafts at most %d tokens, so no kept draft outruns the answer", cfg["wsd"]["draft_max_tokens"],
+                    settings.target_max_tokens, settings.draft_max_tokens)
     pilot, base = models["pilot"], models["base"]
     vllm = backend_name(cfg) == "vllm"
     if engine == "reference":
@@ -168,7 +169,7 @@ def draft_identity(cfg: dict) -> dict:
     changes the numbers). Not the switch rule, nor the answer's budget and stop strings, so
     every point of a (window, threshold) sweep shares the entries."""
     backend = dict(cfg.get("backend") or {"name": "hf"})
-    w, g = WSD(**cfg["wsd"]), Generation(**cfg["generation"])
+    w, g = WSDBlock(**cfg["wsd"]), GenerationBlock(**cfg["generation"])
     identity = {role: model_identity(cfg[role], backend) for role in ("pilot", "base")}
     identity.update(draft_max_tokens=min(w.draft_max_tokens, g.max_new_tokens), fixed_length=g.fixed_length,
                     seed=cfg["seed"], batch_size=g.batch_size, chunk_tokens=g.chunk_tokens)
@@ -176,7 +177,7 @@ def draft_identity(cfg: dict) -> dict:
     return identity
 
 
-def prompted_base(cfg: dict, base: Engine, prompt: str, options: Generation | None = None) -> PromptedModel:
+def prompted_base(cfg: dict, base: Engine, prompt: str, options: GenerationBlock | None = None) -> PromptedModel:
     fmt = base_format(base.tokenizer, prompt, cfg["method"].get("prompt_file"))
     return PromptedModel(base, fmt.render, fmt.stop_kind, options or decode_options(cfg), finish=fmt.finish)
 

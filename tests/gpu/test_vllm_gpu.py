@@ -32,8 +32,8 @@ def resolved():
 @pytest.fixture(scope="module")
 def engines(resolved):
     from pipelines import generate
-    from wsd.engines import load_engine
-    from wsd.models import ModelSpec
+    from wsd.backends.engines import load_engine
+    from wsd.backends.models import ModelSpec
 
     served = tuple(generate.POOL.engine(ModelSpec.from_config(resolved[r]), resolved["backend"], resolved["model_cache_dir"])
                    for r in ("pilot", "base"))
@@ -43,11 +43,11 @@ def engines(resolved):
 
 
 def test_wsd_on_vllm_matches_its_reference_and_hf(engines, resolved):
-    from wsd.prompt_sets import load_benchmark
-    from wsd.chunked import ChunkedWSD
-    from wsd.decoding import WSDSettings
-    from wsd.fast import FastOptions
-    from wsd.reference import ReferenceWSD
+    from wsd.backends.decoding import WSDSettings
+    from wsd.data.prompt_sets import load_benchmark
+    from wsd.weak_to_strong.batched import FastOptions
+    from wsd.weak_to_strong.on_vllm import ChunkedWSD
+    from wsd.weak_to_strong.reference import ReferenceWSD
 
     (vpilot, vbase), (hpilot, hbase) = engines
     prompts = load_benchmark(resolved["benchmark"])
@@ -65,9 +65,9 @@ def test_wsd_on_vllm_matches_its_reference_and_hf(engines, resolved):
 def test_tensor_parallel_base_writes_what_one_gpu_writes(engines, resolved):
     import dataclasses
 
-    from wsd.decoding import base_texts, encode
-    from wsd.models import ModelSpec
-    from wsd.vllm_engine import VLLMEngine
+    from wsd.backends.decoding import base_texts, encode
+    from wsd.backends.models import ModelSpec
+    from wsd.backends.vllm_engine import VLLMEngine
 
     (_, vbase), _ = engines
     spec = ModelSpec.from_config(resolved["base"])

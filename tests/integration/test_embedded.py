@@ -1,6 +1,7 @@
 """The real embedded pair: SmolLM2-135M-Instruct (pilot) -> Gemma-3-270M (base)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -8,8 +9,8 @@ import pytest
 
 from pipelines import generate
 from tests.conftest import REPO, compose
-from wsd.models import ModelSpec, packaged_folder, packaged_folder_path
-from wsd.switch import keep_count
+from wsd.backends.models import ModelSpec, packaged_folder, packaged_folder_path
+from wsd.core.switch import keep_count
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def test_urial_and_nudging_answer_in_their_own_format(tmp_path):
 CONVERT = """
 import sys
 from omegaconf import OmegaConf
-from wsd.models import ModelSpec, packaged_folder
+from wsd.backends.models import ModelSpec, packaged_folder
 spec = ModelSpec.from_config(OmegaConf.load(sys.argv[1]))
 print(packaged_folder(spec, sys.argv[2]))
 """
@@ -97,3 +98,15 @@ def test_two_processes_convert_once_and_ignore_half_written_output(tmp_path):
     assert json.loads((target / "config.json").read_text())["model_type"] == "llama"
     assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == [target.name]
     assert packaged_folder(spec, tmp_path) == target
+
+
+def test_the_readmes_python_example_runs_as_written(capsys):
+    """The README's "From Python" block, executed as a user would paste it, on the embedded
+    pair: it prints an answer, WSD's switch and nudging's answer."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## From Python"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.search(r"^\d+ (True|False)$", printed, re.MULTILINE), printed  # keep_count, switched
+    assert printed.strip().splitlines()[0].strip(), printed  # the answer's first line

@@ -14,19 +14,20 @@ from omegaconf import OmegaConf
 
 from pipelines import generate
 from tests.conftest import compose
-from wsd.prompt_sets import load_benchmark
-from wsd.args import ARGS, ARGSSettings
-from wsd.chunked import ChunkedWSD
-from wsd.decoding import WSDSettings, base_texts, encode
-from wsd.engines import load_engine
-from wsd.fast import FastOptions, FastWSD
+from wsd.backends.decoding import WSDSettings, base_texts, encode
+from wsd.backends.engines import load_engine
+from wsd.backends.models import ModelSpec
+from wsd.backends.reward import RewardModel, RewardSettings
+from wsd.baselines.args import ARGS, ARGSSettings
+from wsd.baselines.nudging import Nudging
+from wsd.core.prompts import base_format, base_prompt, pilot_prompt, stop_strings
+from wsd.core.schemas import GenerationBlock
+from wsd.data.prompt_sets import load_benchmark
 from wsd.methods import PromptedModel
-from wsd.models import ModelSpec
-from wsd.nudging import Nudging
-from wsd.prompts import base_format, base_prompt, pilot_prompt, stop_strings
-from wsd.reference import ReferenceWSD
-from wsd.reward import RewardModel, RewardSettings
-from wsd.schemas import Generation
+from wsd.weak_to_strong.batched import FastOptions
+from wsd.weak_to_strong.on_hf import FastWSD
+from wsd.weak_to_strong.on_vllm import ChunkedWSD
+from wsd.weak_to_strong.reference import ReferenceWSD
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.integration
@@ -147,7 +148,7 @@ def test_seeded_sampling_is_reproducible(vllm_pair, prompts):
 def test_wsd_engines_agree_across_backends(vllm_pair, hf_pair, prompts, window, threshold):
     """The reference passes on vLLM, vLLM's fast path and HF's fast path: the same `keep_count`
     and `response` for every prompt (w=2, gamma=0.4 makes early switches). HF's fast path is the
-    reference's answer on HF: tests/wsd/test_fast.py checks that at every setting, and
+    reference's answer on HF: tests/wsd/weak_to_strong/test_batched.py checks that at every setting, and
     test_embedded.py on this pair, so the slow HF reference pass is not repeated here."""
     settings = WSDSettings(window=window, threshold=threshold, draft_max_tokens=32, target_max_tokens=48)
     options = FastOptions(batch_size=len(prompts), chunk_tokens=16)
@@ -164,7 +165,7 @@ def test_wsd_engines_agree_across_backends(vllm_pair, hf_pair, prompts, window, 
 
 
 def test_baselines_and_nudging_agree_across_backends(vllm_pair, hf_pair, prompts, tiny_reward_model):
-    options = Generation(max_new_tokens=24, batch_size=4)
+    options = GenerationBlock(max_new_tokens=24, batch_size=4)
     reward = RewardModel(RewardSettings(path=tiny_reward_model))  # reads text: any base goes with it
     answers = {}
     for name, (pilot, base) in (("vllm", vllm_pair), ("hf", hf_pair)):
@@ -209,7 +210,7 @@ def test_the_local_judge_and_lm_eval_scoring_agree_across_backends(vllm_pair, re
 
 
 def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path):
-    from wsd import vllm_engine
+    from wsd.backends import vllm_engine
 
     base = dict(resolved["base"])
     with pytest.raises(ValueError, match="needs GPUs"):
@@ -227,7 +228,7 @@ def test_bad_vllm_settings_fail_before_an_engine_starts(resolved, tmp_path):
     short = vllm_engine.VLLMEngine.prepare(ModelSpec.from_config({**base, "vllm": {"max_model_len": 64}}),
                                            resolved["backend"], resolved["model_cache_dir"])
     method = PromptedModel(short, lambda m: base_prompt(m, short.tokenizer.bos_token), "base",
-                           Generation(max_new_tokens=60))
+                           GenerationBlock(max_new_tokens=60))
     with pytest.raises(ValueError, match="context is 64"):
         method.check_fits("p", [{"role": "user", "content": "Tell me a fact."}])
     assert not short.started

@@ -5,8 +5,8 @@ import pytest
 
 from pipelines import collect_generalign
 from tests.conftest import QUESTIONS, tiny_overrides
-from wsd.config import compose
-from wsd.store import RecordFile
+from wsd.core.config import compose
+from wsd.core.store import RecordFile
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_margin_filters_pairs(tiny_models, tmp_path, sources):
     (["generalign.sources.0.field=nope"], "no field 'nope'"),
 ])
 def test_bad_input_is_named_before_models_load(tiny_models, tmp_path, sources, monkeypatch, extra, message):
-    monkeypatch.setattr("wsd.engines.ModelPool.engines", lambda *a: pytest.fail("models were loaded"))
+    monkeypatch.setattr("wsd.backends.engines.ModelPool.engines", lambda *a: pytest.fail("models were loaded"))
     with pytest.raises(ValueError, match=message):
         collect_generalign.run(compose(overrides(tiny_models, tmp_path, sources, *extra), "collect_generalign"))
 

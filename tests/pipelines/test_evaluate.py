@@ -6,8 +6,8 @@ from eval.judges import HarmlessnessJudge
 from eval.scores import summarize_scores
 from pipelines import evaluate, generate
 from tests.conftest import tiny_overrides
-from wsd import identity
-from wsd.config import compose
+from wsd.core.config import compose
+from wsd.runs import identity
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from eval.lm_eval_model import MethodLM
 from pipelines import evaluate_tax
 from tests.conftest import REPO, tiny_overrides
-from wsd.config import compose
+from wsd.core.config import compose
 
 GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"
 
@@ -62,6 +62,6 @@ def test_humaneval_and_ifeval_run_for_the_pilot(tiny_models, tmp_path):
     (["method=args"], ValueError, "does not run method 'args'"),
 ])
 def test_bad_input_fails_before_models_load(tiny_models, tmp_path, monkeypatch, extra, error, message):
-    monkeypatch.setattr("wsd.engines.ModelPool.engines", lambda *a: pytest.fail("models were loaded"))
+    monkeypatch.setattr("wsd.backends.engines.ModelPool.engines", lambda *a: pytest.fail("models were loaded"))
     with pytest.raises(error, match=message):
         evaluate_tax.run(compose(overrides(tiny_models, tmp_path, *extra), "evaluate_tax"))

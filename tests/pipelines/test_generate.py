@@ -10,9 +10,9 @@ from hydra.errors import MissingConfigException
 from pipelines import generate
 from tests.conftest import REPO, compose, tiny_overrides
 from tests.crash import run_until_killed
-from wsd import engines
-from wsd.reference import ReferenceWSD
-from wsd.switch import keep_count
+from wsd.backends import engines
+from wsd.core.switch import keep_count
+from wsd.weak_to_strong.reference import ReferenceWSD
 
 REQUIRED = {"id", "prompt", "draft", "draft_tokens", "base_token_probs", "keep_count", "accepted_draft",
             "continuation", "response", "stop_reason", "seconds", "pilot", "base"}
@@ -97,7 +97,7 @@ def test_second_run_resumes_without_loading_models(tiny_models, tmp_path, prompt
     assert open(second["records"]).read().startswith(lines_before)
     assert [r["id"] for r in read_records(second)] == ["short", "capital", "line-3", "chat"]
 
-    monkeypatch.setattr("wsd.engines.load_engine", lambda *a: pytest.fail("nothing left to decode"))
+    monkeypatch.setattr("wsd.backends.engines.load_engine", lambda *a: pytest.fail("nothing left to decode"))
     third, _ = run_tiny(tiny_models, tmp_path, prompt_file)
     assert len(read_records(third)) == 4
 
@@ -147,7 +147,7 @@ def test_bad_config_fails_before_models_load_and_keeps_records(
 ):
     done, _ = run_tiny(tiny_models, tmp_path, prompt_file, "benchmark.limit=1")
     before = open(done["records"]).read()
-    monkeypatch.setattr("wsd.engines.load_engine", lambda *a: pytest.fail("loaded a model despite bad input"))
+    monkeypatch.setattr("wsd.backends.engines.load_engine", lambda *a: pytest.fail("loaded a model despite bad input"))
     with pytest.raises(error, match=message):
         run_tiny(tiny_models, tmp_path, prompt_file, *overrides)
     assert open(done["records"]).read() == before
@@ -161,7 +161,7 @@ def test_bad_config_fails_before_models_load_and_keeps_records(
 def test_bad_prompt_file_fails_before_models_load(tiny_models, tmp_path, prompt_file, monkeypatch, line, message):
     with open(prompt_file, "a") as f:
         f.write(line + "\n")
-    monkeypatch.setattr("wsd.engines.load_engine", lambda *a: pytest.fail("loaded a model despite bad input"))
+    monkeypatch.setattr("wsd.backends.engines.load_engine", lambda *a: pytest.fail("loaded a model despite bad input"))
     with pytest.raises(ValueError, match=message):
         run_tiny(tiny_models, tmp_path, prompt_file)
 

@@ -14,7 +14,7 @@ import pytest
 from eval import reporting
 from pipelines import report
 from tests.conftest import REPO
-from wsd.config import compose
+from wsd.core.config import compose
 
 FIXTURE = REPO / "tests" / "fixtures" / "report" / "outputs"
 
@@ -149,7 +149,7 @@ def test_a_run_timed_as_one_batch_gets_no_interval(tmp_path):
     def generation(method, seconds, batches):
         records = [{"id": f"q{i}", "seconds": {"total": t}, "batch": f"q{b}"}
                    for i, (t, b) in enumerate(zip(seconds, batches))]
-        return reporting.Generation(tmp_path / method, {**run, "method": method}, "jsonl", settings, records)
+        return reporting.GenerationRun(tmp_path / method, {**run, "method": method}, "jsonl", settings, records)
 
     base = generation("base", [1.0, 2.0, 1.5, 1.0, 2.5], range(5))  # one prompt a batch
     one = generation("wsd", [2.0] * 5, [0] * 5)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from pipelines import reproduce
-from wsd import plan
 from tests.conftest import REPO, tiny_overrides
-from wsd.config import compose
+from wsd.core.config import compose
+from wsd.experiments import plan
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from pipelines import generate, train_pilot
 from tests.conftest import REPO, tiny_overrides
 from tests.crash import run_until_killed
-from wsd import identity
-from wsd.config import compose
+from wsd.core.config import compose
+from wsd.runs import identity
 
 
 def overrides(tiny_models, tmp_path, pairs, *extra):

@@ -7,9 +7,9 @@ import pytest
 from pipelines import generate, report, train_reward
 from tests.conftest import tiny_overrides
 from tests.pipelines.test_train_pilot import kill_after_a_checkpoint, launch_two_ranks
-from wsd.reward import RewardModel, RewardSettings, reward_scale
-from wsd import identity
-from wsd.config import compose
+from wsd.backends.reward import RewardModel, RewardSettings, reward_scale
+from wsd.core.config import compose
+from wsd.runs import identity
 
 
 def overrides(tiny_models, tmp_path, pairs, *extra):

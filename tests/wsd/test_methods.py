@@ -4,11 +4,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO
-from wsd.prompt_sets import Prompt
-from wsd.decoding import encode
+from wsd.backends.decoding import encode
+from wsd.backends.reward import RewardModel, RewardSettings
+from wsd.core.prompts import base_prompt, load_urial_prefix, urial_prompt
+from wsd.data.prompt_sets import Prompt
 from wsd.methods import METHODS, effective_backend, method_entry
-from wsd.prompts import base_prompt, load_urial_prefix, urial_prompt
-from wsd.reward import RewardModel, RewardSettings
 
 COMMON = {"response", "response_tokens", "stop_reason", "seconds"}
 PROMPTS = [Prompt("a", [{"role": "user", "content": "What is the capital of France?"}]),
@@ -27,7 +27,7 @@ def method_defaults(name: str) -> dict:
     """The method's own config file, less its name (CARDS's `auto` reward target is a number
     here: the tiny reward model was not trained by us)."""
     values = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / f"{name}.yaml"))
-    values.pop("name"), values.pop("defaults")  # (the schema it starts from: wsd/schemas.py)
+    values.pop("name"), values.pop("defaults")  # (the schema it starts from: wsd/core/schemas.py)
     return {**values, "reward_target": 0.0} if name == "cards" else values
 
 
@@ -170,12 +170,12 @@ def test_args_with_weight_zero_is_the_base_greedy_and_with_weight_it_asks_the_re
 
 def test_args_on_any_engine_equals_args_on_the_cached_batch(tiny_pair, tiny_reward, monkeypatch):
     """The engine-protocol path (what vLLM runs) and the HF KV-cache batch pick the same tokens."""
-    import wsd.args
+    import wsd.baselines.args
 
     method = build("args", tiny_pair, tiny_reward, k=3, weight=2.0)
-    assert isinstance(wsd.args.decoder_for(tiny_pair[1], [[1, 2]]), wsd.args.BatchDecoder)
+    assert isinstance(wsd.baselines.args.decoder_for(tiny_pair[1], [[1, 2]]), wsd.baselines.args.BatchDecoder)
     cached = [r["response"] for _, r in method.generate_many(PROMPTS)]
-    monkeypatch.setattr(wsd.args, "decoder_for", wsd.args.EngineDecoder)
+    monkeypatch.setattr(wsd.baselines.args, "decoder_for", wsd.baselines.args.EngineDecoder)
     assert [r["response"] for _, r in method.generate_many(PROMPTS)] == cached
 
 
@@ -244,7 +244,7 @@ def test_cards_with_a_threshold_no_segment_can_miss_keeps_every_first_segment(ti
 
 
 def test_cards_auto_target_needs_a_reward_scale_and_bad_settings_fail_early(tiny_reward_model, tmp_path):
-    from wsd.reward import write_reward_scale
+    from wsd.backends.reward import write_reward_scale
 
     cfg = {**config("cards", **{**method_defaults("cards"), "reward_target": "auto"}),
            "reward_model": {"path": tiny_reward_model}}
@@ -268,7 +268,7 @@ def test_cards_auto_target_needs_a_reward_scale_and_bad_settings_fail_early(tiny
 
 
 def test_aligner_prompt_and_an_absent_corrector_named_before_anything_loads(tiny_pair, tiny_reward, tmp_path):
-    from wsd.aligner import aligner_prompt
+    from wsd.baselines.aligner import aligner_prompt
 
     assert aligner_prompt("Q?", "A.") == ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair "
                                           "to make it more helpful and harmless: Q? | A. ASSISTANT:")
@@ -285,8 +285,8 @@ def test_the_draft_cache_is_keyed_by_backend_and_by_the_engine_settings_in_use()
     """The cache serves drafts and base probabilities only to runs that would compute the same:
     HF and vLLM (and each vLLM setting) apart; HF runs blind to the unused `vllm:` block; the
     switch rule shared by every point of a sweep."""
+    from wsd.core.store import config_key
     from wsd.methods import draft_identity
-    from wsd.store import config_key
 
     def key(backend="hf", vllm=None, **wsd):
         cfg = config("wsd")
@@ -308,9 +308,10 @@ def test_a_draft_budget_above_the_answer_budget_is_clamped_and_said(caplog):
 
     cfg = config("wsd")
     cfg["wsd"] = {**cfg["wsd"], "draft_max_tokens": 96}
-    with caplog.at_level("WARNING", logger="wsd.methods"):
-        _, settings, _ = wsd_settings(cfg)
+    _, settings, _ = wsd_settings(cfg)
     assert settings.draft_max_tokens == 16
+    with caplog.at_level("WARNING", logger="wsd.methods"):
+        method_entry("wsd").build(cfg, {"pilot": None, "base": None})
     assert "wsd.draft_max_tokens=96" in caplog.text and "generation.max_new_tokens=16" in caplog.text
     assert settings.max_answer_tokens() == 16 + 49  # k = 1: 1 + 15 rounded up to 50
     fixed = config("wsd")

@@ -1,0 +1,75 @@
+"""Nudging on the tiny pair (different tokenizers): the threshold decides who writes."""
+
+import pytest
+import torch
+
+from tests.conftest import tolerance
+from wsd.backends.engines import PrefixCachedLM
+from wsd.baselines.nudging import Nudging
+from wsd.core.prompts import base_prompt
+from wsd.core.schemas import GenerationBlock
+from wsd.data.prompt_sets import Prompt
+from wsd.methods import PromptedModel
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_a_sure_base_writes_everything_and_matches_the_base_baseline(tiny_pair):
+    """Threshold near 0: the base is never unsure, so nobody nudges and the answer is the
+    base model's own greedy answer."""
+    pilot, base = tiny_pair
+    record = Nudging(pilot, base, max_new_tokens=16, fixed_length=False, threshold=1e-9).generate(MESSAGES)
+    assert record["handovers"] == 0 and record["pilot_char_share"] == 0.0
+    baseline = PromptedModel(base, lambda m: base_prompt(m, base.tokenizer.bos_token), "base",
+                             GenerationBlock(max_new_tokens=16))
+    [(_, expected)] = list(baseline.generate_many([Prompt("x", MESSAGES)]))
+    assert record["response"] == expected["response"]
+
+
+def test_an_unsure_base_hands_every_word_to_the_pilot(tiny_pair):
+    """Threshold 1: the base is always unsure, so the pilot writes word after word."""
+    pilot, base = tiny_pair
+    record = Nudging(pilot, base, max_new_tokens=16, fixed_length=False, threshold=1.0).generate(MESSAGES)
+    assert record["handovers"] >= 2 and record["base_tokens"] == 0
+    assert record["pilot_char_share"] == 1.0
+    assert record["response"].startswith("".join(record["pilot_words"])[: len(record["response"])])
+    assert all(w.strip() and " " not in w.strip() for w in record["pilot_words"][:-1])  # one word each
+
+
+def test_budget_is_respected_in_base_tokens(tiny_pair):
+    pilot, base = tiny_pair
+    for threshold in (0.3, 0.6, 1.0):
+        record = Nudging(pilot, base, max_new_tokens=10, fixed_length=True, threshold=threshold).generate(MESSAGES)
+        assert record["response_tokens"] <= 10
+
+
+def test_prefix_cache_gives_full_forward_logits_after_retokenization(tiny_pair):
+    """Feeding a sequence whose tail changed (as re-tokenized text does) crops the cache to
+    the common prefix: logits equal a fresh forward of the whole sequence."""
+    _, base = tiny_pair
+    lm = PrefixCachedLM(base)
+    ids = base.tokenizer("The capital of France is Paris", add_special_tokens=False)["input_ids"]
+    lm.next_logits(ids)
+    changed = ids[:-2] + base.tokenizer(" Rome and", add_special_tokens=False)["input_ids"]
+    cached = lm.next_logits(changed)
+    with torch.inference_mode():
+        full = base.model(input_ids=torch.tensor([changed], device=base.device)).logits[0, -1].float()
+    torch.testing.assert_close(cached, full, atol=tolerance(base), rtol=tolerance(base))
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.7])
+def test_prefix_caches_do_not_change_the_answer(tiny_pair, monkeypatch, threshold):
+    """Both models' re-tokenized, cropped caches give the answer that full forwards of the
+    whole text at every step give."""
+    pilot, base = tiny_pair
+    cached = Nudging(pilot, base, 16, False, threshold=threshold).generate(MESSAGES)
+
+    @torch.inference_mode()
+    def full_forward(self, ids):
+        return self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device)).logits[0, -1].float()
+
+    monkeypatch.setattr(PrefixCachedLM, "next_logits", full_forward)
+    uncached = Nudging(pilot, base, 16, False, threshold=threshold).generate(MESSAGES)
+    assert cached["handovers"] > 0 or threshold < 0.5  # the high threshold makes the pilot write
+    assert {k: cached[k] for k in ("response", "pilot_words", "base_tokens")} == \
+        {k: uncached[k] for k in ("response", "pilot_words", "base_tokens")}

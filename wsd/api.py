@@ -1,0 +1,157 @@
+"""The public face: WSD and every baseline as Python objects, built from model names, a
+backend and settings, with typed answers. The generate stage builds its methods here too.
+
+    import wsd
+    w = wsd.WeakToStrong(pilot="smollm2_135m_instruct", base="gemma3_270m", window=6, threshold=0.8)
+    answers = w.generate(["How do I brew green tea?"], max_new_tokens=512)
+    answers[0].response, answers[0].keep_count
+
+A model is a packaged model's config name (`conf/pilot/*.yaml`, `conf/base/*.yaml`), a
+Hugging Face id or a local folder. Settings are the stage's: `window`, `threshold`,
+`draft_max_tokens`, `engine`, `early_stop` (WSD); a method's own (`conf/method/<name>.yaml`);
+the decoding options (`max_new_tokens`, `batch_size`, `chunk_tokens`, `fixed_length`,
+`stop_strings`, `temperature`, `top_p`); `seed`, `draft_cache_dir`, `model_cache_dir`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+
+from wsd.backends.engines import ModelPool
+from wsd.backends.models import ModelSpec, check_available
+from wsd.backends.reward import RewardSettings
+from wsd.core.config import CONF, compose
+from wsd.core.prompts import Message
+from wsd.data.prompt_sets import Prompt
+from wsd.methods import METHODS, method_entry
+
+_BLOCKS = {"wsd": ("engine", "window", "threshold", "draft_max_tokens", "early_stop"),
+           "generation": ("max_new_tokens", "batch_size", "chunk_tokens", "fixed_length", "stop_strings",
+                          "temperature", "top_p")}
+_TOP_LEVEL = ("seed", "draft_cache_dir", "model_cache_dir")
+_MODEL_ROLES = ("pilot", "base", "corrector", "reward_model")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer. WSD's carry its switch: `keep_count` draft tokens (base tokenization) kept,
+    `switched` (False: the whole draft was kept), the pilot's `draft_tokens` and the base's
+    `continuation_tokens`; other methods leave them None. `record` is the stage's full record."""
+
+    messages: list[Message]
+    response: str
+    response_tokens: int
+    stop_reason: str
+    seconds: float
+    keep_count: int | None = None
+    switched: bool | None = None
+    draft_tokens: int | None = None
+    continuation_tokens: int | None = None
+    record: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_record(cls, messages: list[Message], record: dict) -> Answer:
+        return cls(messages, record["response"], record["response_tokens"], record["stop_reason"],
+                   record["seconds"]["total"], record.get("keep_count"), record.get("switched"),
+                   record.get("draft_tokens"), record.get("continuation_tokens"), record)
+
+
+def model_overrides(role: str, model: str) -> list[str]:
+    """A packaged model's config name, else a Hugging Face id or folder (`<role>=custom`)."""
+    if (CONF / role / f"{model}.yaml").is_file() and model != "custom":
+        return [f"{role}={model}"]
+    return [f"{role}=custom", f"{role}.path={model}", f"{role}.name={model}"]
+
+
+def setting_paths(name: str, settings: dict) -> dict[str, object]:
+    """Each setting under its config path, by the block it lives in; an unknown one is named
+    with what is accepted."""
+    method_keys = set(OmegaConf.load(CONF / "method" / f"{name}.yaml")) - {"defaults", "name"}
+    paths = {}
+    for key, value in settings.items():
+        block = "method" if key in method_keys else next((b for b, keys in _BLOCKS.items() if key in keys), None)
+        if block is None and key not in _TOP_LEVEL:
+            accepted = sorted({*method_keys, *_TOP_LEVEL, *(k for keys in _BLOCKS.values() for k in keys)})
+            raise ValueError(f"unknown setting {key!r} for method {name!r}; accepted: {', '.join(accepted)}")
+        paths[f"{block}.{key}" if block else key] = value
+    return paths
+
+
+class Generator:
+    """A method over its models, from a resolved generate config; its models come from
+    `pool` (its own when not given) and load on the first `generate`."""
+
+    def __init__(self, cfg: dict, pool: ModelPool | None = None,
+                 place: Callable[[ModelSpec], ModelSpec] = lambda spec: spec):
+        """Everything is checked here, before any model loads: the settings, every model's
+        presence, the reward model's. `place` puts a model on a device (a sharded run's rank)."""
+        self.cfg, self.pool = cfg, pool or ModelPool()
+        self.entry = method_entry(cfg["method"]["name"])
+        self.entry.check(cfg)
+        self.specs = {role: place(ModelSpec.from_config(cfg[role])) for role in self.entry.roles_for(cfg)}
+        for spec in self.specs.values():
+            check_available(spec)
+        self.reward = RewardSettings.from_config(cfg["reward_model"]) if self.entry.reward else None
+        if self.reward:
+            self.reward.check()
+
+    @property
+    def name(self) -> str:
+        return self.cfg["method"]["name"]
+
+    def build(self, cfg: dict | None = None):
+        """The method (`wsd.methods.Method`) on the pooled engines, for `cfg` (this one's by
+        default: a call may change the decoding options)."""
+        cfg = cfg or self.cfg
+        models = self.pool.engines(self.specs, cfg)
+        if self.reward:
+            models["reward"] = self.pool.reward(self.reward)
+        return self.entry.build(cfg, models)
+
+    def generate(self, prompts: Sequence[str | list[Message]], **options) -> list[Answer]:
+        """Answers in input order. A prompt is a user message or a list of chat messages;
+        `options` are decoding options for this call (`max_new_tokens`, ...)."""
+        unknown = set(options) - set(_BLOCKS["generation"])
+        if unknown:
+            raise ValueError(f"unknown decoding option(s) {sorted(unknown)}; accepted: {', '.join(_BLOCKS['generation'])}")
+        cfg = {**self.cfg, "generation": {**self.cfg["generation"], **options}}
+        if options:
+            self.entry.check(cfg)
+        items = [Prompt(str(i), [{"role": "user", "content": p}] if isinstance(p, str) else list(p))
+                 for i, p in enumerate(prompts)]
+        method = self.build(cfg)
+        for item in items:
+            method.check_fits(item.id, item.messages)
+        return [Answer.from_record(p.messages, record) for p, record in method.generate_many(items)]
+
+
+def method(name: str, pilot: str = "smollm2_135m_instruct", base: str = "gemma3_270m", backend: str = "hf",
+           pool: ModelPool | None = None, **settings) -> Generator:
+    """Any method by its name (`wsd`, `base`, `urial`, `pilot`, `nudging`, `args`, `cards`,
+    `best_of_n`, `aligner`) on these models and backend, with its settings."""
+    if name not in METHODS:
+        method_entry(name)  # names what is accepted
+    overrides = [f"method={name}", f"backend={backend}", "logger=none", "draft_cache_dir=null",
+                 *model_overrides("pilot", pilot), *model_overrides("base", base)]
+    models = {role: settings.pop(role) for role in ("corrector", "reward_model") if role in settings}
+    for role, model in models.items():
+        overrides += model_overrides(role, model)
+    cfg = compose(overrides)
+    for path, value in setting_paths(name, settings).items():
+        OmegaConf.update(cfg, path, value, merge=False)  # the typed blocks check the value's type
+    return Generator(OmegaConf.to_container(cfg, resolve=True), pool)
+
+
+class WeakToStrong(Generator):
+    """WSD: the pilot writes the beginning, the base the rest, switched where the base's
+    geometric-mean probability of the last `window` draft tokens reaches `threshold`."""
+
+    def __init__(self, pilot: str = "smollm2_135m_instruct", base: str = "gemma3_270m", backend: str = "hf",
+                 window: int | None = None, threshold: float | None = None, pool: ModelPool | None = None,
+                 **settings):
+        switch = {k: v for k, v in (("window", window), ("threshold", threshold)) if v is not None}
+        built = method("wsd", pilot, base, backend, pool, **switch, **settings)
+        super().__init__(built.cfg, built.pool)

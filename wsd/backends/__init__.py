@@ -1,0 +1,1 @@
+"""Models and the engines that run them (transformers, vLLM), and the reward model."""

@@ -1,0 +1,63 @@
+"""Aligner (Ji et al., 2024): a corrector model rewrites another model's answer given the
+question. The prompt is the one the released `aligner/aligner-7b-v1.0` was trained with (the
+authors' code of that release); the corrector decodes greedily and its output is the answer.
+
+The embedded default ships no corrector, so offline the method is unavailable: the check
+names the model to pass, before anything loads."""
+
+from __future__ import annotations
+
+import time
+
+from wsd.backends.decoding import check_context, encode
+from wsd.core.prompts import cut_at_stop, stop_reason
+
+ALIGNER_PROMPT = ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful "
+                  "and harmless: {question} | {answer} ASSISTANT:")
+RELEASED = "aligner/aligner-7b-v1.0"
+
+
+def aligner_prompt(question: str, answer: str) -> str:
+    return ALIGNER_PROMPT.format(question=question, answer=answer)
+
+
+def question_of(messages) -> str:
+    """The question an answer is corrected for: the last user turn (the format has one)."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+class Aligner:
+    """`source` (a method) answers; the corrector rewrites each answer, in batches."""
+
+    def __init__(self, source, corrector, max_new_tokens: int, batch_size: int, stops: list[str]):
+        self.source, self.corrector = source, corrector
+        self.max_new_tokens, self.batch_size, self.stops = max_new_tokens, batch_size, stops
+
+    def check_fits(self, prompt_id, messages) -> None:
+        self.source.check_fits(prompt_id, messages)
+
+    def generate_many(self, prompts):
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            drafts = [record for _, record in self.source.generate_many(batch)]
+            began = time.perf_counter()
+            tok = self.corrector.tokenizer
+            bos = tok.bos_token or ""
+            ids = [encode(tok, bos + aligner_prompt(question_of(p.messages), d["response"]))
+                   for p, d in zip(batch, drafts)]
+            for p, i in zip(batch, ids):
+                check_context(self.corrector, p.id, len(i), self.max_new_tokens, "new")
+            corrected = self.corrector.generate(ids, [self.max_new_tokens] * len(batch), self.stops)
+            share = (time.perf_counter() - began) / len(batch)
+            for prompt, draft, g in zip(batch, drafts, corrected):
+                text, cut = cut_at_stop(tok.decode(g.ids, skip_special_tokens=True), self.stops)
+                yield prompt, {
+                    "response": text.strip(),
+                    "response_tokens": len(g.ids),
+                    "stop_reason": stop_reason(g.stop_reason, cut),
+                    "original_response": draft["response"],
+                    "original_tokens": draft["response_tokens"],
+                    "seconds": {"total": draft["seconds"]["total"] + share, "correction": share},
+                    "model": draft.get("model"),
+                    "corrector": self.corrector.name,
+                }

@@ -1,0 +1,46 @@
+"""Best-of-N: N seeded samples of one method's answer per prompt, the one the reward model
+rates highest kept. Sample i of a batch is drawn after `set_seed(seed + i)`, so sample 0 is
+the answer the method itself gives when it samples with that seed (N = 1 is that method)."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import set_seed
+
+from wsd.backends.reward import RewardModel
+
+
+class BestOfN:
+    def __init__(self, source, reward: RewardModel, n: int, seed: int, batch_size: int):
+        self.source, self.reward, self.n, self.seed, self.batch_size = source, reward, n, seed, batch_size
+
+    def check_fits(self, prompt_id, messages) -> None:
+        self.source.check_fits(prompt_id, messages)
+
+    def generate_many(self, prompts):
+        """A batch at a time (its N samples, then its records), so a killed run keeps what
+        it finished."""
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            samples = []
+            for i in range(self.n):
+                set_seed(self.seed + i)
+                samples.append([record for _, record in self.source.generate_many(batch)])
+            for k, prompt in enumerate(batch):
+                answers = [s[k] for s in samples]
+                began = time.perf_counter()
+                rewards = self.reward.score_answers(prompt.messages, [a["response"] for a in answers])
+                reward_seconds = time.perf_counter() - began
+                best = max(range(self.n), key=rewards.__getitem__)
+                yield prompt, {
+                    **answers[best],
+                    "seconds": {"total": sum(a["seconds"]["total"] for a in answers) + reward_seconds,
+                                "reward": reward_seconds},
+                    "chosen_sample": best,
+                    "sample_rewards": rewards,
+                    "samples": [{"response": a["response"], "response_tokens": a["response_tokens"],
+                                 "stop_reason": a["stop_reason"]} for a in answers],
+                    "reward_model": self.reward.name,
+                    "reward_model_calls": 1,
+                }

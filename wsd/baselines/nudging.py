@@ -1,0 +1,137 @@
+"""Nudging (Fei et al., 2024), a peer method and one of our baselines: the base model
+decodes, and wherever its top-1 probability falls below a threshold the aligned pilot inserts
+its next *word*; then the base goes on. Handovers repeat as often as the base is unsure.
+
+Everything is exchanged as text, so the two models may use different tokenizers (SmolLM2's
+BPE and Gemma's SentencePiece here). Each model reads its own view of the text through the
+engine's `probe` (greedy tokens with their probabilities), which reuses a cached prefix up to
+the first token that the latest re-tokenization changed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from wsd.backends.decoding import check_context, encode
+from wsd.backends.engines import Engine
+from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
+
+# Tokens per `probe` call: the base's run ends at the first unsure token (HF stops there, vLLM
+# writes the rest of the chunk in the same request); a pilot word is a few tokens.
+_BASE_PROBE = 16
+_PILOT_PROBE = 4
+
+
+def _delta(tokenizer, before: list[int], new: list[int]) -> str:
+    """Text that `new` adds after `before`, decoded in context (SentencePiece and byte-level
+    BPE decode a token's leading space only in context)."""
+    return (tokenizer.decode(before + new, skip_special_tokens=True)[len(tokenizer.decode(before, skip_special_tokens=True)):])
+
+
+class Nudging:
+    """Base decodes, pilot nudges one word where the base's top-1 probability < `threshold`."""
+
+    def __init__(self, pilot: Engine, base: Engine, max_new_tokens: int, fixed_length: bool,
+                 threshold: float = 0.4, word_max_tokens: int = 8, answer_stops: tuple[str, ...] = ()):
+        """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them."""
+        self.pilot, self.base = pilot, base
+        self.max_new_tokens, self.fixed_length = max_new_tokens, fixed_length
+        self.threshold, self.word_max_tokens = threshold, word_max_tokens
+        self.base_stops = stop_strings("base", base.tokenizer, answer_stops, fixed_length)
+        self.pilot_stops = stop_strings("pilot", pilot.tokenizer, answer_stops, fixed_length)
+
+    def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
+        base_len = len(encode(self.base.tokenizer, base_prompt(messages, self.base.tokenizer.bos_token)))
+        check_context(self.base, prompt_id, base_len, self.max_new_tokens, "new")
+        pilot_len = len(encode(self.pilot.tokenizer, pilot_prompt(self.pilot.tokenizer, messages)))
+        # the pilot reads the answer too, in its own tokens: allow twice the base's count
+        check_context(self.pilot, prompt_id, pilot_len, 2 * self.max_new_tokens, "new (x2, the pilot's view)")
+
+    def generate_many(self, prompts):
+        """One prompt at a time (handovers differ per row); yields (prompt, record)."""
+        for prompt in prompts:
+            start = time.perf_counter()
+            record = self.generate(prompt.messages)
+            record["seconds"] = {"total": time.perf_counter() - start}
+            yield prompt, record
+
+    def generate(self, messages: list[Message]) -> dict:
+        base_tok, pilot_tok = self.base.tokenizer, self.pilot.tokenizer
+        base_prefix = base_prompt(messages, base_tok.bos_token)
+        pilot_prefix = pilot_prompt(pilot_tok, messages)
+        n_prefix = len(encode(base_tok, base_prefix))
+        base_eos = [] if self.fixed_length else self.base.eos_token_ids
+        answer, words, base_tokens, reason = "", [], 0, None
+        while reason is None:
+            # the base writes while it is sure of its next token
+            ids = encode(base_tok, base_prefix + answer)
+            new, unsure = [], False
+            while reason is None and not unsure:
+                room = self.max_new_tokens - (len(ids) - n_prefix + len(new))
+                if room <= 0:
+                    reason = "length"
+                    break
+                tokens, probs = self.base.probe(ids + new, min(room, _BASE_PROBE), min_prob=self.threshold)
+                for top, prob in zip(tokens, probs):
+                    if prob < self.threshold:
+                        unsure = True
+                        break
+                    if top in base_eos:
+                        reason = "eos"
+                        break
+                    new.append(top)
+                    if self.base_stops and cut_at_stop(_delta(base_tok, ids[n_prefix:], new), self.base_stops)[1]:
+                        reason = "stop_string"
+                        break
+                    if len(ids) - n_prefix + len(new) >= self.max_new_tokens:
+                        reason = "length"
+                        break
+            answer += _delta(base_tok, ids[n_prefix:], new)
+            base_tokens += len(new)
+            if reason is not None:
+                break
+            # the pilot inserts its next word
+            word, pilot_done = self._pilot_word(encode(pilot_tok, pilot_prefix + answer))
+            answer += word
+            words.append(word)
+            if pilot_done or not word:  # an empty word would hand back to an unsure base forever
+                reason = "pilot_stop"
+        response, cut = cut_at_stop(answer, self.base_stops)
+        joined = encode(base_tok, base_prefix + response)
+        response_ids = joined[n_prefix:]
+        if len(response_ids) > self.max_new_tokens:  # a last pilot word may overshoot the budget
+            response = _delta(base_tok, joined[:n_prefix], response_ids[: self.max_new_tokens])
+            response_ids, reason, cut = response_ids[: self.max_new_tokens], "length", False
+        pilot_chars = sum(len(w) for w in words)
+        return {
+            "response": response,
+            "response_tokens": len(response_ids),
+            "stop_reason": stop_reason(reason, cut),
+            "handovers": len(words),
+            "pilot_words": words,
+            "pilot_char_share": pilot_chars / len(answer) if answer else 0.0,
+            "base_tokens": base_tokens,
+            "pilot": self.pilot.name,
+            "base": self.base.name,
+        }
+
+    def _pilot_word(self, ids: list[int]) -> tuple[str, bool]:
+        """The pilot's next word (leading white space included, the white space after it
+        not), and whether the pilot ended its answer instead."""
+        tok, new, text = self.pilot.tokenizer, [], ""
+        eos = [] if self.fixed_length else self.pilot.eos_token_ids
+        while len(new) < self.word_max_tokens:
+            tokens, _ = self.pilot.probe(ids + new, min(_PILOT_PROBE, self.word_max_tokens - len(new)))
+            for top in tokens:
+                if top in eos:
+                    return text, True
+                new.append(top)
+                text = _delta(tok, ids, new)
+                before_stop, stopped = cut_at_stop(text, self.pilot_stops)
+                if stopped:
+                    return before_stop, True
+                body = text.lstrip()
+                if body and any(c.isspace() for c in body):  # a whole word, and the next one began
+                    end = len(text) - len(body) + next(i for i, c in enumerate(body) if c.isspace())
+                    return text[:end], False
+        return text, False

@@ -1,0 +1,1 @@
+"""Model-free foundations: the switch rule, prompt formats, typed config blocks, files and keys."""

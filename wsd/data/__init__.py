@@ -1,0 +1,1 @@
+"""Prompt sets (benchmarks) and the files shipped with the package."""

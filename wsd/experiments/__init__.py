@@ -1,0 +1,1 @@
+"""What sits above the judges: GenerAlign collection, training, make reproduce's plan."""

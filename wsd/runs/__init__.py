@@ -1,0 +1,1 @@
+"""Run bookkeeping: result identities, tracking, the generate stage's parts."""
