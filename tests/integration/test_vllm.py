@@ -169,7 +169,7 @@ def test_baselines_and_nudging_agree_across_backends(vllm_pair, hf_pair, prompts
     reward = RewardModel(RewardSettings(path=tiny_reward_model))  # reads text: any base goes with it
     answers = {}
     for name, (pilot, base) in (("vllm", vllm_pair), ("hf", hf_pair)):
-        fmt = base_format(base.tokenizer)
+        fmt = base_format(base.tokenizer, "base")
         methods = {
             "base": PromptedModel(base, lambda m, b=base: base_prompt(m, b.tokenizer.bos_token), "base", options),
             "pilot": PromptedModel(pilot, lambda m, p=pilot: pilot_prompt(p.tokenizer, m), "pilot", options),

@@ -13,14 +13,15 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from wsd.backends.models import LoadedModel
 from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
+from wsd.core.schemas import GenerationBlock, WSDBlock
 
 
 @dataclass(frozen=True)
 class WSDSettings:
-    window: int = 6
-    threshold: float = 0.8
-    draft_max_tokens: int = 512
-    target_max_tokens: int = 2048
+    window: int = WSDBlock.window
+    threshold: float = WSDBlock.threshold
+    draft_max_tokens: int = WSDBlock.draft_max_tokens
+    target_max_tokens: int = GenerationBlock.max_new_tokens
     # Benchmarks only: no EOS and no stop strings anywhere, and the base writes exactly
     # target - k tokens, so every method produces the same number of tokens.
     fixed_length: bool = False

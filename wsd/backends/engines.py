@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from wsd.backends.decoding import Generated, chunked_greedy, left_pad, pad_id
 from wsd.backends.models import LoadedModel, ModelSpec, load_model
+from wsd.core.schemas import GenerationBlock
 
 BACKENDS = ("hf", "vllm")
 
@@ -63,7 +64,7 @@ class Engine(Protocol):
 class HFEngine(LoadedModel):
     """A transformers model behind the `Engine` protocol."""
 
-    chunk_tokens: int = 16  # tokens per batched `generate` call; finished rows leave between calls
+    chunk_tokens: int = GenerationBlock.chunk_tokens  # tokens per batched `generate` call
     _probe_cache: object = field(default=None, repr=False)
 
     def generate(self, prompts, budgets, stops, fixed_length=False, sampling=None):

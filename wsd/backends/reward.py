@@ -15,6 +15,7 @@ import torch
 
 from wsd.backends.models import ModelSpec, check_available
 from wsd.core.prompts import Message
+from wsd.core.schemas import RewardModelJudgeBlock
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,9 @@ class RewardSettings:
     path: str
     name: str = ""
     dtype: str = "float32"
-    device: str = "auto"  # auto: the GPU when there is one
-    max_length: int = 2048  # tokens it reads; longer inputs lose the prompt's start
-    batch_size: int = 8
+    device: str = RewardModelJudgeBlock.device  # auto: the GPU when there is one
+    max_length: int = RewardModelJudgeBlock.max_length  # tokens it reads; longer inputs lose the prompt's start
+    batch_size: int = RewardModelJudgeBlock.batch_size
     proxy: bool = True  # false only for the reward model a paper's table used
 
     @classmethod

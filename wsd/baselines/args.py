@@ -21,12 +21,13 @@ from wsd.backends.decoding import check_context, encode, left_pad, pad_id
 from wsd.backends.models import LoadedModel
 from wsd.backends.reward import RewardModel
 from wsd.core.prompts import BaseFormat, cut_at_stop, stop_reason
+from wsd.core.schemas import ARGSBlock
 
 
 @dataclass(frozen=True)
 class ARGSSettings:
-    k: int = 10  # candidates per step (the base's top-k)
-    weight: float = 1.5  # w: 0 is the base's greedy decoding
+    k: int = ARGSBlock.k  # candidates per step (the base's top-k)
+    weight: float = ARGSBlock.weight  # w: 0 is the base's greedy decoding
 
 
 class BatchDecoder:

@@ -28,20 +28,21 @@ from wsd.backends.engines import PrefixCachedLM
 from wsd.backends.models import LoadedModel
 from wsd.backends.reward import RewardModel
 from wsd.core.prompts import BaseFormat, cut_at_stop, stop_reason
+from wsd.core.schemas import CARDSBlock
 from wsd.core.store import config_key
 
 
 @dataclass(frozen=True)
 class CARDSSettings:
-    entropy_threshold: float = 3.0  # tau_H, nats: a segment ends before a token this uncertain
-    min_segment_tokens: int = 4
-    max_segment_tokens: int = 64
-    reward_target: float = 8.5  # r*
-    alpha: float = 0.5  # where between r(prompt) and r* the threshold starts
-    temperature: float = 0.7  # sampling, and the soft acceptance's scale
-    top_k: int = 40
-    max_rejections: int = 20
-    acceptance: str = "soft"  # soft | hard
+    reward_target: float  # r* (CARDSBlock's `auto` resolved to the reward model's scale)
+    entropy_threshold: float = CARDSBlock.entropy_threshold  # tau_H, nats: a segment ends before a token this uncertain
+    min_segment_tokens: int = CARDSBlock.min_segment_tokens
+    max_segment_tokens: int = CARDSBlock.max_segment_tokens
+    alpha: float = CARDSBlock.alpha  # where between r(prompt) and r* the threshold starts
+    temperature: float = CARDSBlock.temperature  # sampling, and the soft acceptance's scale
+    top_k: int = CARDSBlock.top_k
+    max_rejections: int = CARDSBlock.max_rejections
+    acceptance: str = CARDSBlock.acceptance  # soft | hard
 
 
 class CARDS:

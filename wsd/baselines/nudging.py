@@ -15,6 +15,7 @@ import time
 from wsd.backends.decoding import check_context, encode
 from wsd.backends.engines import Engine
 from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
+from wsd.core.schemas import NudgingBlock
 
 # Tokens per `probe` call: the base's run ends at the first unsure token (HF stops there, vLLM
 # writes the rest of the chunk in the same request); a pilot word is a few tokens.
@@ -32,7 +33,8 @@ class Nudging:
     """Base decodes, pilot nudges one word where the base's top-1 probability < `threshold`."""
 
     def __init__(self, pilot: Engine, base: Engine, max_new_tokens: int, fixed_length: bool,
-                 threshold: float = 0.4, word_max_tokens: int = 8, answer_stops: tuple[str, ...] = ()):
+                 threshold: float = NudgingBlock.threshold, word_max_tokens: int = NudgingBlock.word_max_tokens,
+                 answer_stops: tuple[str, ...] = ()):
         """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them."""
         self.pilot, self.base = pilot, base
         self.max_new_tokens, self.fixed_length = max_new_tokens, fixed_length

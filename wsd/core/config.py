@@ -7,7 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from wsd.core.schemas import BENCHMARK_BLOCKS, BenchmarkBlock  # (importing it registers the schemas the stage configs start from)
+from wsd.core.schemas import (  # (importing it registers the schemas the stage configs start from)
+    BENCHMARK_BLOCKS,
+    BenchmarkBlock,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -139,7 +139,7 @@ class BaseFormat:
     finish: Callable[[str], str] = lambda text: text
 
 
-def base_format(tokenizer, prompt: str = "base", prompt_file: str | None = None) -> BaseFormat:
+def base_format(tokenizer, prompt: str, prompt_file: str | None = None) -> BaseFormat:
     """`base`: zero-shot, in the plain role-tagged format WSD hands over in. `urial`: with
     URIAL's in-context alignment prefix (ours by default)."""
     bos = tokenizer.bos_token

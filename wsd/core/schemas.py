@@ -4,7 +4,8 @@ configs' defaults), and one schema per method, benchmark and judge (each file of
 `conf/method`, `conf/benchmark` and `conf/judge` starts from its own). A value of the wrong
 type fails when the config composes, with the key's full name (OmegaConf's `full_key`); each
 block's `validate` holds its range checks, run where the block is read, before any model
-loads. The fields mirror the shipped files exactly, so folder keys stay as they were.
+loads. Every default is declared here, once: a shipped file starts from its block and sets only
+what differs (`tests/wsd/core/test_schemas.py` fails on a default written in two places).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ def _at_least(key: str, value, low, kind: str = "an integer") -> None:
 class GenerationBlock:
     """What every method shares."""
 
-    max_new_tokens: int = 2048
-    batch_size: int = 8
-    chunk_tokens: int = 16
-    fixed_length: bool = False
-    stop_strings: list[str] = field(default_factory=list)
-    temperature: float = 0.0
+    max_new_tokens: int = 2048  # the answer's budget (WSD: the base gets max_new_tokens - k, rounded up to 50)
+    batch_size: int = 8  # prompts decoded together (nudging decodes one at a time)
+    chunk_tokens: int = 16  # tokens per batched generate call; finished rows leave between calls
+    fixed_length: bool = False  # speed benchmarks: no EOS or stop strings, every row runs its budget
+    stop_strings: list[str] = field(default_factory=list)  # added to every model's own (the tax stage: lm-eval's `until`)
+    temperature: float = 0.0  # greedy, as the paper; > 0 samples (base, urial, pilot: GenerAlign's candidates)
     top_p: float = 1.0
 
     def validate(self, key: str = "generation") -> None:
@@ -51,11 +52,11 @@ class GenerationBlock:
 class WSDBlock:
     """WSD's own settings (read only by method=wsd)."""
 
-    engine: str = "fast"
-    window: int = 6
-    threshold: float = 0.8
-    draft_max_tokens: int = 512
-    early_stop: bool = True
+    engine: str = "fast"  # fast (batched, early-stopping) or reference (the authors' three passes)
+    window: int = 6  # the switch window w
+    threshold: float = 0.8  # the switch threshold gamma, in [0, 1]
+    draft_max_tokens: int = 512  # the pilot's budget (lowered to generation.max_new_tokens when above it)
+    early_stop: bool = True  # fast engine: stop drafting at the switch (sweeps: false, docs/sweeps-and-benchmarks.md)
 
     def validate(self, key: str = "wsd") -> None:
         from wsd.core.switch import validate_switch_params
@@ -73,13 +74,14 @@ class WSDBlock:
 class TaxBlock:
     """The alignment-tax stage's tasks and their data."""
 
+    # eval/tasks/*.yaml; with include_defaults also lm-eval's own
     tasks: list[str] = field(default_factory=lambda: ["wsd_gsm8k", "wsd_humaneval", "wsd_ifeval"])
-    limit: Optional[int] = None
-    gsm8k_path: Optional[str] = None
-    gsm8k_fewshot_path: Optional[str] = None
-    humaneval_timeout: float = 10.0
-    max_gen_toks: Optional[int] = None
-    include_defaults: bool = False
+    limit: Optional[int] = None  # the first N documents of each task (lm-eval's --limit)
+    gsm8k_path: Optional[str] = None  # GSM8K test questions (JSONL/JSON/Parquet/CSV: question, answer); null: the Hub
+    gsm8k_fewshot_path: Optional[str] = None  # few-shot examples; null: the Hub's train split, or the test file itself
+    humaneval_timeout: float = 10.0  # seconds each HumanEval program may run
+    max_gen_toks: Optional[int] = None  # every task's response budget; null: each task's own
+    include_defaults: bool = False  # also index lm-eval's built-in tasks (their data come from the Hub)
 
     def validate(self, key: str = "tax") -> None:
         if not self.tasks:
@@ -98,16 +100,16 @@ class TrainBlock:
     comparison) and TRL's own arguments, which TRL's config class checks itself
     (`wsd.experiments.training.trainer_args`)."""
 
-    algorithm: str = "dpo"
+    algorithm: str = "dpo"  # dpo (the paper) or sft; the reward-model stage sets reward
     model: Optional[Any] = None  # a model config node (conf/pilot/*.yaml); null: the experiment's pilot
-    dataset: Optional[str] = None
-    lora: Optional[dict[str, Any]] = None
-    dtype: str = "float32"
-    heldout_comparison: bool = True
-    trl: dict[str, Any] = field(default_factory=dict)
-    dpo: dict[str, Any] = field(default_factory=dict)
-    sft: dict[str, Any] = field(default_factory=dict)
-    reward: dict[str, Any] = field(default_factory=dict)
+    dataset: Optional[str] = None  # null: this experiment's GenerAlign data; or a DatasetDict folder / JSONL file
+    lora: Optional[dict[str, Any]] = None  # e.g. {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}
+    dtype: str = "float32"  # the weights as loaded (trl.bf16 trains in bfloat16 mixed precision)
+    heldout_comparison: bool = True  # after training: untrained vs trained on the test split, by GenerAlign's scorers
+    trl: dict[str, Any] = field(default_factory=dict)  # TRL's config fields, for every algorithm
+    dpo: dict[str, Any] = field(default_factory=dict)  # added to `trl` for DPO only (DPOConfig's fields)
+    sft: dict[str, Any] = field(default_factory=dict)  # added to `trl` for SFT only (SFTConfig's fields)
+    reward: dict[str, Any] = field(default_factory=dict)  # added to `trl` for reward models (RewardConfig's own)
 
 
 # --- the `method` block, one schema per method (conf/method/<name>.yaml starts from it) -----
@@ -155,8 +157,8 @@ class ARGSBlock(MethodBlock):
     name: str = "args"
     k: int = 10  # candidates per step (the base's top-k)
     weight: float = 1.5  # w: 0 is the base's greedy decoding
-    prompt: str = "base"
-    prompt_file: Optional[str] = None
+    prompt: str = "base"  # how the base is prompted: base (zero-shot) or urial
+    prompt_file: Optional[str] = None  # prompt=urial: a URIAL prefix file (null: ours)
 
     def validate(self, key: str = "method") -> None:
         _at_least(f"{key}.k", self.k, 1)
@@ -175,9 +177,10 @@ class CARDSBlock(MethodBlock):
     temperature: float = 0.7
     top_k: int = 40
     max_rejections: int = 20
+    # soft: kept with probability min(1, exp((r - threshold) / temperature)); hard: r >= threshold
     acceptance: str = "soft"
-    prompt: str = "base"
-    prompt_file: Optional[str] = None
+    prompt: str = "base"  # how the base is prompted: base (zero-shot) or urial
+    prompt_file: Optional[str] = None  # prompt=urial: a URIAL prefix file (null: ours)
 
     def validate(self, key: str = "method") -> None:
         for name in ("min_segment_tokens", "max_segment_tokens", "top_k"):
@@ -204,7 +207,7 @@ class BestOfNBlock(MethodBlock):
     n: int = 4
     temperature: float = 0.7
     top_p: float = 1.0
-    prompt_file: Optional[str] = None
+    prompt_file: Optional[str] = None  # source=urial: a URIAL prefix file (null: ours)
 
     def validate(self, key: str = "method") -> None:
         _at_least(f"{key}.n", self.n, 1)
@@ -219,8 +222,9 @@ class AlignerBlock(MethodBlock):
     prompt_file: Optional[str] = None
 
 
-METHOD_BLOCKS = {"base": MethodBlock, "pilot": MethodBlock, "wsd": MethodBlock, "urial": URIALBlock, "nudging": NudgingBlock, "args": ARGSBlock,
-           "cards": CARDSBlock, "best_of_n": BestOfNBlock, "aligner": AlignerBlock}
+METHOD_BLOCKS = {"base": MethodBlock, "pilot": MethodBlock, "wsd": MethodBlock, "urial": URIALBlock,
+                 "nudging": NudgingBlock, "args": ARGSBlock, "cards": CARDSBlock, "best_of_n": BestOfNBlock,
+                 "aligner": AlignerBlock}
 
 
 def method_block(method: dict, key: str = "method") -> MethodBlock:
@@ -276,9 +280,9 @@ class MTBenchBlock(BenchmarkBlock):
     reference_file: Optional[str] = None
 
 
-BENCHMARK_BLOCKS = {"alpaca_eval": PackagedBenchmarkBlock, "arena_hard": PackagedBenchmarkBlock, "ifeval": PackagedBenchmarkBlock,
-              "hh_rlhf": HubBenchmarkBlock, "truthfulqa": HubBenchmarkBlock, "harmful": HarmfulBlock, "mt_bench": MTBenchBlock,
-              "jsonl": BenchmarkBlock}
+BENCHMARK_BLOCKS = {"alpaca_eval": PackagedBenchmarkBlock, "arena_hard": PackagedBenchmarkBlock,
+                    "ifeval": PackagedBenchmarkBlock, "hh_rlhf": HubBenchmarkBlock, "truthfulqa": HubBenchmarkBlock,
+                    "harmful": HarmfulBlock, "mt_bench": MTBenchBlock, "jsonl": BenchmarkBlock}
 
 
 def benchmark_block(benchmark: dict, key: str = "benchmark") -> BenchmarkBlock:
@@ -343,7 +347,7 @@ class ReferenceSimilarityJudgeBlock(JudgeBlock):
     name: str = "reference_similarity"
     model: Optional[str] = None
     batch_size: int = 32
-    device: str = "auto"
+    device: str = "auto"  # auto: the GPU when there is one
 
 
 @dataclass
@@ -352,7 +356,7 @@ class RewardModelJudgeBlock(JudgeBlock):
     model: Optional[str] = None
     batch_size: int = 8
     max_length: int = 2048
-    device: str = "auto"
+    device: str = "auto"  # auto: the GPU when there is one
     proxy: bool = True
 
 
@@ -375,24 +379,25 @@ class ArenaHardJudgeBlock(ServedJudgeBlock):
     name: str = "arena_hard"
     baseline_file: Optional[str] = None
     temperature: float = 0.0
-    max_tokens: int = 16000
-    weight: int = 3
+    max_tokens: int = 16000  # arena-hard-auto v2.0's (v0.1: 4096)
+    weight: int = 3  # battles a strong verdict ([[A>>B]]) counts for
     bootstrap_rounds: int = 100
     seed: int = 42
-    proxy: bool = True
+    proxy: bool = True  # false only with the paper's judge (GPT-4-Turbo)
 
 
 @dataclass
 class MTBenchGradingJudgeBlock(ServedJudgeBlock):
     name: str = "mt_bench_grading"
     temperature: float = 0.0
-    max_tokens: int = 2048
-    proxy: bool = True
+    max_tokens: int = 2048  # FastChat's
+    proxy: bool = True  # false only with the paper's judge (GPT-4)
 
 
 JUDGE_BLOCKS = {"harmlessness": JudgeBlock, "ifeval": IFEvalJudgeBlock, "local_llm_judge": LocalLLMJudgeBlock,
-          "reference_similarity": ReferenceSimilarityJudgeBlock, "reward_model": RewardModelJudgeBlock,
-          "alpaca_eval": AlpacaEvalJudgeBlock, "arena_hard": ArenaHardJudgeBlock, "mt_bench_grading": MTBenchGradingJudgeBlock}
+                "reference_similarity": ReferenceSimilarityJudgeBlock, "reward_model": RewardModelJudgeBlock,
+                "alpaca_eval": AlpacaEvalJudgeBlock, "arena_hard": ArenaHardJudgeBlock,
+                "mt_bench_grading": MTBenchGradingJudgeBlock}
 
 
 SCHEMAS = {"generation": GenerationBlock, "wsd": WSDBlock, "tax": TaxBlock, "train": TrainBlock}

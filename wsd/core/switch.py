@@ -32,7 +32,7 @@ def _log(p: float) -> float:
     return math.log(p) if p > 0.0 else -math.inf
 
 
-def first_switch(token_probs: Sequence[float], window: int = 6, threshold: float = 0.8) -> int | None:
+def first_switch(token_probs: Sequence[float], window: int, threshold: float) -> int | None:
     """Index i of the first draft token whose window score reaches the threshold, else None.
 
     The score at position i is the geometric mean of the last `window` probabilities,
@@ -55,7 +55,7 @@ def first_switch(token_probs: Sequence[float], window: int = 6, threshold: float
     return None
 
 
-def keep_count(token_probs: Sequence[float], window: int = 6, threshold: float = 0.8) -> int:
+def keep_count(token_probs: Sequence[float], window: int, threshold: float) -> int:
     """Number k of draft tokens (base tokenization) kept before the base model takes over.
 
     k = i + 1 for the first switch position i (see `first_switch`); if no position

@@ -205,7 +205,7 @@ def check_config(resolved: dict) -> None:
         raise ValueError("generalign.decontamination.similarity_threshold must be in (0, 1]")
 
 
-def encoder(model: str | None, device: str = "auto"):
+def encoder(model: str | None, device: str):
     """Normalized MiniLM sentence embeddings (the packaged all-MiniLM-L6-v2 by default)."""
     from sentence_transformers import SentenceTransformer
 

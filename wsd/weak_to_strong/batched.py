@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 from wsd.backends.decoding import WSDSettings, base_texts, check_fits, encode, final_joined_ids, make_record
 from wsd.backends.models import LoadedModel
 from wsd.core.prompts import Message, pilot_prompt
+from wsd.core.schemas import GenerationBlock, WSDBlock
 from wsd.core.switch import first_switch, keep_count
 from wsd.weak_to_strong.draft_cache import CachedDraft, DraftCache
 
 
 @dataclass(frozen=True)
 class FastOptions:
-    batch_size: int = 8
-    chunk_tokens: int = 16
-    early_stop: bool = True  # off for sweeps: a full draft serves every (window, threshold)
+    batch_size: int = GenerationBlock.batch_size
+    chunk_tokens: int = GenerationBlock.chunk_tokens
+    early_stop: bool = WSDBlock.early_stop  # off for sweeps: a full draft serves every (window, threshold)
 
 
 # Stable tokens left unscored at the boundary: insurance against a tokenizer whose merges

@@ -4,10 +4,10 @@ GPU runs would start is composed and checked here."""
 import pytest
 
 from wsd.backends import vllm_engine
-from wsd.runs import identity
 from wsd.backends.models import ModelSpec
 from wsd.backends.vllm_engine import VLLMEngine, VLLMSettings, check_parallelism
 from wsd.core.config import compose
+from wsd.runs import identity
 
 
 @pytest.mark.parametrize("block, message", [({"tensor_parallel": 2}, "unknown vllm setting"),

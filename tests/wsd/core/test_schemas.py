@@ -5,8 +5,19 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from tests.conftest import REPO
 from wsd.core.config import CONF, compose
-from wsd.core.schemas import BENCHMARK_BLOCKS, JUDGE_BLOCKS, METHOD_BLOCKS, WSDBlock, GenerationBlock, ServeBlock, TaxBlock, benchmark_block, method_block
+from wsd.core.schemas import (
+    BENCHMARK_BLOCKS,
+    JUDGE_BLOCKS,
+    METHOD_BLOCKS,
+    GenerationBlock,
+    ServeBlock,
+    TaxBlock,
+    WSDBlock,
+    benchmark_block,
+    method_block,
+)
 
 
 @pytest.mark.parametrize("override, stage, key", [
@@ -80,3 +91,88 @@ def test_the_shipped_defaults_are_in_range():
     GenerationBlock(**cfg.generation).validate()
     WSDBlock(**cfg.wsd).validate()
 
+
+
+# --- a default is declared once ------------------------------------------------------
+
+def _schema_defaults() -> dict[str, dict[str, object]]:
+    """Every typed block's defaults: {block class name: {field: default}}."""
+    import dataclasses
+
+    from wsd.core import schemas
+
+    blocks = {}
+    for value in vars(schemas).values():
+        if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == schemas.__name__:
+            blocks[value.__name__] = {f.name: f.default for f in dataclasses.fields(value)
+                                      if f.default is not dataclasses.MISSING}
+    return blocks
+
+
+def _starts_from(config: dict) -> list[tuple[str, str]]:
+    """(schema path, where it lands) of a config file's defaults list."""
+    out = []
+    for entry in config.get("defaults") or []:
+        if isinstance(entry, str) and entry.lstrip("/").startswith("schema/") and "@" in entry:
+            path, target = entry.split("@", 1)
+            out.append((path.lstrip("/").removeprefix("schema/"), target))
+    return out
+
+
+def test_no_shipped_config_restates_a_default_of_its_typed_block():
+    """The typed blocks (wsd/core/schemas.py) declare every default; a shipped file sets only
+    what differs (experiment and sweep files are deltas on purpose and may name a value)."""
+    from omegaconf import OmegaConf
+
+    from wsd.core.schemas import schema_for
+
+    restated = []
+    for path in sorted((REPO / "conf").rglob("*.yaml")):
+        if path.parent.name in ("experiment", "sweep"):
+            continue
+        config = OmegaConf.to_container(OmegaConf.load(path))
+        for schema, target in _starts_from(config):
+            block = config if target == "_here_" else (config.get(target) or {})
+            defaults = OmegaConf.to_container(OmegaConf.structured(schema_for(schema)))
+            for key, value in block.items():
+                if key not in ("defaults", "name") and key in defaults and defaults[key] == value:
+                    restated.append(f"{path.relative_to(REPO)}: {key}={value!r}")
+    assert not restated, "defaults written again (the typed block already declares them): " + ", ".join(restated)
+
+
+# Same name, same value, another setting: a model's dtype is not training's, a bootstrap's seed
+# is not the judge server's. (A judge's `name` is its registration, not a default.)
+UNRELATED = {("wsd/backends/models.py", "dtype"), ("wsd/backends/reward.py", "dtype"), ("eval/stats.py", "seed")}
+
+
+def test_no_module_restates_a_typed_blocks_default():
+    """A dataclass field or a parameter named as a typed block's field, with the same literal
+    default, is a second declaration: it must take the block's (`GenerationBlock.batch_size`)
+    or none."""
+    import ast
+
+    fields = {}
+    for name, defaults in _schema_defaults().items():
+        for key, value in defaults.items():
+            if key != "name" and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                fields.setdefault((key, value), name)
+    found = []
+    for path in sorted((REPO / "wsd").rglob("*.py")) + sorted((REPO / "eval").rglob("*.py")):
+        if path.name == "schemas.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            pairs = []
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+                pairs.append((node.target.id, node.value))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.args + node.args.kwonlyargs
+                defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + \
+                    node.args.kw_defaults
+                pairs += [(a.arg, d) for a, d in zip(args, defaults) if d is not None]
+            for key, value in pairs:
+                if (str(path.relative_to(REPO)), key) in UNRELATED:
+                    continue
+                if isinstance(value, ast.Constant) and (key, value.value) in fields:
+                    found.append(f"{path.relative_to(REPO)}:{value.lineno} {key}={value.value!r} "
+                                 f"({fields[key, value.value]}.{key})")
+    assert not found, "defaults written again: " + "; ".join(found)
