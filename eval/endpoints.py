@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+from eval.base import Judge
 from wsd.core.schemas import ClientBlock, ServeBlock
 from wsd.core.store import RecordFile, config_key
 
@@ -357,7 +358,7 @@ def open_endpoint(endpoint: str, client: ClientSettings, folder: Path | None) ->
 
 
 @dataclasses.dataclass
-class ServedJudge:
+class ServedJudge(Judge):
     """What every judge on a chat endpoint shares: the endpoint (`local` or a URL), its client
     settings, and the folder its judgments and server log are kept in (the evaluate stage's).
     The endpoint is opened by `session()`, around the scoring, so a bad URL or key fails
@@ -385,7 +386,7 @@ class ServedJudge:
     @property
     def chat(self) -> ChatEndpoint:
         if self._chat is None:
-            raise RuntimeError(f"judge {getattr(self, 'name', type(self).__name__)!r} scores inside session() only")
+            raise RuntimeError(f"judge {self.name or type(self).__name__!r} scores inside session() only")
         return self._chat
 
     @contextlib.contextmanager

@@ -17,31 +17,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from eval.arena_hard import ArenaHardJudge
+from eval.base import Judge
 from eval.endpoints import ServedJudge
 from eval.mt_bench import MTBenchGradingJudge
 from wsd.core.packaged import packaged_file
 from wsd.core.schemas import IFEvalJudgeBlock, LocalLLMJudgeBlock, ReferenceSimilarityJudgeBlock, RewardModelJudgeBlock
 from wsd.core.store import write_atomic
-
-
-class Judge(Protocol):
-    """Optionally also `requires`: what an item needs to be scored at all ("reference",
-    "instructions", see `REQUIREMENTS`); `ratios`: metric -> (numerator key, denominator
-    key), reported as a ratio of sums over items (the keys are per-item counts, not metrics);
-    `set_metrics(scores, items) -> dict`, metrics of the whole set (alpaca_eval's win rate);
-    `estimates(scores, items)`: whole-set metrics with their own intervals, reported beside the
-    per-item ones (Arena-Hard's Bradley-Terry win rates); `check_items(items)`: what it needs
-    of the items, checked before any judging; `session()`: the context its scoring runs in
-    (a judge on a chat endpoint opens it there). Values of a score row other than numbers
-    (raw judgments, verdict labels) are kept with the score and not averaged."""
-
-    name: str
-    proxy: bool
-
-    def score(self, items: list[dict]) -> list[dict | None]: ...
 
 
 def reference_for(meta: dict, turn: int) -> str | None:
@@ -87,7 +70,7 @@ def is_refusal(response: str, head_chars: int = 300) -> bool:
 
 
 @dataclass
-class HarmlessnessJudge:
+class HarmlessnessJudge(Judge):
     """Refusal rate (pattern detector) and offensive rate (`alt-profanity-check`'s trained
     classifier, probability >= 0.5) on harmful-request prompts."""
 
@@ -111,7 +94,7 @@ class HarmlessnessJudge:
 
 
 @dataclass
-class ReferenceSimilarityJudge:
+class ReferenceSimilarityJudge(Judge):
     """Cosine similarity of the response to the reference answer, embedded with the packaged
     all-MiniLM-L6-v2 (or any sentence-transformers model by id or path)."""
 
@@ -150,7 +133,7 @@ class ReferenceSimilarityJudge:
 
 
 @dataclass
-class RewardModelJudge:
+class RewardModelJudge(Judge):
     """Scalar reward per (conversation, response) from a sequence-classification reward model
     (by id or path); where the benchmark has a reference answer, the reference is scored too
     and `win` is 1 / 0.5 / 0 as the response's reward is above / equal to / below it."""
@@ -208,7 +191,7 @@ def _conversation(item: dict) -> str:
 
 
 @dataclass
-class PairwiseLLMJudge:
+class PairwiseLLMJudge(Judge):
     """A vs B by any local causal LM, scored by the judge's probabilities of the verdict
     tokens "A" and "B" (normalized over the two), in both orders: `win` is the mean
     probability that the response beats the reference answer over the two orders, which
@@ -471,7 +454,7 @@ def install_punkt_tab(nltk_data_dir: str) -> None:
 
 
 @dataclass
-class IFEvalJudge:
+class IFEvalJudge(Judge):
     """Prompt- and instruction-level accuracy, strict and loose, by the official IFEval
     checks (`lm_eval.tasks.ifeval.utils.process_results`); items need the benchmark's
     `instruction_id_list` and `kwargs` (benchmark=ifeval)."""
@@ -546,7 +529,7 @@ REQUIREMENTS = {
 
 def requirement(judge: str) -> str | None:
     """What the named judge needs of an item (a key of `REQUIREMENTS`), or None."""
-    return getattr(judge_class(judge), "requires", None)
+    return judge_class(judge).requires
 
 
 def check_judge_fits(benchmark: str, judge: str) -> None:
@@ -567,9 +550,7 @@ def check_judge_config(judge: dict, benchmark: dict) -> None:
     judge needs of the benchmark, and (judges on a chat endpoint) the endpoint's URL, model and
     key, the baselines' file."""
     check_judge_fits(benchmark["name"], judge.get("name"))
-    cls = judge_class(judge.get("name"))
-    if hasattr(cls, "check_config"):
-        cls.check_config(judge, benchmark)
+    judge_class(judge.get("name")).check_config(judge, benchmark)
 
 
 def check_items_fit(judge: str, items: list[dict], benchmark: str) -> None:

@@ -10,7 +10,6 @@ The run to score is `input=<its folder>`, or the one the same generate overrides
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 
@@ -54,13 +53,11 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict:
     with tracked(resolved["logger"], stage="evaluate", group=cfg.name, config=resolved, folder=out,
                  name=f"{benchmark['name']}/{generation.name}/{name}") as tracker:
         judge = build_judge(resolved["judge"], folder=out, pool=POOL if pool is None else pool)  # loads its model: fails here with the model's name
-        if hasattr(judge, "check_items"):
-            judge.check_items(items)
+        judge.check_items(items)
         if todo:
             from tqdm import tqdm
 
-            session = judge.session() if hasattr(judge, "session") else contextlib.nullcontext()
-            with session, tqdm(total=len(todo), desc=f"{name} {generation.name}", unit="item") as progress:
+            with judge.session(), tqdm(total=len(todo), desc=f"{name} {generation.name}", unit="item") as progress:
                 for start in range(0, len(todo), cfg.score_batch_size):
                     batch = todo[start : start + cfg.score_batch_size]
                     for item, scores in zip(batch, judge.score(batch)):
@@ -73,14 +70,12 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict:
         if not any(s["scores"] for s in scores):
             raise ValueError(f"judge {name!r} scored none of the {len(items)} items of {generation}; its scores so "
                              f"far are kept in {score_file.path}")
-        set_metrics = (judge.set_metrics([s["scores"] for s in scores], items) if hasattr(judge, "set_metrics")
-                       else {})
+        set_metrics = judge.set_metrics([s["scores"] for s in scores], items)
         summary = {"judge": name, "proxy": judge.proxy, "benchmark": benchmark["name"],
                    "method": generated_by.method.name, "run": identities.run_description(generated_by),
                    "identity": identity.record(), "generation": str(generation), "items": len(items),
-                   "metrics": {**summarize_scores(scores, cfg.bootstrap_resamples, cfg.seed, getattr(judge, "ratios", None)),
-                               **(judge.estimates([s["scores"] for s in scores], items)
-                                  if hasattr(judge, "estimates") else {})},
+                   "metrics": {**summarize_scores(scores, cfg.bootstrap_resamples, cfg.seed, judge.ratios),
+                               **judge.estimates([s["scores"] for s in scores], items)},
                    "set_metrics": set_metrics,
                    "scores": str(score_file.path)}
         write_atomic(out / "summary.json", json.dumps(summary, indent=1))

@@ -257,3 +257,25 @@ def test_pairwise_judge_sees_earlier_turns():
                                                    {"role": "user", "content": "Rewrite it."}]}
     assert _conversation(single) == "Q1"
     assert _conversation(multi) == "User: Write a poem.\n\nAssistant: Roses.\n\nUser: Rewrite it."
+
+
+def test_every_judge_is_a_judge_whose_hooks_do_nothing_unless_it_needs_them():
+    """The evaluate stage calls every hook of every judge: a judge with only `score` works."""
+    from eval.base import Judge
+    from eval.judges import JUDGES
+
+    assert all(issubclass(cls, Judge) and cls.name == name for name, cls in JUDGES.items())
+
+    class Counting(Judge):
+        name = "counting"
+
+        def score(self, items):
+            return [{"length": len(item["response"])} for item in items]
+
+    judge = Counting()
+    items = [{"response": "abc"}]
+    assert Counting.check_config({"name": "counting"}, None) is None and judge.check_items(items) is None
+    with judge.session() as session:
+        assert session is judge and judge.score(items) == [{"length": 3}]
+    assert judge.set_metrics([{"length": 3}], items) == {} and judge.estimates([{"length": 3}], items) == {}
+    assert (judge.requires, judge.ratios, judge.proxy) == (None, None, True)
