@@ -252,7 +252,7 @@ def switch_table(generations: list[GenerationRun]) -> pd.DataFrame | None:
     responses whose pilot draft never reached the threshold (kept whole)."""
     rows = []
     for g in generations:
-        if g.run["method"] != "wsd" or not g.records:
+        if not g.run["wsd"] or not g.records:
             continue
         positions = switch_positions(g)
         quantiles = np.percentile(positions, [0, 25, 50, 75, 100]) if positions else [None] * 5
@@ -265,7 +265,7 @@ def switch_table(generations: list[GenerationRun]) -> pd.DataFrame | None:
 
 def sweep_table(generations: list[GenerationRun], rows: list[dict], ratios: dict[Path, dict]) -> pd.DataFrame | None:
     """One row per WSD (window, threshold) point: its metrics, relative time and switch share."""
-    wsd = [g for g in generations if g.run["method"] == "wsd"]
+    wsd = [g for g in generations if g.run["wsd"]]
     if not wsd:
         return None
     scored: dict[tuple, dict] = {}
@@ -328,7 +328,7 @@ def _by_window(points: list[tuple]) -> dict:
 def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows: list[dict]) -> Path | None:
     """One panel per (benchmark, metric) evaluated at two or more thresholds; a line per window
     (and pilot), the bootstrap interval as error bars."""
-    wsd = {(g.benchmark, g.folder.name): g for g in generations if g.run["method"] == "wsd"}
+    wsd = {(g.benchmark, g.folder.name): g for g in generations if g.run["wsd"]}
     panels: dict[str, list] = {}
     for row in rows:
         g = wsd.get((row["benchmark"], Path(row.get("generation") or "").name))
@@ -360,7 +360,7 @@ def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows:
 def plot_time_vs_threshold(path: Path, generations: list[GenerationRun], ratios: dict[Path, dict]) -> Path | None:
     points = [(f"{g.benchmark} · w={g.run['wsd']['window']} · {g.source}", g.run["wsd"]["threshold"],
                ratios[g.folder]["estimate"]["mean"]) for g in generations
-              if g.run["method"] == "wsd" and g.folder in ratios]
+              if g.run["wsd"] and g.folder in ratios]
     if len({p[1] for p in points}) < 2:
         return None
     plt = _pyplot()
@@ -409,7 +409,7 @@ def plot_main_metrics(path: Path, paper: dict, rows: list[dict]) -> Path | None:
 
 def plot_switch_histogram(path: Path, generations: list[GenerationRun]) -> Path | None:
     runs = [(f"{g.benchmark} · {g.label} · {g.source}", switch_positions(g))
-            for g in generations if g.run["method"] == "wsd"]
+            for g in generations if g.run["wsd"]]
     runs = [(label, positions) for label, positions in runs if positions]
     if not runs:
         return None

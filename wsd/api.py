@@ -15,6 +15,7 @@ the decoding options (`max_new_tokens`, `batch_size`, `chunk_tokens`, `fixed_len
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from wsd.backends.models import ModelSpec, check_available
 from wsd.backends.reward import RewardSettings
 from wsd.core.config import CONF, compose
 from wsd.core.prompts import Message
+from wsd.core.schemas import METHOD_BLOCKS
 from wsd.data.prompt_sets import Prompt
 from wsd.methods import METHODS, method_entry
 
@@ -69,7 +71,7 @@ def model_overrides(role: str, model: str) -> list[str]:
 def setting_paths(name: str, settings: dict) -> dict[str, object]:
     """Each setting under its config path, by the block it lives in; an unknown one is named
     with what is accepted."""
-    method_keys = set(OmegaConf.load(CONF / "method" / f"{name}.yaml")) - {"defaults", "name"}
+    method_keys = {f.name for f in dataclasses.fields(METHOD_BLOCKS[name])} - {"name"}
     paths = {}
     for key, value in settings.items():
         block = "method" if key in method_keys else next((b for b, keys in _BLOCKS.items() if key in keys), None)

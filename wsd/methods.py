@@ -25,6 +25,7 @@ from wsd.baselines.args import ARGS, ARGSSettings
 from wsd.baselines.best_of_n import BestOfN
 from wsd.baselines.cards import CARDS, CARDSSettings
 from wsd.baselines.nudging import Nudging
+from wsd.baselines.nudging import summarize as summarize_handovers
 from wsd.core.prompts import (
     Message,
     base_format,
@@ -40,6 +41,7 @@ from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_hf import FastWSD
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
 from wsd.weak_to_strong.reference import ReferenceWSD
+from wsd.weak_to_strong.reference import summarize as summarize_switches
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +314,8 @@ class MethodEntry:
     # where it can run; on another backend it runs on HF (CARDS reads the base's whole
     # next-token distribution, its entropy, at every step: vLLM returns the top few)
     backends: tuple[str, ...] = ("hf", "vllm")
+    label_keys: tuple[str, ...] = ()  # the settings a table row names a run by (what a grid varies)
+    summary: Callable[[list[dict]], dict] = lambda records: {}  # its own statistics of a run's records
 
     def roles_for(self, cfg) -> tuple[str, ...]:
         if not self.source_roles:
@@ -321,16 +325,20 @@ class MethodEntry:
 
 
 METHODS = {
-    "wsd": MethodEntry(("pilot", "base"), build_wsd, wsd_settings, uses_wsd_block=True),
+    "wsd": MethodEntry(("pilot", "base"), build_wsd, wsd_settings, uses_wsd_block=True,
+                       summary=summarize_switches),
     "base": MethodEntry(("base",), build_base, decode_options),
     "urial": MethodEntry(("base",), build_urial,
                          lambda cfg: (decode_options(cfg), load_urial_prefix(cfg["method"].get("prompt_file")))),
     "pilot": MethodEntry(("pilot",), build_pilot, decode_options),
     "nudging": MethodEntry(("pilot", "base"), build_nudging,
-                           lambda cfg: (greedy_options(cfg), method_block(cfg["method"]))),
-    "args": MethodEntry(("base",), build_args, args_settings, reward=True),
-    "cards": MethodEntry(("base",), build_cards, cards_settings, reward=True, backends=("hf",)),
-    "best_of_n": MethodEntry((), build_best_of_n, best_of_n_source, reward=True, source_roles=True),
+                           lambda cfg: (greedy_options(cfg), method_block(cfg["method"])),
+                           summary=summarize_handovers),
+    "args": MethodEntry(("base",), build_args, args_settings, reward=True, label_keys=("k", "weight")),
+    "cards": MethodEntry(("base",), build_cards, cards_settings, reward=True, backends=("hf",),
+                         label_keys=("reward_target",)),
+    "best_of_n": MethodEntry((), build_best_of_n, best_of_n_source, reward=True, source_roles=True,
+                             label_keys=("source", "n")),
     "aligner": MethodEntry(("corrector",), build_aligner, aligner_check, source_roles=True),
 }
 

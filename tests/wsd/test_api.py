@@ -39,6 +39,7 @@ def test_weak_to_strong_answers_as_the_generate_stage_records(tiny_models, tmp_p
 
 def test_every_method_through_the_same_door(tiny_models, tmp_path, pool):
     nudging = wsd.method("nudging", **tiny(tiny_models, tmp_path, threshold=0.5), pool=pool)
+    assert nudging.cfg["method"]["threshold"] == 0.5 != nudging.cfg["wsd"]["threshold"]  # the method's own first
     [answer] = nudging.generate([[{"role": "user", "content": "Name a colour."}]], max_new_tokens=12)
     assert answer.keep_count is None and answer.record["handovers"] >= 0 and answer.response_tokens <= 12
     base = wsd.method("base", **tiny(tiny_models, tmp_path), pool=pool)

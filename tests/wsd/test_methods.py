@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO
+from tests.conftest import compose
 from wsd.backends.decoding import encode
 from wsd.backends.reward import RewardModel, RewardSettings
 from wsd.core.prompts import base_prompt, load_urial_prefix, urial_prompt
@@ -24,10 +24,11 @@ def config(method: str, **method_params) -> dict:
 
 
 def method_defaults(name: str) -> dict:
-    """The method's own config file, less its name (CARDS's `auto` reward target is a number
-    here: the tiny reward model was not trained by us)."""
-    values = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / f"{name}.yaml"))
-    values.pop("name"), values.pop("defaults")  # (the schema it starts from: wsd/core/schemas.py)
+    """The method's settings as `method=<name>` composes them (its typed block and its file),
+    less its name (CARDS's `auto` reward target is a number here: the tiny reward model was
+    not trained by us)."""
+    values = OmegaConf.to_container(compose([f"method={name}"]).method)
+    values.pop("name")
     return {**values, "reward_target": 0.0} if name == "cards" else values
 
 

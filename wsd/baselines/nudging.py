@@ -10,6 +10,7 @@ the first token that the latest re-tokenization changed.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 from wsd.backends.decoding import check_context, encode
@@ -27,6 +28,12 @@ def _delta(tokenizer, before: list[int], new: list[int]) -> str:
     """Text that `new` adds after `before`, decoded in context (SentencePiece and byte-level
     BPE decode a token's leading space only in context)."""
     return (tokenizer.decode(before + new, skip_special_tokens=True)[len(tokenizer.decode(before, skip_special_tokens=True)):])
+
+
+def summarize(records: list[dict]) -> dict:
+    """A nudging run's handovers (a generate run's summary adds them)."""
+    return {"mean_handovers": statistics.fmean(r["handovers"] for r in records),
+            "mean_pilot_char_share": statistics.fmean(r["pilot_char_share"] for r in records)}
 
 
 class Nudging:

@@ -14,6 +14,7 @@ from pathlib import Path
 from wsd.backends.models import ModelSpec, resolve_device
 from wsd.core.store import RunRecords, write_atomic
 from wsd.data.prompt_sets import Prompt
+from wsd.methods import method_entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,8 @@ def placed(spec: ModelSpec, shard: Shard) -> ModelSpec:
 
 
 def summarize(records: list[dict], method: str) -> dict:
-    """Per-run statistics: lengths, time and throughput for every method, the switch
-    position for WSD, the handovers for nudging."""
+    """Per-run statistics: lengths, time and throughput for every method, then the method's
+    own (its registration's `summary`: WSD's switch, nudging's handovers)."""
     def mean(values):
         values = list(values)
         return statistics.fmean(values) if values else 0.0
@@ -68,18 +69,7 @@ def summarize(records: list[dict], method: str) -> dict:
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         "stop_reasons": dict(Counter(r["stop_reason"] for r in records)),
     }
-    if method == "wsd":
-        summary.update(
-            mean_keep_count=mean(r["keep_count"] for r in records),
-            switched_share=mean(r["switched"] for r in records),
-            mean_draft_tokens=mean(r["draft_tokens"] for r in records),
-            mean_continuation_tokens=mean(r["continuation_tokens"] for r in records),
-            seconds={p: sum(r["seconds"][p] for r in records) for p in ("draft", "check", "target", "total")},
-        )
-    if method == "nudging":
-        summary.update(mean_handovers=mean(r["handovers"] for r in records),
-                       mean_pilot_char_share=mean(r["pilot_char_share"] for r in records))
-    return summary
+    return {**summary, **(method_entry(method).summary(records) if records else {})}
 
 
 def table_row(record: dict) -> dict:

@@ -161,10 +161,6 @@ def generation(cfg: DictConfig) -> Identity:
                     {**payload, "benchmark": benchmark}, inputs)
 
 
-# The settings a table row names a reward-guided run by (what a grid varies)
-_LABEL_KEYS = {"args": ("k", "weight"), "cards": ("reward_target",), "best_of_n": ("source", "n")}
-
-
 def run_description(cfg: DictConfig) -> dict:
     """What tables name a run by: the experiment, the method, its models, WSD's settings, a
     reward-guided method's main settings and whether its reward model is a weak proxy."""
@@ -175,8 +171,8 @@ def run_description(cfg: DictConfig) -> dict:
     if entry.reward:
         description["models"]["reward_model"] = cfg.reward_model.name
         description["reward_proxy"] = bool(cfg.reward_model.proxy)
-    if cfg.method.name in _LABEL_KEYS:
-        description["settings"] = {k: cfg.method[k] for k in _LABEL_KEYS[cfg.method.name]}
+    if entry.label_keys:
+        description["settings"] = {k: cfg.method[k] for k in entry.label_keys}
     return description
 
 

@@ -13,6 +13,7 @@ on vLLM the whole batch, which its engine decodes row by row alike). The fast en
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -68,6 +69,16 @@ def continue_all(base: Engine, checks: list[Check], kept: list[list[int]], setti
     budgets = [settings.continuation_budget(base, k) for k in kept]
     generated = base.generate([c.prompt_ids + k for c, k in zip(checks, kept)], budgets, stops, settings.fixed_length)
     return [make_continuation(base, k, g, stops) for k, g in zip(kept, generated)]
+
+
+def summarize(records: list[dict]) -> dict:
+    """A WSD run's switch statistics (a generate run's summary adds them): mean kept draft,
+    share switched, draft and continuation lengths, and the seconds of each pass."""
+    return {"mean_keep_count": statistics.fmean(r["keep_count"] for r in records),
+            "switched_share": statistics.fmean(r["switched"] for r in records),
+            "mean_draft_tokens": statistics.fmean(r["draft_tokens"] for r in records),
+            "mean_continuation_tokens": statistics.fmean(r["continuation_tokens"] for r in records),
+            "seconds": {p: sum(r["seconds"][p] for r in records) for p in ("draft", "check", "target", "total")}}
 
 
 class ReferenceWSD:
