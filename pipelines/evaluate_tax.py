@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from eval.results import write_tables
 from eval.tax import load_tasks, print_table, sample_metrics
 from pipelines import multirun_flag_first
+from wsd.api import Generator
 from wsd.backends.engines import ModelPool
-from wsd.backends.models import ModelSpec, check_available
 from wsd.core.store import RecordFile, write_atomic
 from wsd.methods import method_entry
 from wsd.runs import identity as identities
@@ -46,13 +46,10 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict:
     if entry.reward or "corrector" in entry.roles:
         raise ValueError(f"the alignment-tax stage does not run method {resolved['method']['name']!r} (its folder "
                          "is not keyed by a reward model or corrector); it runs base, urial, pilot, wsd and nudging")
-    entry.check(resolved)
+    runner = Generator(resolved, POOL if pool is None else pool)  # checks the settings and the models
     validate_logger(resolved["logger"])
     tax = resolved["tax"]
     manager, tasks = load_tasks(tax)
-    specs = {role: ModelSpec.from_config(cfg[role]) for role in entry.roles_for(cfg)}
-    for spec in specs.values():
-        check_available(spec)
 
     identity = identities.tax(cfg)
     out = identity.claim(identities.tax)
@@ -73,7 +70,7 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict:
         from transformers import set_seed
 
         set_seed(cfg.seed)
-        lm = MethodLM(resolved, (POOL if pool is None else pool).engines(specs, resolved), on_record=answers.append)
+        lm = MethodLM(resolved, runner.engines(), on_record=answers.append)
         started = time.perf_counter()
         results = simple_evaluate(
             model=lm, tasks=list(tax["tasks"]), task_manager=manager, limit=tax["limit"], log_samples=True,

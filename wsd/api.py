@@ -104,14 +104,18 @@ class Generator:
     def name(self) -> str:
         return self.cfg["method"]["name"]
 
+    def engines(self, cfg: dict | None = None) -> dict:
+        """The method's models by role (`pilot`, `base`, ..., `reward`), loaded into the pool."""
+        models = self.pool.engines(self.specs, cfg or self.cfg)
+        if self.reward:
+            models["reward"] = self.pool.reward(self.reward)
+        return models
+
     def build(self, cfg: dict | None = None):
         """The method (`wsd.methods.Method`) on the pooled engines, for `cfg` (this one's by
         default: a call may change the decoding options)."""
         cfg = cfg or self.cfg
-        models = self.pool.engines(self.specs, cfg)
-        if self.reward:
-            models["reward"] = self.pool.reward(self.reward)
-        return self.entry.build(cfg, models)
+        return self.entry.build(cfg, self.engines(cfg))
 
     def generate(self, prompts: Sequence[str | list[Message]], **options) -> list[Answer]:
         """Answers in input order. A prompt is a user message or a list of chat messages;
