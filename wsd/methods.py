@@ -153,7 +153,7 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     engine, settings, options = wsd_settings(cfg)
     if settings.draft_max_tokens < cfg["wsd"]["draft_max_tokens"]:
         log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
-                    "drafts at most %d tokens, so no kept draft outruns the answer", cfg["wsd"]["draft_max_tokens"],
+                    "drafts at most %d tokens, the answer's budget", cfg["wsd"]["draft_max_tokens"],
                     settings.target_max_tokens, settings.draft_max_tokens)
     pilot, base = models["pilot"], models["base"]
     vllm = backend_name(cfg) == "vllm"
