@@ -20,10 +20,10 @@ from wsd.backends.models import ModelSpec
 from wsd.backends.reward import RewardModel, RewardSettings
 from wsd.baselines.args import ARGS, ARGSSettings
 from wsd.baselines.nudging import Nudging
+from wsd.baselines.prompted import PromptedModel
 from wsd.core.prompts import base_format, base_prompt, pilot_prompt, stop_strings
 from wsd.core.schemas import GenerationBlock
 from wsd.data.prompt_sets import load_benchmark
-from wsd.methods import PromptedModel
 from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.on_hf import FastWSD
 from wsd.weak_to_strong.on_vllm import ChunkedWSD

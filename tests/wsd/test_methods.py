@@ -287,7 +287,7 @@ def test_the_draft_cache_is_keyed_by_backend_and_by_the_engine_settings_in_use()
     HF and vLLM (and each vLLM setting) apart; HF runs blind to the unused `vllm:` block; the
     switch rule shared by every point of a sweep."""
     from wsd.core.store import config_key
-    from wsd.methods import draft_identity
+    from wsd.weak_to_strong.method import draft_identity
 
     def key(backend="hf", vllm=None, **wsd):
         cfg = config("wsd")
@@ -305,13 +305,13 @@ def test_the_draft_cache_is_keyed_by_backend_and_by_the_engine_settings_in_use()
 def test_a_draft_budget_above_the_answer_budget_is_clamped_and_said(caplog):
     """The pilot never drafts past the answer's budget (a kept draft of k > budget got a base
     budget of 1 and outran it), and the context check covers the longest answer allowed."""
-    from wsd.methods import wsd_settings
+    from wsd.weak_to_strong.method import wsd_settings
 
     cfg = config("wsd")
     cfg["wsd"] = {**cfg["wsd"], "draft_max_tokens": 96}
     _, settings, _ = wsd_settings(cfg)
     assert settings.draft_max_tokens == 16
-    with caplog.at_level("WARNING", logger="wsd.methods"):
+    with caplog.at_level("WARNING", logger="wsd.weak_to_strong.method"):
         method_entry("wsd").build(cfg, {"pilot": None, "base": None})
     assert "wsd.draft_max_tokens=96" in caplog.text and "generation.max_new_tokens=16" in caplog.text
     assert settings.max_answer_tokens() == 16 + 49  # k = 1: 1 + 15 rounded up to 50

@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 
 from wsd.backends.decoding import check_context, encode
-from wsd.core.prompts import cut_at_stop, stop_reason
+from wsd.backends.models import ModelSpec, check_available
+from wsd.core.prompts import cut_at_stop, stop_reason, stop_strings
+from wsd.core.registration import Method, MethodEntry, decode_options, method_entry, source_config
 
 ALIGNER_PROMPT = ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful "
                   "and harmless: {question} | {answer} ASSISTANT:")
@@ -61,3 +63,31 @@ class Aligner:
                     "model": draft.get("model"),
                     "corrector": self.corrector.name,
                 }
+
+
+def aligner_check(cfg: dict) -> None:
+    """Before anything loads: the source answers greedily, and a corrector must be at hand
+    (the embedded default has none)."""
+    m = cfg["method"]
+    if m["source"] not in ("base", "urial", "pilot", "wsd"):
+        raise ValueError(f"method.source must be base, urial, pilot or wsd, got {m['source']!r}")
+    method_entry(m["source"]).check(source_config(cfg))
+    corrector = ModelSpec.from_config(cfg["corrector"])
+    try:
+        check_available(corrector)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"method aligner is unavailable: its corrector model is not here ({error}). "
+                                f"The embedded default ships none; pass corrector.path={RELEASED} with Hub "
+                                "access, or a local Aligner checkpoint") from None
+
+
+def build_aligner(cfg: dict, models: dict) -> Method:
+    source = source_config(cfg)
+    options = decode_options(cfg)
+    corrector = models["corrector"]
+    stops = stop_strings("pilot", corrector.tokenizer, (), options.fixed_length) + ["USER:"]
+    return Aligner(method_entry(source["method"]["name"]).build(source, models), corrector, options.max_new_tokens,
+                   options.batch_size, stops)
+
+
+METHOD = MethodEntry("aligner", ("corrector",), build_aligner, aligner_check, source_roles=True)

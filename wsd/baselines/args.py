@@ -20,8 +20,10 @@ import torch
 from wsd.backends.decoding import check_context, encode, left_pad, pad_id
 from wsd.backends.models import LoadedModel
 from wsd.backends.reward import RewardModel
+from wsd.baselines.prompted import base_format_name, base_parts
 from wsd.core.prompts import BaseFormat, cut_at_stop, stop_reason
-from wsd.core.schemas import ARGSBlock
+from wsd.core.registration import Method, MethodEntry, greedy_options
+from wsd.core.schemas import ARGSBlock, method_block
 
 
 @dataclass(frozen=True)
@@ -155,3 +157,19 @@ class ARGS:
                 "batch_size": len(batch),
                 "batch": batch[0].id,  # prompts of one batch share its time
             }
+
+
+def args_settings(cfg: dict) -> ARGSSettings:
+    greedy_options(cfg)
+    m = method_block(cfg["method"])
+    base_format_name(cfg["method"])
+    return ARGSSettings(k=m.k, weight=m.weight)
+
+
+def build_args(cfg: dict, models: dict) -> Method:
+    options, fmt, stops = base_parts(cfg, models["base"])
+    return ARGS(models["base"], models["reward"], args_settings(cfg), fmt, stops, options.max_new_tokens,
+                options.batch_size)
+
+
+METHOD = MethodEntry("args", ("base",), build_args, args_settings, reward=True, label_keys=("k", "weight"))

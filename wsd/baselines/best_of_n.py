@@ -9,6 +9,8 @@ import time
 from transformers import set_seed
 
 from wsd.backends.reward import RewardModel
+from wsd.core.registration import Method, MethodEntry, decode_options, method_entry, source_config
+from wsd.core.schemas import method_block
 
 
 class BestOfN:
@@ -44,3 +46,29 @@ class BestOfN:
                     "reward_model": self.reward.name,
                     "reward_model_calls": 1,
                 }
+
+
+SAMPLED_SOURCES = ("base", "urial", "pilot")  # the methods that sample (WSD's switch is greedy)
+
+
+def best_of_n_source(cfg: dict) -> dict:
+    """The source method's config: its name, sampling as `method.temperature`/`top_p` ask."""
+    m = cfg["method"]
+    if m["source"] not in SAMPLED_SOURCES:
+        raise ValueError(f"method.source must be one of {', '.join(SAMPLED_SOURCES)} (methods that sample), "
+                         f"got {m['source']!r}")
+    method_block(m)
+    source = {**source_config(cfg),
+              "generation": {**cfg["generation"], "temperature": m["temperature"], "top_p": m["top_p"]}}
+    decode_options(source)
+    return source
+
+
+def build_best_of_n(cfg: dict, models: dict) -> Method:
+    source = best_of_n_source(cfg)
+    method = method_entry(source["method"]["name"]).build(source, models)
+    return BestOfN(method, models["reward"], cfg["method"]["n"], cfg["seed"], decode_options(cfg).batch_size)
+
+
+METHOD = MethodEntry("best_of_n", (), build_best_of_n, best_of_n_source, reward=True, source_roles=True,
+                     label_keys=("source", "n"))

@@ -26,9 +26,11 @@ import torch
 from wsd.backends.decoding import check_context, encode
 from wsd.backends.engines import PrefixCachedLM
 from wsd.backends.models import LoadedModel
-from wsd.backends.reward import RewardModel
+from wsd.backends.reward import RewardModel, RewardSettings, reward_scale
+from wsd.baselines.prompted import base_format_name, base_parts
 from wsd.core.prompts import BaseFormat, cut_at_stop, stop_reason
-from wsd.core.schemas import CARDSBlock
+from wsd.core.registration import Method, MethodEntry, decode_options
+from wsd.core.schemas import CARDSBlock, method_block
 from wsd.core.store import config_key
 
 
@@ -131,3 +133,27 @@ class CARDS:
             "model": self.base.name,
             "reward_model": self.reward.name,
         }
+
+
+def cards_settings(cfg: dict, reward: RewardSettings | None = None) -> CARDSSettings:
+    decode_options(cfg)
+    method_block(cfg["method"])
+    m = dict(cfg["method"])
+    base_format_name(m)
+    if m["reward_target"] == "auto":
+        settings = reward or RewardSettings.from_config(cfg["reward_model"])
+        settings.check()
+        m["reward_target"] = reward_scale(settings.path)["target"]
+    return CARDSSettings(**{k: m[k] for k in CARDSSettings.__dataclass_fields__})
+
+
+def build_cards(cfg: dict, models: dict) -> Method:
+    options, fmt, stops = base_parts(cfg, models["base"])
+    settings = cards_settings(cfg, models["reward"].settings)
+    return CARDS(models["base"], models["reward"], settings, fmt, stops, options.max_new_tokens, cfg["seed"])
+
+
+# CARDS reads the base's whole next-token distribution (its entropy) at every step; vLLM
+# returns the top few, so on backend=vllm it runs on HF
+METHOD = MethodEntry("cards", ("base",), build_cards, cards_settings, reward=True, backends=("hf",),
+                     label_keys=("reward_target",))

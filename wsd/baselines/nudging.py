@@ -16,7 +16,8 @@ import time
 from wsd.backends.decoding import check_context, encode
 from wsd.backends.engines import Engine
 from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
-from wsd.core.schemas import NudgingBlock
+from wsd.core.registration import Method, MethodEntry, greedy_options
+from wsd.core.schemas import NudgingBlock, method_block
 
 # Tokens per `probe` call: the base's run ends at the first unsure token (HF stops there, vLLM
 # writes the rest of the chunk in the same request); a pilot word is a few tokens.
@@ -144,3 +145,14 @@ class Nudging:
                     end = len(text) - len(body) + next(i for i, c in enumerate(body) if c.isspace())
                     return text[:end], False
         return text, False
+
+
+def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
+    options, params = greedy_options(cfg), cfg["method"]
+    return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
+                   threshold=params["threshold"], word_max_tokens=params["word_max_tokens"],
+                   answer_stops=options.stop_strings)
+
+
+METHOD = MethodEntry("nudging", ("pilot", "base"), build_nudging,
+                     lambda cfg: (greedy_options(cfg), method_block(cfg["method"])), summary=summarize)

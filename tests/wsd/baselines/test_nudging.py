@@ -6,10 +6,10 @@ import torch
 from tests.conftest import tolerance
 from wsd.backends.engines import PrefixCachedLM
 from wsd.baselines.nudging import Nudging
+from wsd.baselines.prompted import PromptedModel
 from wsd.core.prompts import base_prompt
 from wsd.core.schemas import GenerationBlock
 from wsd.data.prompt_sets import Prompt
-from wsd.methods import PromptedModel
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
