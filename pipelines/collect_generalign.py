@@ -55,7 +55,8 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict:
                  sum(p.id in done for _, p in everything), out)
         if any(p.id not in done for _, p in everything):
             pool = POOL if pool is None else pool
-            answer_and_score(resolved, g, pool.engines(specs, resolved), everything, done, records, tracker, pool)
+            with pool.holding():  # the teachers stay while the judges load
+                answer_and_score(resolved, g, pool.engines(specs, resolved), everything, done, records, tracker, pool)
         summary = write_datasets(out, records.read(), g, decontamination)
         summary.update(identity=identity.record(), wall_seconds_now=time.perf_counter() - started)
         write_atomic(out / "summary.json", json.dumps(summary, indent=1))

@@ -77,9 +77,10 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict | None:
             from transformers import set_seed
 
             set_seed(cfg.seed)
-            method = runner.build()
             label = f"{method_name} {cfg.benchmark.name}" + (f" [rank {shard.rank}]" if shard.world > 1 else "")
-            written = generate_turns(method, method_name, questions, done, records, tracker, label)
+            with runner.pool.holding():
+                method = runner.build()
+                written = generate_turns(method, method_name, questions, done, records, tracker, label)
         wall = time.perf_counter() - started
         shard.barrier()
         if shard.rank != 0:

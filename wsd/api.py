@@ -128,10 +128,11 @@ class Generator:
             self.entry.check(cfg)
         items = [Prompt(str(i), [{"role": "user", "content": p}] if isinstance(p, str) else list(p))
                  for i, p in enumerate(prompts)]
-        method = self.build(cfg)
-        for item in items:
-            method.check_fits(item.id, item.messages)
-        return [Answer.from_record(p.messages, record) for p, record in method.generate_many(items)]
+        with self.pool.holding():
+            method = self.build(cfg)
+            for item in items:
+                method.check_fits(item.id, item.messages)
+            return [Answer.from_record(p.messages, record) for p, record in method.generate_many(items)]
 
 
 def method(name: str, pilot: str = "smollm2_135m_instruct", base: str = "gemma3_270m", backend: str = "hf",

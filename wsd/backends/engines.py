@@ -20,7 +20,9 @@ VLLMEngine` (vLLM's `LLM`, one process or tensor/pipeline parallel). The HF engi
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -185,16 +187,17 @@ class ModelPool:
     needs), the least recently used leaving first, and one reward model. A stage owns one and
     keeps it across the jobs of a multirun and across its parts (a teacher and a judge on the
     same model share it), so a grid loads its pilot and base once; `make reproduce` passes one
-    pool to every step. The engines of the latest `engines` call belong to the method that runs
-    now and are never evicted (the pool grows past `size` instead): Aligner over WSD holds
-    pilot, base and corrector, and GenerAlign's teachers stay while its judge loads its own
-    model."""
+    pool to every step. Inside `holding()`, the engines that `engines` hands out belong to the
+    method that runs there and are never evicted (the pool grows past `size` instead): Aligner
+    over WSD holds pilot, base and corrector, and GenerAlign's teachers stay while its judge
+    loads its own model. When the block ends they are ordinary pool entries again."""
 
     def __init__(self, size: int = 2):
         self.size = size
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._reward = None  # (settings, model)
         self._held: frozenset[str] = frozenset()  # the keys of the running method's engines
+        self._holding = False
 
     def engine(self, spec: ModelSpec, backend: dict | None, cache_dir: str) -> Engine:
         """The engine of `spec` on `backend`, loaded if needed."""
@@ -215,15 +218,30 @@ class ModelPool:
         return repr((backend or {"name": "hf"}, spec))
 
     def engines(self, needed: dict[str, ModelSpec], cfg: dict) -> dict[str, Engine]:
-        """Engines by role on the config's backend, held until the next call (they replace
-        the engines held before); HF engines decode `generation.chunk_tokens` per call."""
-        self._held = frozenset(self._key(spec, cfg.get("backend")) for spec in needed.values())
-        engines = {role: self.engine(spec, cfg.get("backend"), cfg["model_cache_dir"])
-                   for role, spec in needed.items()}
+        """Engines by role on the config's backend, none evicted by another while they load
+        (and, inside `holding()`, until the block ends); HF engines decode
+        `generation.chunk_tokens` per call."""
+        keys = frozenset(self._key(spec, cfg.get("backend")) for spec in needed.values())
+        before, self._held = self._held, self._held | keys
+        try:
+            engines = {role: self.engine(spec, cfg.get("backend"), cfg["model_cache_dir"])
+                       for role, spec in needed.items()}
+        finally:
+            if not self._holding:
+                self._held = before
         for engine in engines.values():
             if isinstance(engine, HFEngine):
                 engine.chunk_tokens = cfg["generation"]["chunk_tokens"]
         return engines
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[ModelPool]:
+        """A method runs inside: the engines `engines` hands out stay loaded until the end."""
+        self._holding = True
+        try:
+            yield self
+        finally:
+            self._holding, self._held = False, frozenset()
 
     def reward(self, settings):
         """The reward model of `settings` (`wsd.backends.reward.RewardSettings`); another one replaces it."""

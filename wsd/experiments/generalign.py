@@ -475,9 +475,10 @@ def compare_on_heldout(resolved: dict, pilot: ModelSpec, trained: Path, test, po
     candidates = [[] for _ in prompts]
     pilots = {"untrained": pilot, "trained": ModelSpec.from_config({"name": "trained-pilot", "path": str(trained)})}
     for label, spec in pilots.items():
-        method = method_entry("pilot").build(config, pool.engines({"pilot": spec}, config))
-        for prompt, record in method.generate_many(batch):
-            candidates[int(prompt.id)].append({"teacher": label, "response": record["response"].strip()})
+        with pool.holding():
+            method = method_entry("pilot").build(config, pool.engines({"pilot": spec}, config))
+            for prompt, record in method.generate_many(batch):
+                candidates[int(prompt.id)].append({"teacher": label, "response": record["response"].strip()})
     Scorer(g["scorers"], pool).score(prompts, candidates)
     result = {"prompts": len(prompts), "max_new_tokens": g["max_new_tokens"]}
     for i, label in enumerate(pilots):
