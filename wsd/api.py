@@ -8,7 +8,7 @@ backend and settings, with typed answers. The generate stage builds its methods 
 
 A model is a packaged model's config name (`conf/pilot/*.yaml`, `conf/base/*.yaml`), a
 Hugging Face id or a local folder. Settings are the stage's: `window`, `threshold`,
-`draft_max_tokens`, `engine`, `early_stop` (WSD); a method's own (`conf/method/<name>.yaml`);
+`draft_max_tokens`, `engine`, `early_stop` (WSD); a method's own (its block in `wsd/core/schemas.py`);
 the decoding options (`max_new_tokens`, `batch_size`, `chunk_tokens`, `fixed_length`,
 `stop_strings`, `temperature`, `top_p`); `seed`, `draft_cache_dir`, `model_cache_dir`.
 """
@@ -26,15 +26,13 @@ from wsd.backends.models import ModelSpec, check_available
 from wsd.backends.reward import RewardSettings
 from wsd.core.config import CONF, compose
 from wsd.core.prompts import Message
-from wsd.core.schemas import METHOD_BLOCKS
+from wsd.core.schemas import METHOD_BLOCKS, GenerationBlock, WSDBlock
 from wsd.data.prompt_sets import Prompt
-from wsd.methods import METHODS, method_entry
+from wsd.methods import method_entry
 
-_BLOCKS = {"wsd": ("engine", "window", "threshold", "draft_max_tokens", "early_stop"),
-           "generation": ("max_new_tokens", "batch_size", "chunk_tokens", "fixed_length", "stop_strings",
-                          "temperature", "top_p")}
+_BLOCKS = {block: tuple(f.name for f in dataclasses.fields(schema))
+           for block, schema in (("wsd", WSDBlock), ("generation", GenerationBlock))}
 _TOP_LEVEL = ("seed", "draft_cache_dir", "model_cache_dir")
-_MODEL_ROLES = ("pilot", "base", "corrector", "reward_model")
 
 
 @dataclass(frozen=True)
@@ -100,10 +98,6 @@ class Generator:
         if self.reward:
             self.reward.check()
 
-    @property
-    def name(self) -> str:
-        return self.cfg["method"]["name"]
-
     def engines(self, cfg: dict | None = None) -> dict:
         """The method's models by role (`pilot`, `base`, ..., `reward`), loaded into the pool."""
         models = self.pool.engines(self.specs, cfg or self.cfg)
@@ -139,8 +133,7 @@ def method(name: str, pilot: str = "smollm2_135m_instruct", base: str = "gemma3_
            pool: ModelPool | None = None, **settings) -> Generator:
     """Any method by its name (`wsd`, `base`, `urial`, `pilot`, `nudging`, `args`, `cards`,
     `best_of_n`, `aligner`) on these models and backend, with its settings."""
-    if name not in METHODS:
-        method_entry(name)  # names what is accepted
+    method_entry(name)  # an unknown name fails here, naming what is accepted
     overrides = [f"method={name}", f"backend={backend}", "logger=none", "draft_cache_dir=null",
                  *model_overrides("pilot", pilot), *model_overrides("base", base)]
     models = {role: settings.pop(role) for role in ("corrector", "reward_model") if role in settings}

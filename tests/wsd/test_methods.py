@@ -287,14 +287,14 @@ def test_the_draft_cache_is_keyed_by_backend_and_by_the_engine_settings_in_use()
     HF and vLLM (and each vLLM setting) apart; HF runs blind to the unused `vllm:` block; the
     switch rule shared by every point of a sweep."""
     from wsd.core.store import config_key
-    from wsd.weak_to_strong.method import draft_identity
+    from wsd.weak_to_strong.method import draft_identity, wsd_settings
 
     def key(backend="hf", vllm=None, **wsd):
         cfg = config("wsd")
         cfg["backend"] = {"name": backend}
         cfg["wsd"] = {**cfg["wsd"], **wsd}
         cfg["pilot"] = {**cfg["pilot"], "vllm": vllm or {"dtype": "float32"}}
-        return config_key(draft_identity(cfg))
+        return config_key(draft_identity(cfg, *wsd_settings(cfg)[1:]))
 
     assert key("hf") != key("vllm")
     assert key("vllm") != key("vllm", vllm={"dtype": "bfloat16"})

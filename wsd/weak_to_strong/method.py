@@ -7,8 +7,8 @@ import logging
 from wsd.backends.decoding import WSDSettings
 from wsd.backends.engines import Engine, model_identity
 from wsd.core.prompts import Message
-from wsd.core.registration import Method, MethodEntry, greedy_options
-from wsd.core.schemas import GenerationBlock, WSDBlock
+from wsd.core.registration import Method, MethodEntry, backend_name, greedy_options
+from wsd.core.schemas import WSDBlock
 from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_hf import FastWSD
@@ -59,25 +59,25 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
                     "drafts at most %d tokens, the answer's budget", cfg["wsd"]["draft_max_tokens"],
                     settings.target_max_tokens, settings.draft_max_tokens)
     pilot, base = models["pilot"], models["base"]
-    vllm = (cfg.get("backend") or {}).get("name", "hf") == "vllm"
+    vllm = backend_name(cfg) == "vllm"
     if engine == "reference":
         return WSDMethod(ReferenceWSD(pilot, base, settings, batch_size=options.batch_size if vllm else 1))
-    draft_cache = DraftCache(cfg["draft_cache_dir"], draft_identity(cfg)) if cfg.get("draft_cache_dir") else None
+    draft_cache = (DraftCache(cfg["draft_cache_dir"], draft_identity(cfg, settings, options))
+                   if cfg.get("draft_cache_dir") else None)
     fast = ChunkedWSD if vllm else FastWSD
     return WSDMethod(fast(pilot, base, settings, options, draft_cache))
 
 
-def draft_identity(cfg: dict) -> dict:
+def draft_identity(cfg: dict, settings: WSDSettings, options: FastOptions) -> dict:
     """What a pilot draft and its base probabilities depend on: both models as run identities
     key them, the backend (each backend's kernels decide near-ties their own way), the draft
     budget, fixed-length decoding, the seed, and the batching (in bf16 the batch's shape
     changes the numbers). Not the switch rule, nor the answer's budget and stop strings, so
     every point of a (window, threshold) sweep shares the entries."""
     backend = dict(cfg.get("backend") or {"name": "hf"})
-    w, g = WSDBlock(**cfg["wsd"]), GenerationBlock(**cfg["generation"])
     identity = {role: model_identity(cfg[role], backend) for role in ("pilot", "base")}
-    identity.update(draft_max_tokens=min(w.draft_max_tokens, g.max_new_tokens), fixed_length=g.fixed_length,
-                    seed=cfg["seed"], batch_size=g.batch_size, chunk_tokens=g.chunk_tokens)
+    identity.update(draft_max_tokens=settings.draft_max_tokens, fixed_length=settings.fixed_length,
+                    seed=cfg["seed"], batch_size=options.batch_size, chunk_tokens=options.chunk_tokens)
     identity["backend"] = backend
     return identity
 
