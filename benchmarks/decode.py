@@ -27,18 +27,18 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from wsd.backends.decoding import WSDSettings, base_texts, encode
+from wsd.backends.decoding import base_texts, encode
 from wsd.backends.engines import load_engine
 from wsd.backends.models import ModelSpec
-from wsd.core.config import compose
 from wsd.core.prompts import pilot_prompt
-from wsd.core.switch import first_switch
 from wsd.data.prompt_sets import load_benchmark
+from wsd.methods import compose
 from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_hf import FastWSD
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
 from wsd.weak_to_strong.reference import ReferenceWSD
+from wsd.weak_to_strong.switch import WSDSettings, first_switch
 
 SWEEP = [(w, t) for w in (4, 6, 8) for t in (0.7, 0.8, 0.9)]
 PHASES = ("draft", "check", "target")

@@ -2,7 +2,7 @@
 
 import sys
 
-import wsd.core.schemas  # noqa: F401  (registers the config schemas the stage configs start from)
+import wsd.methods  # noqa: F401  (registers every config schema the stage configs start from, methods' too)
 
 _MULTIRUN = ("-m", "--multirun")
 

@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.endpoints import kept_servers
 from wsd.backends.engines import ModelPool
-from wsd.core.config import compose
 from wsd.core.store import config_key, write_atomic
 from wsd.experiments.plan import Ledger, Step, check_steps, finished_output, launch_training, plan, stage_overrides
+from wsd.methods import compose
 
 log = logging.getLogger("wsd.reproduce")
 

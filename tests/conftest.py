@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.stand_in import stand_in  # noqa: E402,F401  (the fixture, for every test folder)
-from wsd.core.config import compose  # noqa: E402,F401  (tests import it here)
+from wsd.methods import compose  # noqa: E402,F401  (tests import it here)
 
 REPO = Path(__file__).resolve().parents[1]
 

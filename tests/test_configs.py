@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wsd.core.config import compose
+from wsd.methods import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TASKS = Path(__file__).resolve().parents[1] / "eval" / "tasks"

@@ -27,7 +27,7 @@ def test_a_module_that_imports_upwards_breaks_the_contract(tmp_path):
     for package in ("wsd", "eval", "pipelines"):
         shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path)
-    with (tmp_path / "wsd" / "core" / "switch.py").open("a") as f:
+    with (tmp_path / "wsd" / "core" / "prompts.py").open("a") as f:
         f.write("\nfrom eval import judges  # noqa\n")
     result = lint(tmp_path)
-    assert result.returncode == 1 and "wsd.core.switch -> eval.judges" in result.stdout, result.stdout
+    assert result.returncode == 1 and "wsd.core.prompts -> eval.judges" in result.stdout, result.stdout

@@ -7,10 +7,12 @@ base model the rest, switched where the base becomes confident in the pilot's te
     answers[0].response, answers[0].keep_count
 
 `wsd.method("nudging", ...)` gives every baseline through the same door (`wsd.api`). The
-packages, layered from the bottom: `core` (the switch rule, prompt formats, config blocks,
-files), `data` (prompt sets), `backends` (models on transformers or vLLM), `weak_to_strong`
-and `baselines` (the methods, registered in `methods`), `runs` (result identities, tracking),
-`api`; `experiments` (GenerAlign, training, the reproduce plan) sits above the judges (`eval`).
+packages, layered from the bottom: `core` (prompt formats, the stages' config blocks, the
+method registry's interface, files), `data` (prompt sets), `backends` (models on transformers
+or vLLM), `weak_to_strong` (WSD: its switch rule and settings, its engines) and `baselines`
+(each method with its own config block, all registered in `methods`), `runs` (result
+identities, tracking), `api`; `experiments` (GenerAlign, training, the reproduce plan) sits
+above the judges (`eval`).
 The names below load on first use, so importing a submodule stays light.
 """
 

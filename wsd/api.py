@@ -8,7 +8,7 @@ backend and settings, with typed answers. The generate stage builds its methods 
 
 A model is a packaged model's config name (`conf/pilot/*.yaml`, `conf/base/*.yaml`), a
 Hugging Face id or a local folder. Settings are the stage's: `window`, `threshold`,
-`draft_max_tokens`, `engine`, `early_stop` (WSD); a method's own (its block in `wsd/core/schemas.py`);
+`draft_max_tokens`, `implementation`, `early_stop` (WSD); a method's own (its block, in its module);
 the decoding options (`max_new_tokens`, `batch_size`, `chunk_tokens`, `fixed_length`,
 `stop_strings`, `temperature`, `top_p`); `seed`, `draft_cache_dir`, `model_cache_dir`.
 """
@@ -24,11 +24,12 @@ from omegaconf import OmegaConf
 from wsd.backends.engines import ModelPool
 from wsd.backends.models import ModelSpec, check_available
 from wsd.backends.reward import RewardSettings
-from wsd.core.config import CONF, compose
+from wsd.core.config import CONF
 from wsd.core.prompts import Message
-from wsd.core.schemas import METHOD_BLOCKS, GenerationBlock, WSDBlock
+from wsd.core.schemas import GenerationBlock
 from wsd.data.prompt_sets import Prompt
-from wsd.methods import method_entry
+from wsd.methods import compose, method_entry
+from wsd.weak_to_strong.switch import WSDBlock
 
 _BLOCKS = {block: tuple(f.name for f in dataclasses.fields(schema))
            for block, schema in (("wsd", WSDBlock), ("generation", GenerationBlock))}
@@ -69,7 +70,7 @@ def model_overrides(role: str, model: str) -> list[str]:
 def setting_paths(name: str, settings: dict) -> dict[str, object]:
     """Each setting under its config path, by the block it lives in; an unknown one is named
     with what is accepted."""
-    method_keys = {f.name for f in dataclasses.fields(METHOD_BLOCKS[name])} - {"name"}
+    method_keys = {f.name for f in dataclasses.fields(method_entry(name).block)} - {"name"}
     paths = {}
     for key, value in settings.items():
         block = "method" if key in method_keys else next((b for b, keys in _BLOCKS.items() if key in keys), None)

@@ -7,8 +7,7 @@ from omegaconf import OmegaConf
 from eval.lm_eval_model import MethodLM
 from tests.conftest import tiny_overrides
 from wsd.backends.decoding import base_budget
-from wsd.core.config import compose
-from wsd.methods import method_entry
+from wsd.methods import compose, method_entry
 
 
 def _lm(tiny_models, tiny_pair, tmp_path, method, records=None, *overrides):

@@ -43,11 +43,11 @@ def engines(resolved):
 
 
 def test_wsd_on_vllm_matches_its_reference_and_hf(engines, resolved):
-    from wsd.backends.decoding import WSDSettings
     from wsd.data.prompt_sets import load_benchmark
     from wsd.weak_to_strong.batched import FastOptions
     from wsd.weak_to_strong.on_vllm import ChunkedWSD
     from wsd.weak_to_strong.reference import ReferenceWSD
+    from wsd.weak_to_strong.switch import WSDSettings
 
     (vpilot, vbase), (hpilot, hbase) = engines
     prompts = load_benchmark(resolved["benchmark"])

@@ -10,7 +10,7 @@ import pytest
 from pipelines import generate
 from tests.conftest import REPO, compose
 from wsd.backends.models import ModelSpec, packaged_folder, packaged_folder_path
-from wsd.core.switch import keep_count
+from wsd.weak_to_strong.switch import keep_count
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def fast_records(tmp_path_factory):
 
 
 def test_engines_agree_on_the_embedded_pair(fast_records, tmp_path):
-    reference = run_stage(tmp_path, "wsd.engine=reference")
+    reference = run_stage(tmp_path, "wsd.implementation=reference")
     assert [(r["keep_count"], r["response"]) for r in fast_records] == \
            [(r["keep_count"], r["response"]) for r in reference]
 

@@ -18,8 +18,8 @@ from eval.endpoints import ClientSettings, kept_servers, open_endpoint
 from eval.judges import AlpacaEvalJudge
 from eval.mt_bench import MTBenchGradingJudge, parse_rating
 from pipelines import evaluate, generate
-from wsd.core.config import compose
 from wsd.data.prompt_sets import load_benchmark
+from wsd.methods import compose
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.integration

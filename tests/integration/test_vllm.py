@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipelines import generate
 from tests.conftest import compose
-from wsd.backends.decoding import WSDSettings, base_texts, encode
+from wsd.backends.decoding import base_texts, encode
 from wsd.backends.engines import load_engine
 from wsd.backends.models import ModelSpec
 from wsd.backends.reward import RewardModel, RewardSettings
@@ -28,6 +28,7 @@ from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.on_hf import FastWSD
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
 from wsd.weak_to_strong.reference import ReferenceWSD
+from wsd.weak_to_strong.switch import WSDSettings
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.integration

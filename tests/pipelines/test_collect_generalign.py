@@ -5,8 +5,8 @@ import pytest
 
 from pipelines import collect_generalign
 from tests.conftest import QUESTIONS, tiny_overrides
-from wsd.core.config import compose
 from wsd.core.store import RecordFile
+from wsd.methods import compose
 
 
 @pytest.fixture

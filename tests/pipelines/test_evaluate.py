@@ -6,7 +6,7 @@ from eval.judges import HarmlessnessJudge
 from eval.scores import summarize_scores
 from pipelines import evaluate, generate
 from tests.conftest import tiny_overrides
-from wsd.core.config import compose
+from wsd.methods import compose
 from wsd.runs import identity
 
 

@@ -5,7 +5,7 @@ import pytest
 from eval.lm_eval_model import MethodLM
 from pipelines import evaluate_tax
 from tests.conftest import REPO, tiny_overrides
-from wsd.core.config import compose
+from wsd.methods import compose
 
 GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"
 

@@ -11,8 +11,8 @@ from pipelines import generate
 from tests.conftest import REPO, compose, tiny_overrides
 from tests.crash import run_until_killed
 from wsd.backends import engines
-from wsd.core.switch import keep_count
 from wsd.weak_to_strong.reference import ReferenceWSD
+from wsd.weak_to_strong.switch import keep_count
 
 REQUIRED = {"id", "prompt", "draft", "draft_tokens", "base_token_probs", "keep_count", "accepted_draft",
             "continuation", "response", "stop_reason", "seconds", "pilot", "base"}
@@ -111,7 +111,7 @@ def test_sweep_points_reuse_drafts_across_runs(tiny_models, tmp_path, prompt_fil
     assert first["forward_passes"]["pilot_drafting"] > 0
     assert second["forward_passes"]["pilot_drafting"] == second["forward_passes"]["base_scoring"] == 0
     assert all(r["draft_cache_hit"] for r in read_records(second))
-    reference, _ = run_tiny(tiny_models, tmp_path, prompt_file, "wsd.engine=reference", "wsd.threshold=0.9",
+    reference, _ = run_tiny(tiny_models, tmp_path, prompt_file, "wsd.implementation=reference", "wsd.threshold=0.9",
                             "wsd.window=2")
     assert [(r["keep_count"], r["response"]) for r in read_records(second)] == \
            [(r["keep_count"], r["response"]) for r in read_records(reference)]
@@ -129,7 +129,7 @@ def test_deterministic_for_a_fixed_seed(tiny_models, tmp_path, prompt_file):
     [
         (["wsd.threshold=1.5"], ValueError, r"threshold must be a number in \[0, 1\], got 1.5"),
         (["wsd.window=0"], ValueError, "window must be an integer >= 1, got 0"),
-        (["wsd.engine=turbo"], ValueError, "unknown wsd.engine .turbo.; accepted: fast, reference"),
+        (["wsd.implementation=turbo"], ValueError, "unknown wsd.implementation .turbo.; accepted: fast, reference"),
         (["pilot.path=/no/such/model"], FileNotFoundError, "folder '/no/such/model' does not exist"),
         (["~base.path", "+base.gguf={parts:[{package:gemma-not-installed,file:m.gguf}]}"], FileNotFoundError,
          "package 'gemma-not-installed' is not installed"),

@@ -14,7 +14,7 @@ import pytest
 from eval import reporting
 from pipelines import report
 from tests.conftest import REPO
-from wsd.core.config import compose
+from wsd.methods import compose
 
 FIXTURE = REPO / "tests" / "fixtures" / "report" / "outputs"
 

@@ -8,8 +8,8 @@ import pytest
 
 from pipelines import reproduce
 from tests.conftest import REPO, tiny_overrides
-from wsd.core.config import compose
 from wsd.experiments import plan
+from wsd.methods import compose
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from pipelines import generate, train_pilot
 from tests.conftest import REPO, tiny_overrides
 from tests.crash import run_until_killed
-from wsd.core.config import compose
+from wsd.methods import compose
 from wsd.runs import identity
 
 

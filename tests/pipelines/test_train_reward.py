@@ -8,7 +8,7 @@ from pipelines import generate, report, train_reward
 from tests.conftest import tiny_overrides
 from tests.pipelines.test_train_pilot import kill_after_a_checkpoint, launch_two_ranks
 from wsd.backends.reward import RewardModel, RewardSettings, reward_scale
-from wsd.core.config import compose
+from wsd.methods import compose
 from wsd.runs import identity
 
 

@@ -64,10 +64,10 @@ def test_bad_settings_are_named_before_any_model_loads(tiny_models, tmp_path, mo
 
 
 def test_importing_a_submodule_stays_light():
-    """`import wsd.core.switch` must not load torch through the public names."""
+    """`import wsd.core.schemas` must not load torch through the public names."""
     import subprocess
     import sys
 
-    code = "import sys, wsd.core.switch; print('torch' in sys.modules, 'wsd.api' in sys.modules)"
+    code = "import sys, wsd.core.schemas; print('torch' in sys.modules, 'wsd.api' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.split() == ["False", "False"]

@@ -19,7 +19,7 @@ PROMPTS = [Prompt("a", [{"role": "user", "content": "What is the capital of Fran
 def config(method: str, **method_params) -> dict:
     return {"method": {"name": method, **method_params},
             "generation": {"max_new_tokens": 16, "batch_size": 2, "chunk_tokens": 4, "fixed_length": False},
-            "wsd": {"engine": "fast", "window": 2, "threshold": 0.5, "draft_max_tokens": 10, "early_stop": True},
+            "wsd": {"implementation": "fast", "window": 2, "threshold": 0.5, "draft_max_tokens": 10, "early_stop": True},
             "pilot": {"name": "tiny-pilot"}, "base": {"name": "tiny-base"}, "seed": 0, "draft_cache_dir": None}
 
 

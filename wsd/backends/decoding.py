@@ -1,6 +1,6 @@
 """What every decoding method shares: greedy batched generation with per-row budgets and
-stop strings, and, for the two WSD engines, settings, budgets and how raw token ids become a
-draft, a continuation and a record. One definition, so `fast` and `reference` cannot drift.
+stop strings, context checks, and, for the two WSD engines, the base's budget and how raw
+token ids become a draft, a continuation and a record. One definition, so `fast` and `reference` cannot drift.
 """
 
 from __future__ import annotations
@@ -12,49 +12,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from wsd.backends.models import LoadedModel
-from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
-from wsd.core.schemas import GenerationBlock, WSDBlock
-
-
-@dataclass(frozen=True)
-class WSDSettings:
-    window: int = WSDBlock.window
-    threshold: float = WSDBlock.threshold
-    draft_max_tokens: int = WSDBlock.draft_max_tokens
-    target_max_tokens: int = GenerationBlock.max_new_tokens
-    # Benchmarks only: no EOS and no stop strings anywhere, and the base writes exactly
-    # target - k tokens, so every method produces the same number of tokens.
-    fixed_length: bool = False
-    # Stop strings of the final answer (lm-eval's `until`): the base's continuation stops at
-    # them and the answer is cut at them. The pilot's draft does not: the switch is decided
-    # on the draft it would write anyway, and a kept draft that already reaches one of them
-    # ends the answer there.
-    answer_stops: tuple[str, ...] = ()
-
-    def draft_stops(self, pilot: LoadedModel) -> list[str]:
-        return stop_strings("pilot", pilot.tokenizer, fixed_length=self.fixed_length)
-
-    def base_stops(self, base: LoadedModel) -> list[str]:
-        return stop_strings("base", base.tokenizer, self.answer_stops, self.fixed_length)
-
-    def base_budget(self, kept: int) -> int:
-        if self.fixed_length:  # exactly the rest of the answer
-            return max(0, self.target_max_tokens - kept)
-        return base_budget(self.target_max_tokens, kept)
-
-    def max_answer_tokens(self) -> int:
-        """The longest answer the budgets allow: kept draft + the base's budget, at its worst
-        over every keep count up to the draft budget (up to target + 49 by the rounding)."""
-        return max(kept + self.base_budget(kept) for kept in range(self.draft_max_tokens + 1))
-
-    def continuation_budget(self, base: LoadedModel, kept_ids: list[int]) -> int:
-        """New tokens the base may write after the kept draft: none when the kept draft
-        already reaches one of the base's stop strings (the answer is cut there whatever
-        follows), else `base_budget`."""
-        stops = self.base_stops(base)
-        if stops and cut_at_stop(base.tokenizer.decode(kept_ids, skip_special_tokens=True), stops)[1]:
-            return 0
-        return self.base_budget(len(kept_ids))
+from wsd.core.prompts import Message, base_prompt, cut_at_stop, stop_reason
 
 
 def base_budget(target_max_tokens: int, kept: int) -> int:
@@ -203,16 +161,6 @@ def check_context(loaded: LoadedModel, prompt_id: str, prompt_tokens: int, new_t
             f"{new_tokens} {what} = {need} tokens, the model's context is {limit}; shorten it or "
             "lower the budgets"
         )
-
-
-def check_fits(pilot: LoadedModel, base: LoadedModel, settings: WSDSettings, prompt_id: str,
-               messages: list[Message]) -> None:
-    """WSD's budgets: the pilot drafts up to `draft_max_tokens`; the base needs the prompt and
-    the longest answer the budgets allow."""
-    s = settings
-    pilot_len = len(encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, messages)))
-    check_context(pilot, prompt_id, pilot_len, s.draft_max_tokens, "draft")
-    check_context(base, prompt_id, base_texts(base, messages)[1], s.max_answer_tokens(), "answer")
 
 
 def pad_id(loaded: LoadedModel) -> int:

@@ -8,11 +8,22 @@ names the model to pass, before anything loads."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 from wsd.backends.decoding import check_context, encode
 from wsd.backends.models import ModelSpec, check_available
 from wsd.core.prompts import cut_at_stop, stop_reason, stop_strings
 from wsd.core.registration import Method, MethodEntry, decode_options, method_entry, source_config
+from wsd.core.schemas import MethodBlock
+
+
+@dataclass
+class AlignerBlock(MethodBlock):
+    name: str = "aligner"
+    source: str = "base"  # the method whose answers the corrector rewrites
+    prompt_file: Optional[str] = None
+
 
 ALIGNER_PROMPT = ("BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful "
                   "and harmless: {question} | {answer} ASSISTANT:")
@@ -90,4 +101,4 @@ def build_aligner(cfg: dict, models: dict) -> Method:
                    options.batch_size, stops)
 
 
-METHOD = MethodEntry("aligner", ("corrector",), build_aligner, aligner_check, source_roles=True)
+METHOD = MethodEntry("aligner", ("corrector",), build_aligner, aligner_check, block=AlignerBlock, source_roles=True)

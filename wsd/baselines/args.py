@@ -14,16 +14,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from wsd.backends.decoding import check_context, encode, left_pad, pad_id
 from wsd.backends.models import LoadedModel
 from wsd.backends.reward import RewardModel
-from wsd.baselines.prompted import base_format_name, base_parts
+from wsd.baselines.prompted import base_format_name, base_parts, check_prompt
 from wsd.core.prompts import BaseFormat, cut_at_stop, stop_reason
 from wsd.core.registration import Method, MethodEntry, greedy_options
-from wsd.core.schemas import ARGSBlock, method_block
+from wsd.core.schemas import MethodBlock, at_least
+
+
+@dataclass
+class ARGSBlock(MethodBlock):
+    name: str = "args"
+    k: int = 10  # candidates per step (the base's top-k)
+    weight: float = 1.5  # w: 0 is the base's greedy decoding
+    prompt: str = "base"  # how the base is prompted: base (zero-shot) or urial
+    prompt_file: Optional[str] = None  # prompt=urial: a URIAL prefix file (null: ours)
+
+    def validate(self, key: str = "method") -> None:
+        at_least(f"{key}.k", self.k, 1)
+        at_least(f"{key}.weight", self.weight, 0, "a number")
+        check_prompt(key, self.prompt)
 
 
 @dataclass(frozen=True)
@@ -161,7 +176,7 @@ class ARGS:
 
 def args_settings(cfg: dict) -> ARGSSettings:
     greedy_options(cfg)
-    m = method_block(cfg["method"])
+    m = ARGSBlock.checked(cfg["method"])
     base_format_name(cfg["method"])
     return ARGSSettings(k=m.k, weight=m.weight)
 
@@ -172,4 +187,5 @@ def build_args(cfg: dict, models: dict) -> Method:
                 options.batch_size)
 
 
-METHOD = MethodEntry("args", ("base",), build_args, args_settings, reward=True, label_keys=("k", "weight"))
+METHOD = MethodEntry("args", ("base",), build_args, args_settings, reward=True, block=ARGSBlock,
+                     label_keys=("k", "weight"))

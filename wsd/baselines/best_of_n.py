@@ -5,12 +5,29 @@ the answer the method itself gives when it samples with that seed (N = 1 is that
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 from transformers import set_seed
 
 from wsd.backends.reward import RewardModel
 from wsd.core.registration import Method, MethodEntry, decode_options, method_entry, source_config
-from wsd.core.schemas import method_block
+from wsd.core.schemas import MethodBlock, at_least
+
+
+@dataclass
+class BestOfNBlock(MethodBlock):
+    name: str = "best_of_n"
+    source: str = "urial"  # the method that samples the candidates
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 1.0
+    prompt_file: Optional[str] = None  # source=urial: a URIAL prefix file (null: ours)
+
+    def validate(self, key: str = "method") -> None:
+        at_least(f"{key}.n", self.n, 1)
+        if self.temperature <= 0:
+            raise ValueError(f"best-of-n samples: {key}.temperature must be > 0, got {self.temperature!r}")
 
 
 class BestOfN:
@@ -57,7 +74,7 @@ def best_of_n_source(cfg: dict) -> dict:
     if m["source"] not in SAMPLED_SOURCES:
         raise ValueError(f"method.source must be one of {', '.join(SAMPLED_SOURCES)} (methods that sample), "
                          f"got {m['source']!r}")
-    method_block(m)
+    BestOfNBlock.checked(m)
     source = {**source_config(cfg),
               "generation": {**cfg["generation"], "temperature": m["temperature"], "top_p": m["top_p"]}}
     decode_options(source)
@@ -71,4 +88,4 @@ def build_best_of_n(cfg: dict, models: dict) -> Method:
 
 
 METHOD = MethodEntry("best_of_n", (), build_best_of_n, best_of_n_source, reward=True, source_roles=True,
-                     label_keys=("source", "n"))
+                     block=BestOfNBlock, label_keys=("source", "n"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
@@ -27,11 +28,45 @@ from wsd.backends.decoding import check_context, encode
 from wsd.backends.engines import PrefixCachedLM
 from wsd.backends.models import LoadedModel
 from wsd.backends.reward import RewardModel, RewardSettings, reward_scale
-from wsd.baselines.prompted import base_format_name, base_parts
+from wsd.baselines.prompted import base_format_name, base_parts, check_prompt
 from wsd.core.prompts import BaseFormat, cut_at_stop, stop_reason
 from wsd.core.registration import Method, MethodEntry, decode_options
-from wsd.core.schemas import CARDSBlock, method_block
+from wsd.core.schemas import MethodBlock, at_least, between
 from wsd.core.store import config_key
+
+
+@dataclass
+class CARDSBlock(MethodBlock):
+    name: str = "cards"
+    entropy_threshold: float = 3.0
+    min_segment_tokens: int = 4
+    max_segment_tokens: int = 64
+    reward_target: Any = "auto"  # a number, or auto: the reward model's own scale
+    alpha: float = 0.5
+    temperature: float = 0.7
+    top_k: int = 40
+    max_rejections: int = 20
+    # soft: kept with probability min(1, exp((r - threshold) / temperature)); hard: r >= threshold
+    acceptance: str = "soft"
+    prompt: str = "base"  # how the base is prompted: base (zero-shot) or urial
+    prompt_file: Optional[str] = None  # prompt=urial: a URIAL prefix file (null: ours)
+
+    def validate(self, key: str = "method") -> None:
+        for name in ("min_segment_tokens", "max_segment_tokens", "top_k"):
+            at_least(f"{key}.{name}", getattr(self, name), 1)
+        at_least(f"{key}.max_rejections", self.max_rejections, 0)
+        if self.min_segment_tokens > self.max_segment_tokens:
+            raise ValueError(f"{key}.min_segment_tokens must not exceed {key}.max_segment_tokens")
+        at_least(f"{key}.entropy_threshold", self.entropy_threshold, 0, "a number")
+        if self.temperature <= 0:
+            raise ValueError(f"{key}.temperature must be a number > 0, got {self.temperature!r}")
+        between(f"{key}.alpha", self.alpha, 0, 1)
+        if self.acceptance not in ("soft", "hard"):
+            raise ValueError(f"{key}.acceptance must be soft or hard, got {self.acceptance!r}")
+        if self.reward_target != "auto" and (isinstance(self.reward_target, bool)
+                                             or not isinstance(self.reward_target, (int, float))):
+            raise ValueError(f"{key}.reward_target must be a number or auto, got {self.reward_target!r}")
+        check_prompt(key, self.prompt)
 
 
 @dataclass(frozen=True)
@@ -137,7 +172,7 @@ class CARDS:
 
 def cards_settings(cfg: dict, reward: RewardSettings | None = None) -> CARDSSettings:
     decode_options(cfg)
-    method_block(cfg["method"])
+    CARDSBlock.checked(cfg["method"])
     m = dict(cfg["method"])
     base_format_name(m)
     if m["reward_target"] == "auto":
@@ -155,5 +190,5 @@ def build_cards(cfg: dict, models: dict) -> Method:
 
 # CARDS reads the base's whole next-token distribution (its entropy) at every step; vLLM
 # returns the top few, so on backend=vllm it runs on HF
-METHOD = MethodEntry("cards", ("base",), build_cards, cards_settings, reward=True, backends=("hf",),
+METHOD = MethodEntry("cards", ("base",), build_cards, cards_settings, reward=True, backends=("hf",), block=CARDSBlock,
                      label_keys=("reward_target",))

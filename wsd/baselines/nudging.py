@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
 from wsd.backends.decoding import check_context, encode
 from wsd.backends.engines import Engine
 from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
 from wsd.core.registration import Method, MethodEntry, greedy_options
-from wsd.core.schemas import NudgingBlock, method_block
+from wsd.core.schemas import MethodBlock, at_least, between
+
+
+@dataclass
+class NudgingBlock(MethodBlock):
+    name: str = "nudging"
+    threshold: float = 0.4  # the base's top-1 probability below which the pilot nudges
+    word_max_tokens: int = 8
+
+    def validate(self, key: str = "method") -> None:
+        between(f"{key}.threshold", self.threshold, 0, 1, low_open=True)
+        at_least(f"{key}.word_max_tokens", self.word_max_tokens, 1)
+
 
 # Tokens per `probe` call: the base's run ends at the first unsure token (HF stops there, vLLM
 # writes the rest of the chunk in the same request); a pilot word is a few tokens.
@@ -155,4 +168,5 @@ def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
 
 
 METHOD = MethodEntry("nudging", ("pilot", "base"), build_nudging,
-                     lambda cfg: (greedy_options(cfg), method_block(cfg["method"])), summary=summarize)
+                     lambda cfg: (greedy_options(cfg), NudgingBlock.checked(cfg["method"])),
+                     block=NudgingBlock, summary=summarize)

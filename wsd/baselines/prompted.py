@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
 
 from wsd.backends.decoding import check_context, encode
 from wsd.backends.engines import Engine
@@ -18,7 +20,19 @@ from wsd.core.prompts import (
     stop_strings,
 )
 from wsd.core.registration import Method, MethodEntry, decode_options
-from wsd.core.schemas import GenerationBlock
+from wsd.core.schemas import GenerationBlock, MethodBlock
+
+
+@dataclass
+class URIALBlock(MethodBlock):
+    name: str = "urial"
+    prompt_file: Optional[str] = None  # a URIAL prefix file (null: ours)
+
+
+def check_prompt(key: str, prompt: str) -> None:
+    """How a reward-guided method prompts the base: zero-shot (`base`) or with URIAL's prefix."""
+    if prompt not in ("base", "urial"):
+        raise ValueError(f"{key}.prompt must be base or urial, got {prompt!r}")
 
 
 class PromptedModel:
@@ -95,6 +109,6 @@ def base_parts(cfg: dict, base: Engine):
 METHODS = (
     MethodEntry("base", ("base",), build_base, decode_options),
     MethodEntry("urial", ("base",), build_urial,
-                lambda cfg: (decode_options(cfg), load_urial_prefix(cfg["method"].get("prompt_file")))),
+                lambda cfg: (decode_options(cfg), load_urial_prefix(cfg["method"].get("prompt_file"))), block=URIALBlock),
     MethodEntry("pilot", ("pilot",), build_pilot, decode_options),
 )

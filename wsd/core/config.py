@@ -1,11 +1,11 @@
-"""The stages' configs as their command lines compose them, for code that runs a stage or
-reads a shipped config without a command line (`make reproduce`, tests, benchmarks)."""
+"""Where the shipped configs live, and a shipped benchmark's entry read without composing a
+stage (`wsd.methods.compose` composes a stage's config as its command line does)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from wsd.core.schemas import (  # (importing it registers the schemas the stage configs start from)
     BENCHMARK_BLOCKS,
@@ -13,15 +13,6 @@ from wsd.core.schemas import (  # (importing it registers the schemas the stage 
 )
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose(overrides: list[str], stage: str = "generate") -> DictConfig:
-    """A stage's config as `python -m pipelines.<stage> <overrides>` builds it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(stage, overrides=overrides)
 
 
 def benchmark_config(name: str) -> dict:

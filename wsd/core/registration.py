@@ -2,8 +2,8 @@
 config. A method is anything with `check_fits(prompt_id, messages)` (raises before any
 decoding if a prompt cannot fit) and `generate_many(prompts)`, which yields `(prompt, record)`
 in input order; every record has `response`, `response_tokens`, `stop_reason` and
-`seconds.total`. Each method's module declares its `METHOD` (builder, check, roles, label
-keys, summary); `wsd.methods` registers them all."""
+`seconds.total`. Each method's module declares its `METHOD` (builder, check, roles, its
+config block, label keys, summary); `wsd.methods` registers them all."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wsd.core.prompts import Message
-from wsd.core.schemas import GenerationBlock
+from wsd.core.schemas import GenerationBlock, MethodBlock, register_schema
 
 
 class Method(Protocol):
@@ -57,6 +57,8 @@ class MethodEntry:
     roles: tuple[str, ...]  # the models it loads: "pilot", "base", "corrector"
     build: Callable[[dict, dict], Method]
     check: Callable[[dict], object]  # validates the config in milliseconds, before models load
+    block: type = MethodBlock  # its `method` block (`conf/method/<name>.yaml` starts from it)
+    settings_blocks: tuple[tuple[str, type], ...] = ()  # top-level blocks of its own (WSD: `wsd`)
     uses_wsd_block: bool = False  # whether the `wsd` settings change its results
     reward: bool = False  # whether it loads `reward_model` too (as models["reward"])
     source_roles: bool = False  # its roles are those of `method.source` (plus its own)
@@ -77,8 +79,12 @@ METHODS: dict[str, MethodEntry] = {}  # filled by `wsd.methods`, which imports e
 
 
 def register(*entries: MethodEntry) -> None:
+    """Each method by its name, and its blocks as the schemas its configs start from."""
     for entry in entries:
         METHODS[entry.name] = entry
+        register_schema(f"method/{entry.name}", entry.block)
+        for path, block in entry.settings_blocks:
+            register_schema(path, block)
 
 
 def effective_backend(cfg) -> dict:

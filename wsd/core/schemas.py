@@ -1,10 +1,11 @@
 """The typed blocks of the stages' configs, registered with Hydra's ConfigStore as the
-`schema` group the configs start from: `generation`, `wsd`, `tax` and `train` (in the stage
-configs' defaults), and one schema per method, benchmark and judge (each file of
-`conf/method`, `conf/benchmark` and `conf/judge` starts from its own). A value of the wrong
+`schema` group the configs start from: `generation`, `tax` and `train` (in the stage
+configs' defaults), and one schema per benchmark and judge (each file of `conf/benchmark`
+and `conf/judge` starts from its own). A method's block lives in its own module and is
+registered with the method (`wsd.core.registration.register`); WSD's `wsd` block too. A value of the wrong
 type fails when the config composes, with the key's full name (OmegaConf's `full_key`); each
 block's `validate` holds its range checks, run where the block is read, before any model
-loads. Every default is declared here, once: a shipped file starts from its block and sets only
+loads. Every default is declared in its block, once: a shipped file starts from its block and sets only
 what differs (`tests/wsd/core/test_schemas.py` fails on a default written in two places).
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 
-def _at_least(key: str, value, low, kind: str = "an integer") -> None:
+def at_least(key: str, value, low, kind: str = "an integer") -> None:
     if value < low:
         raise ValueError(f"{key} must be {kind} >= {low}, got {value!r}")
 
@@ -35,10 +36,10 @@ class GenerationBlock:
 
     def validate(self, key: str = "generation") -> None:
         for name in ("max_new_tokens", "batch_size", "chunk_tokens"):
-            _at_least(f"{key}.{name}", getattr(self, name), 1)
+            at_least(f"{key}.{name}", getattr(self, name), 1)
         if not all(self.stop_strings):
             raise ValueError(f"{key}.stop_strings must be non-empty strings, got {list(self.stop_strings)!r}")
-        _at_least(f"{key}.temperature", self.temperature, 0, "a number")
+        at_least(f"{key}.temperature", self.temperature, 0, "a number")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"{key}.top_p must be in (0, 1], got {self.top_p!r}")
 
@@ -46,28 +47,6 @@ class GenerationBlock:
     def sampling(self) -> tuple[float, float] | None:
         """(temperature, top_p) when it samples; None when greedy (the paper's decoding)."""
         return (float(self.temperature), float(self.top_p)) if self.temperature > 0 else None
-
-
-@dataclass
-class WSDBlock:
-    """WSD's own settings (read only by method=wsd)."""
-
-    engine: str = "fast"  # fast (batched, early-stopping) or reference (the authors' three passes)
-    window: int = 6  # the switch window w
-    threshold: float = 0.8  # the switch threshold gamma, in [0, 1]
-    draft_max_tokens: int = 512  # the pilot's budget (lowered to generation.max_new_tokens when above it)
-    early_stop: bool = True  # fast engine: stop drafting at the switch (sweeps: false, docs/sweeps-and-benchmarks.md)
-
-    def validate(self, key: str = "wsd") -> None:
-        from wsd.core.switch import validate_switch_params
-
-        if self.engine not in ("fast", "reference"):
-            raise ValueError(f"unknown {key}.engine {self.engine!r}; accepted: fast, reference")
-        try:
-            validate_switch_params(self.window, self.threshold)
-        except ValueError as err:
-            raise ValueError(f"{key}.{err}") from None
-        _at_least(f"{key}.draft_max_tokens", self.draft_max_tokens, 1)
 
 
 @dataclass
@@ -88,7 +67,7 @@ class TaxBlock:
             raise ValueError(f"{key}.tasks must be a non-empty list of task names")
         for name in ("limit", "max_gen_toks"):
             if getattr(self, name) is not None:
-                _at_least(f"{key}.{name}", getattr(self, name), 1, "null or an integer")
+                at_least(f"{key}.{name}", getattr(self, name), 1, "null or an integer")
         if self.humaneval_timeout <= 0:
             raise ValueError(f"{key}.humaneval_timeout must be a positive number of seconds, got "
                              f"{self.humaneval_timeout!r}")
@@ -115,123 +94,28 @@ class TrainBlock:
 # --- the `method` block, one schema per method (conf/method/<name>.yaml starts from it) -----
 
 
-def _between(key: str, value, low, high, low_open: bool = False) -> None:
+def between(key: str, value, low, high, low_open: bool = False) -> None:
     if value < low or value > high or (low_open and value == low):
         raise ValueError(f"{key} must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
 
 
-def _prompt(key: str, prompt: str) -> None:
-    if prompt not in ("base", "urial"):
-        raise ValueError(f"{key}.prompt must be base or urial, got {prompt!r}")
-
-
 @dataclass
 class MethodBlock:
-    """A method without settings of its own (base, pilot, wsd: WSD's are the `wsd` block)."""
+    """A method without settings of its own (base, pilot, wsd: WSD's are the `wsd` block). A
+    method with settings subclasses it in its own module and registers it with the method
+    (`MethodEntry.block`)."""
 
     name: str = "base"
 
     def validate(self, key: str = "method") -> None:
         pass
 
-
-@dataclass
-class URIALBlock(MethodBlock):
-    name: str = "urial"
-    prompt_file: Optional[str] = None  # a URIAL prefix file (null: ours)
-
-
-@dataclass
-class NudgingBlock(MethodBlock):
-    name: str = "nudging"
-    threshold: float = 0.4  # the base's top-1 probability below which the pilot nudges
-    word_max_tokens: int = 8
-
-    def validate(self, key: str = "method") -> None:
-        _between(f"{key}.threshold", self.threshold, 0, 1, low_open=True)
-        _at_least(f"{key}.word_max_tokens", self.word_max_tokens, 1)
-
-
-@dataclass
-class ARGSBlock(MethodBlock):
-    name: str = "args"
-    k: int = 10  # candidates per step (the base's top-k)
-    weight: float = 1.5  # w: 0 is the base's greedy decoding
-    prompt: str = "base"  # how the base is prompted: base (zero-shot) or urial
-    prompt_file: Optional[str] = None  # prompt=urial: a URIAL prefix file (null: ours)
-
-    def validate(self, key: str = "method") -> None:
-        _at_least(f"{key}.k", self.k, 1)
-        _at_least(f"{key}.weight", self.weight, 0, "a number")
-        _prompt(key, self.prompt)
-
-
-@dataclass
-class CARDSBlock(MethodBlock):
-    name: str = "cards"
-    entropy_threshold: float = 3.0
-    min_segment_tokens: int = 4
-    max_segment_tokens: int = 64
-    reward_target: Any = "auto"  # a number, or auto: the reward model's own scale
-    alpha: float = 0.5
-    temperature: float = 0.7
-    top_k: int = 40
-    max_rejections: int = 20
-    # soft: kept with probability min(1, exp((r - threshold) / temperature)); hard: r >= threshold
-    acceptance: str = "soft"
-    prompt: str = "base"  # how the base is prompted: base (zero-shot) or urial
-    prompt_file: Optional[str] = None  # prompt=urial: a URIAL prefix file (null: ours)
-
-    def validate(self, key: str = "method") -> None:
-        for name in ("min_segment_tokens", "max_segment_tokens", "top_k"):
-            _at_least(f"{key}.{name}", getattr(self, name), 1)
-        _at_least(f"{key}.max_rejections", self.max_rejections, 0)
-        if self.min_segment_tokens > self.max_segment_tokens:
-            raise ValueError(f"{key}.min_segment_tokens must not exceed {key}.max_segment_tokens")
-        _at_least(f"{key}.entropy_threshold", self.entropy_threshold, 0, "a number")
-        if self.temperature <= 0:
-            raise ValueError(f"{key}.temperature must be a number > 0, got {self.temperature!r}")
-        _between(f"{key}.alpha", self.alpha, 0, 1)
-        if self.acceptance not in ("soft", "hard"):
-            raise ValueError(f"{key}.acceptance must be soft or hard, got {self.acceptance!r}")
-        if self.reward_target != "auto" and (isinstance(self.reward_target, bool)
-                                             or not isinstance(self.reward_target, (int, float))):
-            raise ValueError(f"{key}.reward_target must be a number or auto, got {self.reward_target!r}")
-        _prompt(key, self.prompt)
-
-
-@dataclass
-class BestOfNBlock(MethodBlock):
-    name: str = "best_of_n"
-    source: str = "urial"  # the method that samples the candidates
-    n: int = 4
-    temperature: float = 0.7
-    top_p: float = 1.0
-    prompt_file: Optional[str] = None  # source=urial: a URIAL prefix file (null: ours)
-
-    def validate(self, key: str = "method") -> None:
-        _at_least(f"{key}.n", self.n, 1)
-        if self.temperature <= 0:
-            raise ValueError(f"best-of-n samples: {key}.temperature must be > 0, got {self.temperature!r}")
-
-
-@dataclass
-class AlignerBlock(MethodBlock):
-    name: str = "aligner"
-    source: str = "base"  # the method whose answers the corrector rewrites
-    prompt_file: Optional[str] = None
-
-
-METHOD_BLOCKS = {"base": MethodBlock, "pilot": MethodBlock, "wsd": MethodBlock, "urial": URIALBlock,
-                 "nudging": NudgingBlock, "args": ARGSBlock, "cards": CARDSBlock, "best_of_n": BestOfNBlock,
-                 "aligner": AlignerBlock}
-
-
-def method_block(method: dict, key: str = "method") -> MethodBlock:
-    """A `method` block (a dict, as methods read it) as its schema, range-checked."""
-    block = METHOD_BLOCKS[method["name"]](**method)
-    block.validate(key)
-    return block
+    @classmethod
+    def checked(cls, values: dict, key: str = "method"):
+        """The block of a config dict, range-checked."""
+        block = cls(**values)
+        block.validate(key)
+        return block
 
 
 # --- the `benchmark` block, one schema per benchmark (conf/benchmark/<name>.yaml starts from it) --
@@ -248,7 +132,7 @@ class BenchmarkBlock:
 
     def validate(self, key: str = "benchmark") -> None:
         if self.limit is not None:
-            _at_least(f"{key}.limit", self.limit, 1, "null or an integer")
+            at_least(f"{key}.limit", self.limit, 1, "null or an integer")
 
 
 @dataclass
@@ -400,27 +284,31 @@ JUDGE_BLOCKS = {"harmlessness": JudgeBlock, "ifeval": IFEvalJudgeBlock, "local_l
                 "mt_bench_grading": MTBenchGradingJudgeBlock}
 
 
-SCHEMAS = {"generation": GenerationBlock, "wsd": WSDBlock, "tax": TaxBlock, "train": TrainBlock}
+_SCHEMAS: dict[str, type] = {}  # `schema/<path>` -> its block; methods add theirs when registered
+
+
+def register_schema(path: str, block: type) -> None:
+    """`schema/<path>` in Hydra's ConfigStore, for the configs' defaults lists
+    (`- schema/generation@generation`, `- /schema/method/args@_here_`); a block in a group
+    (`method/args`) is stored with its name filled in."""
+    _SCHEMAS[path] = block
+    group, _, name = path.rpartition("/")
+    node = block(name=name) if group else block
+    ConfigStore.instance().store(group="/".join(("schema", group)) if group else "schema", name=name, node=node)
 
 
 def schema_for(path: str):
     """The typed block that `schema/<path>` names in a config's defaults list (`generation`,
-    `method/args`, `judge/arena_hard`, ...)."""
+    `method/args`, `judge/arena_hard`, ...), with its name filled in where it has one."""
     group, _, name = path.rpartition("/")
-    if not group:
-        return SCHEMAS[name]
-    return {"method": METHOD_BLOCKS, "benchmark": BENCHMARK_BLOCKS, "judge": JUDGE_BLOCKS}[group][name](name=name)
+    return _SCHEMAS[path](name=name) if group else _SCHEMAS[path]
 
 
-def register() -> None:
-    """`schema/<block>` and `schema/method/<name>` in Hydra's ConfigStore, for the configs'
-    defaults lists (`- schema/generation@generation`, `- /schema/method/args@_here_`)."""
-    store = ConfigStore.instance()
-    for block in SCHEMAS:
-        store.store(group="schema", name=block, node=schema_for(block))
-    for group, table in (("method", METHOD_BLOCKS), ("benchmark", BENCHMARK_BLOCKS), ("judge", JUDGE_BLOCKS)):
-        for name in table:
-            store.store(group=f"schema/{group}", name=name, node=schema_for(f"{group}/{name}"))
+def schema_paths() -> list[str]:
+    return list(_SCHEMAS)
 
 
-register()
+for _path, _block in [("generation", GenerationBlock), ("tax", TaxBlock), ("train", TrainBlock),
+                      *((f"benchmark/{n}", b) for n, b in BENCHMARK_BLOCKS.items()),
+                      *((f"judge/{n}", b) for n, b in JUDGE_BLOCKS.items())]:
+    register_schema(_path, _block)

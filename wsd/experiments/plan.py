@@ -16,8 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eval.judges import check_judge_config, check_judge_fits
-from wsd.core.config import compose
 from wsd.core.store import write_atomic
+from wsd.methods import compose
 from wsd.runs import identity as identities
 
 log = logging.getLogger("wsd.reproduce")

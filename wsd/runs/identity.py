@@ -134,6 +134,9 @@ def _model_inputs(cfg, roles, backend: dict) -> tuple[dict, dict[str, str]]:
     return payload, inputs
 
 
+_WSD_KEYS_AS_FIRST_WRITTEN = {"implementation": "engine"}
+
+
 def method_identity(cfg: DictConfig) -> tuple[str, dict, dict[str, str]]:
     """A readable name (the method and its models), everything else that determines a
     method's outputs on a given prompt (its models, the method block, the generation block,
@@ -147,7 +150,9 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict, dict[str, str]]:
         payload["backend"] = backend
     payload.update(method=_plain(cfg.method), seed=cfg.seed, generation=_plain(cfg.generation))
     if entry.uses_wsd_block:
-        payload["wsd"] = _plain(cfg.wsd)
+        # keyed by the names the block had when runs were first written (`wsd.implementation`
+        # was `wsd.engine`), so the folders of earlier runs are found
+        payload["wsd"] = {_WSD_KEYS_AS_FIRST_WRITTEN.get(k, k): v for k, v in _plain(cfg.wsd).items()}
     return "__".join([cfg.method.name, *(slug(cfg[role].name) for role in roles)]), payload, inputs
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wsd.backends.decoding import WSDSettings, base_texts, check_fits, encode, final_joined_ids, make_record
+from wsd.backends.decoding import base_texts, encode, final_joined_ids, make_record
 from wsd.backends.models import LoadedModel
 from wsd.core.prompts import Message, pilot_prompt
-from wsd.core.schemas import GenerationBlock, WSDBlock
-from wsd.core.switch import first_switch, keep_count
+from wsd.core.schemas import GenerationBlock
 from wsd.weak_to_strong.draft_cache import CachedDraft, DraftCache
+from wsd.weak_to_strong.switch import WSDBlock, WSDSettings
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class BatchedWSD:
         self.counter = {"pilot_drafting": 0, "base_scoring": 0, "base_continuation": 0}
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
-        check_fits(self.pilot, self.base, self.settings, prompt_id, messages)
+        self.settings.check_fits(self.pilot, self.base, prompt_id, messages)
 
     def generate_many(self, prompts):
         """Yields (prompt, record) batch by batch, in input order."""
@@ -135,12 +135,11 @@ class BatchedWSD:
 
     def _rows(self, prompts) -> list[Row]:
         """The batch's rows, those the draft cache decides already filled in."""
-        s = self.settings
         rows = [Row(p, DraftTokens(self.base, p.messages),
                     encode(self.pilot.tokenizer, pilot_prompt(self.pilot.tokenizer, p.messages))) for p in prompts]
         for row in rows:
             cached = self.draft_cache.get(row.prompt.messages) if self.draft_cache else None
-            if cached is not None and cached.usable(s.window, s.threshold):
+            if cached is not None and cached.usable(self.settings):
                 row.result, row.from_cache = cached, True
         return rows
 
@@ -154,16 +153,14 @@ class BatchedWSD:
     def _settle(self, row: Row, draft, final: bool) -> bool:
         """Is this row's draft decided (final, or its switch found among the stable tokens
         scored so far, when early stopping)? Then it is kept and stored."""
-        s = self.settings
-        found = self.options.early_stop and first_switch(row.tokens.probs, s.window, s.threshold) is not None
+        found = self.options.early_stop and self.settings.switch_at(row.tokens.probs) is not None
         if final or found:
             self._finish(row, draft, final)
         return final or found
 
     def _kept(self, rows: list[Row]) -> tuple[list[int | None], list[list[int]]]:
         s = self.settings
-        return ([first_switch(r.result.probs, s.window, s.threshold) for r in rows],
-                [r.result.draft_ids[: keep_count(r.result.probs, s.window, s.threshold)] for r in rows])
+        return [s.switch_at(r.result.probs) for r in rows], [s.kept(r.result.draft_ids, r.result.probs) for r in rows]
 
     def _records(self, rows: list[Row], switches, kept, continuations, seconds: tuple[float, float, float, float]):
         """(prompt, record) per row; `seconds` = (start, drafted, continued, scoring time)."""

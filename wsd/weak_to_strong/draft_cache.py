@@ -19,7 +19,6 @@ from pathlib import Path
 
 from wsd.backends.decoding import Draft
 from wsd.core.store import config_key, write_atomic
-from wsd.core.switch import first_switch
 
 
 @dataclass
@@ -30,9 +29,9 @@ class CachedDraft:
     probs: list[float]  # base probability of each of draft_ids
     complete: bool  # the draft ran to its end; False: it stopped early at a switch
 
-    def usable(self, window: int, threshold: float) -> bool:
-        """Does this entry decide the switch for (window, threshold) exactly?"""
-        return self.complete or first_switch(self.probs, window, threshold) is not None
+    def usable(self, settings) -> bool:
+        """Does this entry decide the switch for these settings' (window, threshold) exactly?"""
+        return self.complete or settings.switch_at(self.probs) is not None
 
 
 class DraftCache:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import logging
 
-from wsd.backends.decoding import WSDSettings
 from wsd.backends.engines import Engine, model_identity
 from wsd.core.prompts import Message
-from wsd.core.registration import Method, MethodEntry, backend_name, greedy_options
-from wsd.core.schemas import WSDBlock
+from wsd.core.registration import Method, MethodEntry, backend_name, decode_options
 from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_hf import FastWSD
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
 from wsd.weak_to_strong.reference import ReferenceWSD, summarize
+from wsd.weak_to_strong.switch import WSDBlock, WSDSettings
 
 log = logging.getLogger(__name__)
 
 
 class WSDMethod:
-    """A WSD implementation (`wsd.engine`: the reference passes, or the backend's fast engine),
+    """A WSD implementation (`wsd.implementation`: the reference passes, or the backend's fast engine),
     its records completed with the fields every method has."""
 
     def __init__(self, implementation: FastWSD | ChunkedWSD | ReferenceWSD):
@@ -37,30 +36,26 @@ class WSDMethod:
         return getattr(self.implementation, "counter", None)
 
 
-def wsd_settings(cfg: dict) -> tuple[str, WSDSettings, FastOptions]:
-    """The `wsd` block, range-checked, as the engine, the switch rule and budgets, and the
-    fast engine's options."""
-    w, g = WSDBlock(**cfg["wsd"]), greedy_options(cfg)
-    w.validate()
-    settings = WSDSettings(window=w.window, threshold=w.threshold, draft_max_tokens=min(w.draft_max_tokens, g.max_new_tokens),
-                           target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length,
-                           answer_stops=tuple(g.stop_strings))
-    options = FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens, early_stop=w.early_stop)
-    return w.engine, settings, options
+def wsd_settings(cfg: dict) -> tuple[WSDBlock, WSDSettings, FastOptions]:
+    """The `wsd` block (range-checked), the settings the engines read, and the fast engines' options."""
+    block, settings = WSDSettings.from_config(cfg)
+    g = decode_options(cfg)
+    return block, settings, FastOptions(batch_size=g.batch_size, chunk_tokens=g.chunk_tokens,
+                                        early_stop=block.early_stop)
 
 
 def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
-    """`wsd.engine=reference`: the three passes (on HF one prompt at a time). `fast`: the
-    fastest engine of the backend: on HF one shared KV cache per batch (`FastWSD`), on vLLM
-    chunked drafting with prefix-cached scoring (`ChunkedWSD`)."""
-    engine, settings, options = wsd_settings(cfg)
-    if settings.draft_max_tokens < cfg["wsd"]["draft_max_tokens"]:
+    """`wsd.implementation=reference`: the three passes (on HF one prompt at a time). `fast`:
+    the fastest engine of the backend: on HF one shared KV cache per batch (`FastWSD`), on
+    vLLM chunked drafting with prefix-cached scoring (`ChunkedWSD`)."""
+    block, settings, options = wsd_settings(cfg)
+    if settings.draft_max_tokens < block.draft_max_tokens:
         log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
-                    "drafts at most %d tokens, the answer's budget", cfg["wsd"]["draft_max_tokens"],
+                    "drafts at most %d tokens, the answer's budget", block.draft_max_tokens,
                     settings.target_max_tokens, settings.draft_max_tokens)
     pilot, base = models["pilot"], models["base"]
     vllm = backend_name(cfg) == "vllm"
-    if engine == "reference":
+    if block.implementation == "reference":
         return WSDMethod(ReferenceWSD(pilot, base, settings, batch_size=options.batch_size if vllm else 1))
     draft_cache = (DraftCache(cfg["draft_cache_dir"], draft_identity(cfg, settings, options))
                    if cfg.get("draft_cache_dir") else None)
@@ -82,4 +77,5 @@ def draft_identity(cfg: dict, settings: WSDSettings, options: FastOptions) -> di
     return identity
 
 
-METHOD = MethodEntry("wsd", ("pilot", "base"), build_wsd, wsd_settings, uses_wsd_block=True, summary=summarize)
+METHOD = MethodEntry("wsd", ("pilot", "base"), build_wsd, wsd_settings, settings_blocks=(("wsd", WSDBlock),),
+                     uses_wsd_block=True, summary=summarize)

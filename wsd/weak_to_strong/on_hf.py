@@ -26,10 +26,11 @@ from contextlib import contextmanager
 import torch
 from transformers import DynamicCache
 
-from wsd.backends.decoding import WSDSettings, chunked_greedy, left_pad, make_continuation, make_draft, pad_id
+from wsd.backends.decoding import chunked_greedy, left_pad, make_continuation, make_draft, pad_id
 from wsd.backends.models import LoadedModel
 from wsd.weak_to_strong.batched import BatchedWSD, DraftTokens, FastOptions, Row, shared_prefix
 from wsd.weak_to_strong.draft_cache import DraftCache
+from wsd.weak_to_strong.switch import WSDSettings
 
 
 def sliding_window(base: LoadedModel) -> int | None:

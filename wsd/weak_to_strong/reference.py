@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from wsd.backends.decoding import (
     Continuation,
     Draft,
-    WSDSettings,
     base_texts,
-    check_fits,
     encode,
     final_joined_ids,
     make_continuation,
@@ -31,7 +29,7 @@ from wsd.backends.decoding import (
 )
 from wsd.backends.engines import Engine
 from wsd.core.prompts import Message, pilot_prompt
-from wsd.core.switch import first_switch, keep_count
+from wsd.weak_to_strong.switch import WSDSettings
 
 
 def draft_all(pilot: Engine, conversations: list[list[Message]], settings: WSDSettings) -> list[Draft]:
@@ -88,7 +86,7 @@ class ReferenceWSD:
         self.pilot, self.base, self.settings, self.batch_size = pilot, base, settings, batch_size
 
     def check_fits(self, prompt_id: str, messages: list[Message]) -> None:
-        check_fits(self.pilot, self.base, self.settings, prompt_id, messages)
+        self.settings.check_fits(self.pilot, self.base, prompt_id, messages)
 
     def generate_many(self, prompts):
         """Yields (prompt, record) batch by batch, in input order."""
@@ -102,8 +100,8 @@ class ReferenceWSD:
         drafts = draft_all(self.pilot, conversations, s)
         t1 = time.perf_counter()
         checks = check_all(self.base, conversations, [d.text for d in drafts])
-        switches = [first_switch(c.token_probs, s.window, s.threshold) for c in checks]
-        kept = [c.draft_ids[: keep_count(c.token_probs, s.window, s.threshold)] for c in checks]
+        switches = [s.switch_at(c.token_probs) for c in checks]
+        kept = [s.kept(c.draft_ids, c.token_probs) for c in checks]
         t2 = time.perf_counter()
         continuations = continue_all(self.base, checks, kept, s)
         t3 = time.perf_counter()

@@ -6,7 +6,7 @@ import pytest
 from wsd.backends import vllm_engine
 from wsd.backends.models import ModelSpec
 from wsd.backends.vllm_engine import VLLMEngine, VLLMSettings, check_parallelism
-from wsd.core.config import compose
+from wsd.methods import compose
 from wsd.runs import identity
 
 

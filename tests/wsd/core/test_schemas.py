@@ -6,18 +6,17 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO
-from wsd.core.config import CONF, compose
+from wsd.core.config import CONF
 from wsd.core.schemas import (
     BENCHMARK_BLOCKS,
     JUDGE_BLOCKS,
-    METHOD_BLOCKS,
     GenerationBlock,
     ServeBlock,
     TaxBlock,
-    WSDBlock,
     benchmark_block,
-    method_block,
 )
+from wsd.methods import compose, method_entry
+from wsd.weak_to_strong.switch import WSDBlock
 
 
 @pytest.mark.parametrize("override, stage, key", [
@@ -51,7 +50,7 @@ def test_composed_blocks_are_typed_and_keep_their_values():
     (WSDBlock(window=0), "wsd.window must be an integer >= 1, got 0"),
     (WSDBlock(threshold=1.5), r"wsd.threshold must be a number in \[0, 1\], got 1.5"),
     (WSDBlock(draft_max_tokens=0), "wsd.draft_max_tokens must be an integer >= 1"),
-    (WSDBlock(engine="turbo"), "unknown wsd.engine 'turbo'; accepted: fast, reference"),
+    (WSDBlock(implementation="turbo"), "unknown wsd.implementation 'turbo'; accepted: fast, reference"),
     (TaxBlock(tasks=[]), "tax.tasks must be a non-empty list"),
     (TaxBlock(limit=0), "tax.limit must be null or an integer >= 1, got 0"),
     (TaxBlock(humaneval_timeout=0.0), "tax.humaneval_timeout must be a positive number of seconds"),
@@ -71,14 +70,16 @@ def test_a_value_out_of_range_is_named_by_its_key(block, message):
 ])
 def test_a_method_block_out_of_range_is_named_by_its_key(method, message):
     with pytest.raises(ValueError, match=message):
-        method_block(method)
+        method_entry(method["name"]).block.checked(method)
 
 
 def test_every_shipped_method_benchmark_and_judge_is_typed_by_its_own_schema():
-    for group, schemas in (("method", METHOD_BLOCKS), ("benchmark", BENCHMARK_BLOCKS), ("judge", JUDGE_BLOCKS)):
+    schemas = {"method": lambda name: method_entry(name).block, "benchmark": BENCHMARK_BLOCKS.get,
+               "judge": JUDGE_BLOCKS.get}
+    for group, schema in schemas.items():
         for path in sorted((CONF / group).glob("*.yaml")):
             cfg = compose([f"{group}={path.stem}"], "evaluate")
-            assert OmegaConf.get_type(cfg[group]) is schemas[path.stem], path
+            assert OmegaConf.get_type(cfg[group]) is schema(path.stem), path
     assert OmegaConf.get_type(compose(["judge=mt_bench_grading"], "evaluate").judge.client.serve) is ServeBlock
     with pytest.raises(ValueError, match="benchmark.limit must be null or an integer >= 1, got 0"):
         benchmark_block({"name": "alpaca_eval", "limit": 0})
@@ -95,18 +96,27 @@ def test_the_shipped_defaults_are_in_range():
 
 # --- a default is declared once ------------------------------------------------------
 
-def _schema_defaults() -> dict[str, dict[str, object]]:
-    """Every typed block's defaults: {block class name: {field: default}}."""
+def _blocks() -> list[type]:
+    """Every typed block: the dataclasses of wsd/core/schemas.py and the blocks the methods
+    register from their own modules."""
     import dataclasses
 
     from wsd.core import schemas
 
-    blocks = {}
-    for value in vars(schemas).values():
-        if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == schemas.__name__:
-            blocks[value.__name__] = {f.name: f.default for f in dataclasses.fields(value)
-                                      if f.default is not dataclasses.MISSING}
-    return blocks
+    blocks = {value for value in vars(schemas).values()
+              if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == schemas.__name__}
+    for path in schemas.schema_paths():
+        schema = schemas.schema_for(path)
+        blocks.add(schema if isinstance(schema, type) else type(schema))
+    return sorted(blocks, key=lambda block: block.__name__)
+
+
+def _schema_defaults() -> dict[str, dict[str, object]]:
+    """Every typed block's defaults: {block class name: {field: default}}."""
+    import dataclasses
+
+    return {block.__name__: {f.name: f.default for f in dataclasses.fields(block) if f.default is not dataclasses.MISSING}
+            for block in _blocks()}
 
 
 def _starts_from(config: dict) -> list[tuple[str, str]]:
@@ -120,7 +130,7 @@ def _starts_from(config: dict) -> list[tuple[str, str]]:
 
 
 def test_no_shipped_config_restates_a_default_of_its_typed_block():
-    """The typed blocks (wsd/core/schemas.py) declare every default; a shipped file sets only
+    """The typed blocks declare every default; a shipped file sets only
     what differs (experiment and sweep files are deltas on purpose and may name a value)."""
     from omegaconf import OmegaConf
 
@@ -156,11 +166,16 @@ def test_no_module_restates_a_typed_blocks_default():
         for key, value in defaults.items():
             if key != "name" and isinstance(value, (int, float, str)) and not isinstance(value, bool):
                 fields.setdefault((key, value), name)
+    declared = {(block.__module__, block.__name__) for block in _blocks()}
     found = []
     for path in sorted((REPO / "wsd").rglob("*.py")) + sorted((REPO / "eval").rglob("*.py")):
-        if path.name == "schemas.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        tree = ast.parse(path.read_text())
+        blocks = [n for n in tree.body if isinstance(n, ast.ClassDef) and (module, n.name) in declared]
+        inside_blocks = {id(n) for block in blocks for n in ast.walk(block)}  # where the defaults are declared
+        for node in ast.walk(tree):
+            if id(node) in inside_blocks:
+                continue
             pairs = []
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
                 pairs.append((node.target.id, node.value))

@@ -4,8 +4,8 @@ import pytest
 
 from pipelines import train_pilot
 from tests.conftest import tiny_overrides
-from wsd.core.config import compose
 from wsd.experiments import training
+from wsd.methods import compose
 
 
 def args_of(tmp_path, *overrides, stage="train_pilot"):

@@ -6,8 +6,8 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from wsd.core.config import compose
 from wsd.core.store import config_key
+from wsd.methods import compose
 from wsd.runs import identity
 
 # The folders the generate and evaluate stages gave these configs before `wsd.runs.identity` (commit
@@ -92,3 +92,4 @@ def test_a_result_given_by_path_must_be_a_finished_one_of_that_stage(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"identity": {"stage": "evaluate"}}))
     with pytest.raises(ValueError, match="holds a result of stage evaluate, not of generate"):
         identity.finished(tmp_path, "generate")
+

@@ -1,12 +1,13 @@
 import pytest
 
 from tests.conftest import assert_same_answers, tolerance
-from wsd.backends.decoding import WSDSettings, base_texts
+from wsd.backends.decoding import base_texts
 from wsd.data.prompt_sets import Prompt
 from wsd.weak_to_strong.batched import FastOptions, stable_boundary
 from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_hf import FastWSD
 from wsd.weak_to_strong.reference import ReferenceWSD
+from wsd.weak_to_strong.switch import WSDSettings
 
 TEXTS = [
     "Hi",
@@ -104,8 +105,8 @@ def test_early_stopped_cache_entry_serves_only_earlier_switches(tiny_pair, tmp_p
     records(FastWSD(*tiny_pair, WSDSettings(2, 0.05, 30, 50), FastOptions(batch_size=8, chunk_tokens=4), cache))
     entries = [cache.get(p.messages) for p in PROMPTS]
     partial = [e for e in entries if not e.complete]
-    assert partial and all(e.usable(2, 0.05) for e in partial)
-    assert not any(e.usable(2, 1.0) for e in partial)  # never switches: needs the full draft
+    assert partial and all(e.usable(WSDSettings(2, 0.05)) for e in partial)
+    assert not any(e.usable(WSDSettings(2, 1.0)) for e in partial)  # never switches: needs the full draft
     strict = FastWSD(*tiny_pair, WSDSettings(2, 1.0, 30, 50), FastOptions(batch_size=8, chunk_tokens=4), cache)
     got = records(strict)
     assert not any(got[p.id]["draft_cache_hit"] for p, e in zip(PROMPTS, entries) if not e.complete)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from wsd.backends.decoding import WSDSettings, base_budget, encode
+from wsd.backends.decoding import base_budget, encode
 from wsd.core.prompts import base_prompt, cut_at_stop, pilot_prompt
 from wsd.weak_to_strong.reference import ReferenceWSD, check_all, continue_all, draft_all
+from wsd.weak_to_strong.switch import WSDSettings
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from wsd.core.switch import first_switch, keep_count
+from wsd.weak_to_strong.switch import first_switch, keep_count
 
 
 def direct_keep_count(probs, window, threshold):
