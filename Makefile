@@ -17,7 +17,7 @@ SWEEP ?= threshold
 SWEEP_JUDGE ?= reference_similarity
 OFFLINE := HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1}
 
-.PHONY: setup test reproduce generalign train train-reward sweep report bench clean-venv
+.PHONY: setup test reproduce generalign train train-reward sweep report serve bench clean-venv
 
 setup: $(STAMP)
 
@@ -83,6 +83,11 @@ sweep: setup
 # Paper tables beside ours, plots, the W&B report (online) or its definition: outputs/reports/$(EXPERIMENT)/
 report: setup
 	$(PY) -m pipelines.report experiment=$(EXPERIMENT) $(ARGS)
+
+# The method of this experiment (WSD unless ARGS says method=...) behind an OpenAI-compatible API
+# on 127.0.0.1 (a free port, printed; ARGS="api_server.port=8000"); WSD_API_KEY=... asks for a key.
+serve: setup
+	$(OFFLINE) PYTHONUNBUFFERED=1 $(PY) -m pipelines.serve experiment=$(EXPERIMENT) $(ARGS)
 
 # Decode benchmark on the embedded pair: vLLM and HF, fp32 and bf16 (about 25 minutes on 2 cores; the decode table alone: BENCH_ARGS="--throughput --sweep-prompts 0", 14 minutes); JSON in outputs/bench/
 bench: setup

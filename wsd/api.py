@@ -40,7 +40,10 @@ _TOP_LEVEL = ("seed", "draft_cache_dir", "model_cache_dir")
 class Answer:
     """One answer. WSD's carry its switch: `keep_count` draft tokens (base tokenization) kept,
     `switched` (False: the whole draft was kept), the pilot's `draft_tokens` and the base's
-    `continuation_tokens`; other methods leave them None. `record` is the stage's full record."""
+    `continuation_tokens`; other methods leave them None. `prompt_tokens`: the conversation's
+    text in the tokens of the model that writes the answer's end (the base for WSD; what a
+    method adds around it, a chat template or URIAL's prefix, is not counted). `record` is the
+    stage's full record."""
 
     messages: list[Message]
     response: str
@@ -51,13 +54,14 @@ class Answer:
     switched: bool | None = None
     draft_tokens: int | None = None
     continuation_tokens: int | None = None
+    prompt_tokens: int | None = None
     record: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_record(cls, messages: list[Message], record: dict) -> Answer:
+    def from_record(cls, messages: list[Message], record: dict, prompt_tokens: int | None = None) -> Answer:
         return cls(messages, record["response"], record["response_tokens"], record["stop_reason"],
                    record["seconds"]["total"], record.get("keep_count"), record.get("switched"),
-                   record.get("draft_tokens"), record.get("continuation_tokens"), record)
+                   record.get("draft_tokens"), record.get("continuation_tokens"), prompt_tokens, record)
 
 
 def model_overrides(role: str, model: str) -> list[str]:
@@ -112,22 +116,49 @@ class Generator:
         cfg = cfg or self.cfg
         return self.entry.build(cfg, self.engines(cfg))
 
-    def generate(self, prompts: Sequence[str | list[Message]], **options) -> list[Answer]:
-        """Answers in input order. A prompt is a user message or a list of chat messages;
-        `options` are decoding options for this call (`max_new_tokens`, ...)."""
+    def options_config(self, **options) -> dict:
+        """This method's config with these decoding options (`max_new_tokens`, ...), checked."""
         unknown = set(options) - set(_BLOCKS["generation"])
         if unknown:
             raise ValueError(f"unknown decoding option(s) {sorted(unknown)}; accepted: {', '.join(_BLOCKS['generation'])}")
         cfg = {**self.cfg, "generation": {**self.cfg["generation"], **options}}
         if options:
             self.entry.check(cfg)
+        return cfg
+
+    def generate(self, prompts: Sequence[str | list[Message]], **options) -> list[Answer]:
+        """Answers in input order. A prompt is a user message or a list of chat messages;
+        `options` are decoding options for this call (`max_new_tokens`, ...). A prompt that
+        cannot fit the models' context fails the call before any decoding."""
+        answers = self.answer_each(prompts, **options)
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
+
+    def answer_each(self, prompts: Sequence[str | list[Message]], **options) -> list[Answer | ValueError]:
+        """`generate`, where a prompt that cannot fit gets its error in its place and the others
+        are answered (a server's batch of unrelated requests)."""
+        cfg = self.options_config(**options)
         items = [Prompt(str(i), [{"role": "user", "content": p}] if isinstance(p, str) else list(p))
                  for i, p in enumerate(prompts)]
+        results: list[Answer | ValueError | None] = [None] * len(items)
         with self.pool.holding():
-            method = self.build(cfg)
-            for item in items:
-                method.check_fits(item.id, item.messages)
-            return [Answer.from_record(p.messages, record) for p, record in method.generate_many(items)]
+            models = self.engines(cfg)
+            method = self.entry.build(cfg, models)
+            writer = models[self.entry.roles_for(cfg)[-1]].tokenizer  # the model that writes the answer's end
+            fitting = []
+            for i, item in enumerate(items):
+                try:
+                    method.check_fits(item.id, item.messages)
+                    fitting.append(item)
+                except ValueError as err:
+                    results[i] = err
+            for item, record in method.generate_many(fitting) if fitting else ():
+                text = "\n\n".join(m["content"] for m in item.messages)
+                results[int(item.id)] = Answer.from_record(item.messages, record,
+                                                           len(writer(text, add_special_tokens=False)["input_ids"]))
+        return results
 
 
 def method(name: str, pilot: str = "smollm2_135m_instruct", base: str = "gemma3_270m", backend: str = "hf",

@@ -50,6 +50,27 @@ class GenerationBlock:
 
 
 @dataclass
+class APIServerBlock:
+    """`python -m pipelines.serve`: a generate-stage method behind an OpenAI-compatible API."""
+
+    host: str = "127.0.0.1"  # the address it binds (another only when asked: 0.0.0.0 serves the network)
+    port: int = 0  # 0: a free port, printed at start
+    model_name: Optional[str] = None  # the model id clients ask for (null: the method's name)
+    max_batch: int = 64  # queued requests decoded in one call at most (the method batches by generation.batch_size)
+    batch_wait_ms: float = 5.0  # how long a batch waits for more requests once one arrives
+    api_key_env: str = "WSD_API_KEY"  # when this variable is set, a request must carry it as its Bearer key
+    # answer every request greedily (the paper's decoding) whatever temperature it asks, for
+    # harnesses that send one (FastChat's MT-Bench: 0.7 for writing); false: a greedy-only method refuses it
+    greedy: bool = False
+
+    def validate(self, key: str = "api_server") -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"{key}.port must be in [0, 65535], got {self.port!r}")
+        at_least(f"{key}.max_batch", self.max_batch, 1)
+        at_least(f"{key}.batch_wait_ms", self.batch_wait_ms, 0, "a number")
+
+
+@dataclass
 class TaxBlock:
     """The alignment-tax stage's tasks and their data."""
 
@@ -309,6 +330,7 @@ def schema_paths() -> list[str]:
 
 
 for _path, _block in [("generation", GenerationBlock), ("tax", TaxBlock), ("train", TrainBlock),
+                      ("api_server", APIServerBlock),
                       *((f"benchmark/{n}", b) for n, b in BENCHMARK_BLOCKS.items()),
                       *((f"judge/{n}", b) for n, b in JUDGE_BLOCKS.items())]:
     register_schema(_path, _block)
