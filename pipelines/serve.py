@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines import multirun_flag_first
 from wsd.api import Generator
 from wsd.backends.engines import check_backend
+from wsd.backends.vllm_async import per_request
 from wsd.core.schemas import APIServerBlock
 from wsd.methods import effective_backend
 from wsd.serving.openai_api import create_app
@@ -42,8 +43,10 @@ def run(cfg: DictConfig) -> None:
     name = settings.model_name or resolved["method"]["name"]
     log.info("loading %s's models (%s) on %s", name, ", ".join(generator.specs), resolved["backend"]["name"])
     generator.engines()
+    # vLLM's async engine takes requests from every thread into one scheduler: batches overlap
+    workers = resolved["backend"]["max_in_flight"] if per_request(resolved["backend"]) else 1
     app = create_app(generator, name, os.environ.get(settings.api_key_env) or None, settings.max_batch,
-                     settings.batch_wait_ms / 1000, settings.greedy)
+                     settings.batch_wait_ms / 1000, settings.greedy, workers)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))

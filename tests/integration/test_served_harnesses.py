@@ -6,9 +6,9 @@ WSD gives through the Python API for the same messages and budget."""
 import pytest
 
 import wsd
-from tests.served import Served
 from wsd.core.config import benchmark_config
 from wsd.data.prompt_sets import load_benchmark
+from wsd.serving.in_thread import InThread
 from wsd.serving.openai_api import create_app
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def generator():
 @pytest.fixture(scope="module")
 def served(generator):
     generator.engines()
-    with Served(create_app(generator, "wsd", api_key=None, max_batch=64, batch_wait_s=0.005)) as server:
+    with InThread(create_app(generator, "wsd", api_key=None, max_batch=64, batch_wait_s=0.005)) as server:
         yield server
 
 

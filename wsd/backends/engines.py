@@ -166,6 +166,15 @@ def model_identity(model: dict, backend: dict) -> dict:
     return model
 
 
+def backend_identity(backend: dict) -> dict:
+    """What of a backend block determines outputs: all of it, but where requests are batched
+    (`scheduling: batched`, or a block saved before scheduling existed) not the per-request
+    path's settings, which change nothing there."""
+    if backend.get("scheduling", "batched") == "batched":
+        return {k: v for k, v in backend.items() if k not in ("scheduling", "max_in_flight")}
+    return dict(backend)
+
+
 def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; accepted: {', '.join(BACKENDS)}")
@@ -175,9 +184,10 @@ def load_engine(spec: ModelSpec, backend: dict, cache_dir: str) -> Engine:
     """The model of `spec` on the configured backend (`conf/backend/*.yaml`)."""
     check_backend(backend["name"])
     if backend["name"] == "vllm":
+        from wsd.backends.vllm_async import AsyncVLLMEngine, per_request
         from wsd.backends.vllm_engine import VLLMEngine
 
-        return VLLMEngine.prepare(spec, backend, cache_dir)
+        return (AsyncVLLMEngine if per_request(backend) else VLLMEngine).prepare(spec, backend, cache_dir)
     loaded = load_model(spec, cache_dir)
     return HFEngine(spec=loaded.spec, model=loaded.model, tokenizer=loaded.tokenizer, folder=loaded.folder)
 

@@ -283,27 +283,30 @@ class VLLMEngine:
         row gets its own seed, drawn from the global torch RNG, so `transformers.set_seed`
         makes a batch reproducible as it does on HF."""
         import torch
-        from vllm import SamplingParams
 
-        eos = set(self._eos)
         rows = [i for i, b in enumerate(budgets) if b > 0]
         seeds = torch.randint(0, 2**62, (len(budgets),)).tolist() if sampling else [None] * len(budgets)
-        params = []
-        for i in rows:
-            temperature, top_p = sampling or (0.0, 1.0)
-            params.append(SamplingParams(
-                temperature=temperature, top_p=top_p, max_tokens=budgets[i], stop=list(stops) or None,
-                # fixed length: EOS may not even be chosen (HF's min_new_tokens), not just not stop
-                ignore_eos=fixed_length, min_tokens=budgets[i] if fixed_length else 0,
-                stop_token_ids=None if fixed_length else sorted(eos),
-                seed=seeds[i],
-                # stop strings are matched on text that keeps special tokens, as HF's are
-                detokenize=bool(stops), skip_special_tokens=False))
+        params = [self.generate_params(budgets[i], stops, fixed_length, sampling, seeds[i]) for i in rows]
         self.requests["generate"] += len(rows)
         results = [Generated([], "length") for _ in budgets]
         for i, out in zip(rows, self._run([prompts[i] for i in rows], params)):
-            results[i] = _generated(out.outputs[0], eos, fixed_length)
+            results[i] = _generated(out.outputs[0], set(self._eos), fixed_length)
         return results
+
+    def generate_params(self, budget: int, stops, fixed_length: bool, sampling=None, seed=None):
+        """One answer's request: greedy (or `sampling` = (temperature, top_p) with `seed`) up
+        to `budget` new tokens, stopping at EOS and `stops` as the HF engine does."""
+        from vllm import SamplingParams
+
+        temperature, top_p = sampling or (0.0, 1.0)
+        return SamplingParams(
+            temperature=temperature, top_p=top_p, max_tokens=budget, stop=list(stops) or None,
+            # fixed length: EOS may not even be chosen (HF's min_new_tokens), not just not stop
+            ignore_eos=fixed_length, min_tokens=budget if fixed_length else 0,
+            stop_token_ids=None if fixed_length else sorted(self._eos),
+            seed=seed,
+            # stop strings are matched on text that keeps special tokens, as HF's are
+            detokenize=bool(stops), skip_special_tokens=False)
 
     def score(self, sequences, starts):
         return [[math.exp(lp) for lp in row] for row in self._logprobs(sequences, starts)]
@@ -336,8 +339,6 @@ class VLLMEngine:
         caching is on, a request reads the cache (vLLM then computes log-probabilities only
         past the cached prefix); a row whose cached prefix covers a wanted position is
         scored again without reading it."""
-        from vllm import SamplingParams
-
         if any(start < 1 for start in starts):
             raise ValueError("the first token of a sequence has no probability to score")
         reuse = self.settings.enable_prefix_caching
@@ -347,20 +348,24 @@ class VLLMEngine:
         for read_cache in ([True, False] if reuse else [False]):
             if not todo:
                 break
-            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
-                                    skip_reading_prefix_cache=not read_cache)
-            outs = self._run([sequences[i] for i in todo], [params] * len(todo))
+            outs = self._run([sequences[i] for i in todo], [self.score_params(read_cache)] * len(todo))
             self.requests["score" if read_cache or not reuse else "score_recomputed"] += len(todo)
             again = []
             for i, out in zip(todo, outs):
-                ids, start = sequences[i], starts[i]
-                if read_cache and (out.num_cached_tokens or 0) + 1 > start:
+                if read_cache and cache_covers(out, starts[i]):
                     again.append(i)
                     continue
-                logprobs = out.prompt_logprobs
-                results[i] = [logprobs[j][ids[j]].logprob for j in range(start, len(ids))]
+                results[i] = prompt_logprobs(out, sequences[i], starts[i])
             todo = again
         return results
+
+    @staticmethod
+    def score_params(read_cache: bool):
+        """A scoring request: the prompt's log-probabilities, one throwaway token."""
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                              skip_reading_prefix_cache=not read_cache)
 
     def probe(self, ids, max_tokens, min_prob=0.0):
         """Greedy, all `max_tokens` at once, with each chosen token's probability (vLLM's raw
@@ -374,6 +379,17 @@ class VLLMEngine:
         tokens = list(out.token_ids)
         probs = [math.exp(step[t].logprob) for step, t in zip(out.logprobs, tokens)]
         return tokens, probs
+
+
+def cache_covers(output, start: int) -> bool:
+    """Did the request read a cached prefix reaching a position it was to score? vLLM has no
+    log-probabilities for cached positions; such a row is scored again without the cache."""
+    return (output.num_cached_tokens or 0) + 1 > start
+
+
+def prompt_logprobs(output, ids: list[int], start: int) -> list[float]:
+    """log P(ids[j] | ids[:j]) for j >= start, from a scoring request's output."""
+    return [output.prompt_logprobs[j][ids[j]].logprob for j in range(start, len(ids))]
 
 
 def _generated(output, eos: set[int], fixed_length: bool) -> Generated:

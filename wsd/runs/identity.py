@@ -25,7 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from wsd.backends.engines import model_identity
+from wsd.backends.engines import backend_identity, model_identity
 from wsd.core.store import config_key, slug, write_atomic
 from wsd.methods import effective_backend, method_entry
 
@@ -147,7 +147,7 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict, dict[str, str]]:
     roles = list(entry.roles_for(cfg)) + (["reward_model"] if entry.reward else [])
     payload, inputs = _model_inputs(cfg, roles, backend)
     if backend["name"] != "hf":  # HF, the default, keeps the keys its runs always had
-        payload["backend"] = backend
+        payload["backend"] = backend_identity(backend)
     payload.update(method=_plain(cfg.method), seed=cfg.seed, generation=_plain(cfg.generation))
     if entry.uses_wsd_block:
         # keyed by the names the block had when runs were first written (`wsd.implementation`

@@ -1,6 +1,8 @@
 """Concurrent requests decoded together: the requests that arrive while a batch decodes wait
 in a queue and go to the method as the next batch, grouped by their decoding options, so a
 server with many clients keeps its engine busy with batches instead of one prompt at a time.
+With `workers` > 1 (vLLM's async engine, whose requests from any thread meet in one
+scheduler) the next batch starts while others run, so requests reach the engine as they come.
 A request whose client left before its batch started is dropped; one that cannot fit the
 context gets its own error and the rest of its batch is answered."""
 
@@ -25,18 +27,22 @@ class Pending:
 
 
 class MicroBatcher:
-    """Feeds one `Generator` from many coroutines. Model work runs on one worker thread (the
-    models are shared and not thread-safe); the event loop keeps accepting requests meanwhile."""
+    """Feeds one `Generator` from many coroutines. Model work runs on `workers` threads (1 for
+    transformers models, which are shared and not thread-safe); the event loop keeps accepting
+    requests meanwhile."""
 
-    def __init__(self, generator: Generator, max_batch: int, wait_s: float):
+    def __init__(self, generator: Generator, max_batch: int, wait_s: float, workers: int = 1):
         self.generator, self.max_batch, self.wait_s = generator, max_batch, wait_s
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsd-decode")
+        self.worker = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsd-decode")
+        self.workers = workers
         self.batches = 0  # batches decoded (tests and logs: were clients decoded together?)
         self.largest_batch = 0
         self._task: asyncio.Task | None = None
+        self._slots: asyncio.Semaphore | None = None
 
     def start(self) -> None:
+        self._slots = asyncio.Semaphore(self.workers)
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     async def stop(self) -> None:
@@ -62,7 +68,9 @@ class MicroBatcher:
                 if not pending.future.done():  # its client is still waiting
                     groups.setdefault(pending.options, []).append(pending)
             for options, group in groups.items():
-                await self._decode(group, dict(options))
+                await self._slots.acquire()  # with one worker: the next batch forms while this one decodes
+                task = asyncio.get_running_loop().create_task(self._decode(group, dict(options)))
+                task.add_done_callback(lambda _: self._slots.release())
 
     async def _decode(self, group: list[Pending], options: dict) -> None:
         try:

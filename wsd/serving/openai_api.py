@@ -106,12 +106,12 @@ def finish_reason(answer: Answer) -> str:
 
 
 def create_app(generator: Generator, model_name: str, api_key: str | None, max_batch: int,
-               batch_wait_s: float, greedy: bool = False) -> FastAPI:
+               batch_wait_s: float, greedy: bool = False, workers: int = 1) -> FastAPI:
     """The app over `generator` (its models loaded on the first batch; the stage loads them
     before it listens). `api_key`: when set, every request must carry it as its Bearer key.
     `greedy`: every answer greedy, a request's sampling settings set aside (and named in its
-    `wsd` field)."""
-    batcher = MicroBatcher(generator, max_batch, batch_wait_s)
+    `wsd` field). `workers`: batches decoding at once (see `MicroBatcher`)."""
+    batcher = MicroBatcher(generator, max_batch, batch_wait_s, workers)
     method = generator.entry.name
 
     @contextlib.asynccontextmanager

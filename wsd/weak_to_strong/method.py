@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from wsd.backends.engines import Engine, model_identity
+from wsd.backends.engines import Engine, backend_identity, model_identity
+from wsd.backends.vllm_async import per_request
 from wsd.core.prompts import Message
 from wsd.core.registration import Method, MethodEntry, backend_name, decode_options
 from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_hf import FastWSD
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
+from wsd.weak_to_strong.per_request import PerRequestWSD
 from wsd.weak_to_strong.reference import ReferenceWSD, summarize
 from wsd.weak_to_strong.switch import WSDBlock, WSDSettings
 
@@ -47,7 +49,8 @@ def wsd_settings(cfg: dict) -> tuple[WSDBlock, WSDSettings, FastOptions]:
 def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     """`wsd.implementation=reference`: the three passes (on HF one prompt at a time). `fast`:
     the fastest engine of the backend: on HF one shared KV cache per batch (`FastWSD`), on
-    vLLM chunked drafting with prefix-cached scoring (`ChunkedWSD`)."""
+    vLLM chunked drafting with prefix-cached scoring, batch by batch (`ChunkedWSD`) or each
+    prompt its own pipeline on the async engine (`PerRequestWSD`, `backend.scheduling=per_request`)."""
     block, settings, options = wsd_settings(cfg)
     if settings.draft_max_tokens < block.draft_max_tokens:
         log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
@@ -59,6 +62,8 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
         return WSDMethod(ReferenceWSD(pilot, base, settings, batch_size=options.batch_size if vllm else 1))
     draft_cache = (DraftCache(cfg["draft_cache_dir"], draft_identity(cfg, settings, options))
                    if cfg.get("draft_cache_dir") else None)
+    if per_request(cfg.get("backend")):
+        return WSDMethod(PerRequestWSD(pilot, base, settings, options, draft_cache, cfg["backend"]["max_in_flight"]))
     fast = ChunkedWSD if vllm else FastWSD
     return WSDMethod(fast(pilot, base, settings, options, draft_cache))
 
@@ -69,7 +74,7 @@ def draft_identity(cfg: dict, settings: WSDSettings, options: FastOptions) -> di
     budget, fixed-length decoding, the seed, and the batching (in bf16 the batch's shape
     changes the numbers). Not the switch rule, nor the answer's budget and stop strings, so
     every point of a (window, threshold) sweep shares the entries."""
-    backend = dict(cfg.get("backend") or {"name": "hf"})
+    backend = backend_identity(cfg.get("backend") or {"name": "hf"})
     identity = {role: model_identity(cfg[role], backend) for role in ("pilot", "base")}
     identity.update(draft_max_tokens=settings.draft_max_tokens, fixed_length=settings.fixed_length,
                     seed=cfg["seed"], batch_size=options.batch_size, chunk_tokens=options.chunk_tokens)

@@ -61,7 +61,7 @@ class ChunkedWSD(BatchedWSD):
     def _draft_and_score(self, rows: list[Row]) -> float:
         """Chunks of drafting, each followed by one scoring call over the rows' new stable
         tokens, until every row is final or has switched. Returns scoring seconds."""
-        s, opts = self.settings, self.options
+        s = self.settings
         stops = s.draft_stops(self.pilot)
         block = getattr(self.base, "cache_block", None)
         scoring, active = 0.0, list(rows)
@@ -72,31 +72,42 @@ class ChunkedWSD(BatchedWSD):
             self.counter["base_scoring"] += len(rows)
             scoring += time.perf_counter() - started
         while active:
-            budgets = [min(opts.chunk_tokens, s.draft_max_tokens - len(r.drafted)) for r in active]
+            budgets = [self._chunk_budget(r) for r in active]
             self.counter["pilot_drafting"] += len(active)
             chunks = self.pilot.generate([r.pilot_ids + r.drafted for r in active], budgets, stops, s.fixed_length)
             started = time.perf_counter()
-            states = []
-            for row, chunk in zip(active, chunks):
-                before = len(row.drafted)
-                row.drafted += chunk.ids
-                reason = chunk.stop_reason
-                cut = None if reason != "length" else first_stop(self.pilot.tokenizer, row.drafted, stops, before + 1)
-                if cut is not None:
-                    row.drafted, reason = row.drafted[:cut], "stop_string"
-                final = reason != "length" or len(row.drafted) >= s.draft_max_tokens
-                draft = make_draft(self.pilot, Generated(row.drafted, reason), stops)
-                states.append((row, draft, final, self._scoring_request(row, draft.text, final, block)))
+            states = [(row, *self._take_chunk(row, chunk, stops, block)) for row, chunk in zip(active, chunks)]
             wanted = [(row, req) for row, _, _, req in states if req is not None]
             if wanted:
                 self.counter["base_scoring"] += len(wanted)
                 probs = self.base.score([ids for _, (ids, _) in wanted], [start for _, (_, start) in wanted])
-                for (row, (ids, start)), p in zip(wanted, probs):
-                    row.tokens.probs = row.tokens.probs[: start - row.tokens.n_prompt] + p
-                    row.tokens.ids = list(ids)
+                for (row, request), p in zip(wanted, probs):
+                    self._take_scores(row, request, p)
             scoring += time.perf_counter() - started
             active = [row for row, draft, final, _ in states if not self._settle(row, draft, final)]
         return scoring
+
+    def _chunk_budget(self, row: Row) -> int:
+        return min(self.options.chunk_tokens, self.settings.draft_max_tokens - len(row.drafted))
+
+    def _take_chunk(self, row: Row, chunk: Generated, stops: list[str], block: int | None):
+        """A drafting chunk joins its row's draft: (the draft so far, whether it is final, the
+        scoring request its new stable tokens need or None)."""
+        before = len(row.drafted)
+        row.drafted += chunk.ids
+        reason = chunk.stop_reason
+        cut = None if reason != "length" else first_stop(self.pilot.tokenizer, row.drafted, stops, before + 1)
+        if cut is not None:
+            row.drafted, reason = row.drafted[:cut], "stop_string"
+        final = reason != "length" or len(row.drafted) >= self.settings.draft_max_tokens
+        draft = make_draft(self.pilot, Generated(row.drafted, reason), stops)
+        return draft, final, self._scoring_request(row, draft.text, final, block)
+
+    @staticmethod
+    def _take_scores(row: Row, request: tuple[list[int], int], probs: list[float]) -> None:
+        ids, start = request
+        row.tokens.probs = row.tokens.probs[: start - row.tokens.n_prompt] + probs
+        row.tokens.ids = list(ids)
 
     @staticmethod
     def _scoring_request(row: Row, draft_text: str, final: bool, block: int | None):

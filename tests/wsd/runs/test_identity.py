@@ -93,3 +93,12 @@ def test_a_result_given_by_path_must_be_a_finished_one_of_that_stage(tmp_path):
     with pytest.raises(ValueError, match="holds a result of stage evaluate, not of generate"):
         identity.finished(tmp_path, "generate")
 
+
+def test_per_request_scheduling_keys_its_runs_and_batched_runs_keep_theirs(tmp_path, monkeypatch):
+    """vLLM's per-request path is keyed apart (in bf16 its batches differ); the scheduling keys
+    change nothing where requests are batched, so batched runs keep their folders."""
+    monkeypatch.chdir(tmp_path)
+    folder = lambda *o: str(identity.generation(compose(["backend=vllm", *o])).folder)  # noqa: E731
+    assert folder("backend.max_in_flight=8") == f"outputs/{BEFORE[('backend=vllm',)]}"
+    per_request = folder("backend.scheduling=per_request")
+    assert per_request != folder() and per_request != folder("backend.scheduling=per_request", "backend.max_in_flight=8")

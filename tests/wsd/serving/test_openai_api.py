@@ -13,8 +13,8 @@ import pytest
 import wsd
 from pipelines import generate
 from tests.conftest import compose, tiny_overrides
-from tests.served import Served
 from wsd.serving.batcher import MicroBatcher
+from wsd.serving.in_thread import InThread
 from wsd.serving.openai_api import create_app
 
 QUESTIONS = ["What is the capital of France?", "How do I bake a cake?", "Tell me a fact.", "Name a colour."]
@@ -38,7 +38,7 @@ def generator(tiny_models, tmp_path_factory, pool):
 @pytest.fixture(scope="module")
 def served(generator):
     generator.engines()  # as the stage does: models load before it listens
-    with Served(create_app(generator, "wsd", api_key=None, max_batch=64, batch_wait_s=0.005)) as server:
+    with InThread(create_app(generator, "wsd", api_key=None, max_batch=64, batch_wait_s=0.005)) as server:
         yield server
 
 
@@ -116,7 +116,7 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(served, records, 
 
 
 def test_a_greedy_server_sets_a_requested_temperature_aside(generator, records):
-    with Served(create_app(generator, "wsd", api_key=None, max_batch=8, batch_wait_s=0, greedy=True)) as server, \
+    with InThread(create_app(generator, "wsd", api_key=None, max_batch=8, batch_wait_s=0, greedy=True)) as server, \
             httpx.Client(timeout=600) as client:
         reply = client.post(f"{server.url}/chat/completions", json=chat(QUESTIONS[0], temperature=0.7)).json()
     assert reply["choices"][0]["message"]["content"] == records[QUESTIONS[0]]["response"]
@@ -124,7 +124,7 @@ def test_a_greedy_server_sets_a_requested_temperature_aside(generator, records):
 
 
 def test_an_api_key_is_asked_when_set(generator):
-    with Served(create_app(generator, "wsd", api_key="s3cret", max_batch=8, batch_wait_s=0)) as server, \
+    with InThread(create_app(generator, "wsd", api_key="s3cret", max_batch=8, batch_wait_s=0)) as server, \
             httpx.Client(timeout=600) as client:
         assert client.get(f"{server.url}/models").status_code == 401
         wrong = client.get(f"{server.url}/models", headers={"Authorization": "Bearer guess"})
@@ -165,3 +165,45 @@ def test_requests_that_arrive_together_are_decoded_together_and_a_cancelled_one_
     assert [a.response for a in answers[:3]] == [records[q]["response"] for q in QUESTIONS[:3]]
     [alone] = generator.generate([QUESTIONS[0]], max_new_tokens=MAX_TOKENS - 5)
     assert (answers[3].response, answers[3].keep_count) == (alone.response, alone.keep_count)
+
+
+def test_sixty_four_clients_some_leaving_get_their_records_and_nothing_is_left_behind(generator, records):
+    """A bounded load: 64 clients, 2 requests each, every 8th client gone before its first answer
+    (a 1 ms read timeout). Every completed answer is its record; afterwards the queue is empty,
+    the server answers, and the process holds about the memory it held before."""
+    import gc
+
+    import psutil
+
+    app = create_app(generator, "wsd", api_key=None, max_batch=64, batch_wait_s=0.005)
+    completed, left = [], []
+
+    def client(i: int) -> None:
+        timeout = httpx.Timeout(600, read=0.001) if i % 8 == 0 else httpx.Timeout(600)
+        with httpx.Client(timeout=timeout) as http:
+            for j in range(2):
+                question = QUESTIONS[(i + j) % len(QUESTIONS)]
+                try:
+                    reply = http.post(f"{server.url}/chat/completions", json=chat(question))
+                except httpx.ReadTimeout:
+                    left.append(question)
+                    return
+                completed.append((question, reply.status_code, reply.json()["choices"][0]["message"]["content"]))
+
+    with InThread(app) as server:
+        client(1)  # warm: the first answers allocate what every later one reuses
+        gc.collect()
+        before = psutil.Process().memory_info().rss
+        completed.clear()
+        with ThreadPoolExecutor(64) as threads:
+            list(threads.map(client, range(64)))
+        batcher = app.state.batcher
+        assert batcher.queue.empty()
+        with httpx.Client(timeout=600) as http:
+            after = http.post(f"{server.url}/chat/completions", json=chat(QUESTIONS[3])).json()
+    assert after["choices"][0]["message"]["content"] == records[QUESTIONS[3]]["response"]
+    assert len(completed) + len(left) >= 64 + 56 and left  # the leaving clients asked once each
+    assert all(status == 200 and text == records[q]["response"] for q, status, text in completed)
+    gc.collect()
+    grown_mib = (psutil.Process().memory_info().rss - before) / 2**20
+    assert grown_mib < 512, f"the process grew by {grown_mib:.0f} MiB under load"

@@ -1,5 +1,5 @@
-"""A served app for tests: uvicorn in a thread of the test process, on a socket bound to
-127.0.0.1 on a free port, started within a time limit and stopped on exit."""
+"""An app served from a thread of this process (tests, benchmarks): uvicorn on a socket bound
+to 127.0.0.1 on a free port, started within a time limit and stopped on exit."""
 
 import socket
 import threading
@@ -8,7 +8,7 @@ import time
 START_TIMEOUT_S = 120
 
 
-class Served:
+class InThread:
     """uvicorn in a thread, on a socket bound here to 127.0.0.1:0; stopped on exit."""
 
     def __init__(self, app):

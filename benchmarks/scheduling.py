@@ -1,0 +1,211 @@
+"""Scheduling benchmark on the embedded pair, vLLM, fp32: batches of 8 against per-request
+pipelines on vLLM's async engine, offline and served, side by side in one process.
+
+    make bench                                   # this table after the decode benchmark's
+    python -m benchmarks.scheduling --prompts 32 --length 128 --draft 64 --clients 1 8 32
+
+Fixed output length (no EOS, no stop strings): every method writes exactly L tokens per prompt,
+so tokens/s compare like for like. Offline: base only (all prompts in one call), the three
+passes on vLLM (all prompts at once), WSD's chunked fast path in batches of 8 (today's
+`backend=vllm`) and all at once, and WSD per request (`backend.scheduling=per_request`, every
+prompt submitted at once). Served: `pipelines.serve`'s app over the per-request WSD, on
+127.0.0.1, with 1, 8 and 32 clients each sending the next prompt when its answer arrives
+(tokens/s, p50/p95 latency). Equivalence: per-request and batched records compared by
+`keep_count` and `response`. The JSON goes to outputs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.decode import timed, timed_generate
+from wsd.api import Generator
+from wsd.backends.decoding import base_texts, encode
+from wsd.backends.engines import ModelPool
+from wsd.backends.models import ModelSpec
+from wsd.core.prompts import pilot_prompt
+from wsd.data.prompt_sets import load_benchmark
+from wsd.methods import compose
+from wsd.weak_to_strong.batched import FastOptions
+from wsd.weak_to_strong.on_vllm import ChunkedWSD
+from wsd.weak_to_strong.per_request import PerRequestWSD
+from wsd.weak_to_strong.reference import ReferenceWSD
+from wsd.weak_to_strong.switch import WSDSettings
+
+OLD_BATCH = 8  # what every method handed vLLM before per-request scheduling (generation.batch_size)
+
+
+def config(args, scheduling: str) -> dict:
+    cfg = compose([f"pilot={args.pilot}", f"base={args.base}", "backend=vllm", f"backend.scheduling={scheduling}",
+                   "benchmark=alpaca_eval", f"benchmark.limit={args.prompts}", "logger=none", "draft_cache_dir=null",
+                   f"generation.max_new_tokens={args.length}", "generation.fixed_length=true",
+                   f"generation.chunk_tokens={args.chunk}", f"wsd.draft_max_tokens={args.draft}",
+                   f"wsd.window={args.window}", f"wsd.threshold={args.threshold}"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def pair(pool: ModelPool, r: dict):
+    return tuple(pool.engine(ModelSpec.from_config(r[role]), r["backend"], r["model_cache_dir"])
+                 for role in ("pilot", "base"))
+
+
+def warm(pilot, base, prompts) -> None:
+    """Engine start-up and first-use costs, outside every timing."""
+    ids = encode(base.tokenizer, base_texts(base, prompts[0].messages)[0])
+    pilot.generate([encode(pilot.tokenizer, pilot_prompt(pilot.tokenizer, prompts[0].messages))], [2], [])
+    base.generate([ids], [2], [])
+    base.score([ids], [len(ids) - 4])
+
+
+def same(a: dict, b: dict) -> int:
+    return sum((a[k]["keep_count"], a[k]["response"]) == (b[k]["keep_count"], b[k]["response"]) for k in a)
+
+
+def served(args, console, generator: Generator, prompts, clients: int) -> dict:
+    """`clients` concurrent clients over the prompts, each asking the next when answered."""
+    import httpx
+
+    from wsd.serving.in_thread import InThread
+    from wsd.serving.openai_api import create_app
+
+    queue = list(prompts)
+    latencies, answers = [], {}
+
+    def client(http: httpx.Client, url: str) -> None:
+        while True:
+            try:
+                prompt = queue.pop(0)
+            except IndexError:
+                return
+            started = time.perf_counter()
+            body = http.post(f"{url}/chat/completions", json={"model": "wsd", "messages": prompt.messages,
+                                                              "max_tokens": args.length}).json()
+            latencies.append(time.perf_counter() - started)
+            answers[prompt.id] = {"keep_count": body["wsd"]["keep_count"],
+                                  "response": body["choices"][0]["message"]["content"]}
+
+    workers = generator.cfg["backend"]["max_in_flight"]  # as pipelines.serve sets it on the async engine
+    with InThread(create_app(generator, "wsd", None, max_batch=256, batch_wait_s=0.005, workers=workers)) as server, \
+            httpx.Client(timeout=3600, limits=httpx.Limits(max_connections=clients)) as http:
+        for engine in generator.engines().values():
+            engine.reset_prefix_cache()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as threads:
+            list(threads.map(lambda _: client(http, server.url), range(clients)))
+        wall = time.perf_counter() - started
+    q = statistics.quantiles(latencies, n=20)
+    result = {"clients": clients, "seconds": wall, "tokens_per_s": len(prompts) * args.length / wall,
+              "p50_s": statistics.median(latencies), "p95_s": q[18], "answers": answers}
+    console.print(f"  served, {clients:2d} clients: {wall:.1f} s, {result['tokens_per_s']:.1f} tokens/s, "
+                  f"p50 {result['p50_s']:.1f} s, p95 {result['p95_s']:.1f} s")
+    return result
+
+
+def run(args) -> dict:
+    console = Console()
+    console.width = max(console.width, 140)
+    batched_cfg, per_request_cfg = config(args, "batched"), config(args, "per_request")
+    prompts = load_benchmark(batched_cfg["benchmark"])
+    N, L = len(prompts), args.length
+    settings = WSDSettings(args.window, args.threshold, args.draft, L, fixed_length=True)
+    console.print(f"[bold]{N} AlpacaEval prompts x {L} tokens, draft {args.draft}, chunk {args.chunk}, "
+                  f"w={args.window}, gamma={args.threshold}, fp32, {torch.get_num_threads()} threads")
+    seconds, records = {}, {}
+    base_ids = None
+
+    pool = ModelPool()
+    vpilot, vbase = pair(pool, batched_cfg)
+    warm(vpilot, vbase, prompts)
+    base_ids = [encode(vbase.tokenizer, base_texts(vbase, p.messages)[0]) for p in prompts]
+    seconds["base only, all at once"] = timed_generate(vbase, base_ids, L)
+    offline = {
+        "three passes, all at once": ReferenceWSD(vpilot, vbase, settings, batch_size=N),
+        f"WSD chunked, batches of {OLD_BATCH} (today's default)":
+            ChunkedWSD(vpilot, vbase, settings, FastOptions(batch_size=OLD_BATCH, chunk_tokens=args.chunk)),
+        "WSD chunked, all at once": ChunkedWSD(vpilot, vbase, settings, FastOptions(batch_size=N, chunk_tokens=args.chunk)),
+    }
+    for name, method in offline.items():
+        seconds[name], records[name] = timed(method, prompts, vpilot, vbase)
+        console.print(f"  {name}: {seconds[name]:.1f} s")
+    for engine in (vpilot, vbase):
+        engine.close()
+
+    pool = ModelPool()
+    apilot, abase = pair(pool, per_request_cfg)
+    warm(apilot, abase, prompts)
+    name = "WSD per request, all submitted"
+    per_request = PerRequestWSD(apilot, abase, settings, FastOptions(chunk_tokens=args.chunk), max_in_flight=N)
+    seconds[name], records[name] = timed(per_request, prompts, apilot, abase)
+    console.print(f"  {name}: {seconds[name]:.1f} s")
+    generator = Generator(per_request_cfg, pool)
+    serving = [served(args, console, generator, prompts, c) for c in args.clients]
+    for c in serving:
+        seconds[f"served per request, {c['clients']} clients"] = c["seconds"]
+    for engine in (apilot, abase):
+        engine.close()
+
+    old = f"WSD chunked, batches of {OLD_BATCH} (today's default)"
+    table = Table(title=f"{N} prompts x {L} tokens on vLLM (fp32, CPU): tokens/s side by side")
+    for col in ("method", "wall s", "tokens/s", f"/ {old}", "p50 s", "p95 s"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    latency = {f"served per request, {c['clients']} clients": c for c in serving}
+    for key, s in seconds.items():
+        lat = latency.get(key, {})
+        table.add_row(key, f"{s:.1f}", f"{N * L / s:.1f}", f"{s / seconds[old]:.3f}",
+                      f"{lat['p50_s']:.1f}" if lat else "", f"{lat['p95_s']:.1f}" if lat else "")
+    console.print(table)
+    equivalence = {f"per request == {old}": [same(records[name], records[old]), N],
+                   "per request == three passes": [same(records[name], records["three passes, all at once"]), N],
+                   f"{old} == three passes": [same(records[old], records["three passes, all at once"]), N]}
+    equivalence.update({f"served {c['clients']} clients == per request offline":
+                        [same(c["answers"], records[name]), N] for c in serving})
+    for key, (agree, n) in equivalence.items():
+        console.print(f"  {key}: {agree} of {n}")
+    top = max(serving, key=lambda c: c["clients"])
+    targets = {f"served {top['clients']} clients / offline per request (tokens/s)":
+                   (seconds[name] / top["seconds"], ">= 0.9"),
+               f"offline per request / {old} (time)": (seconds[name] / seconds[old], "<= 1"),
+               "offline per request / three passes all at once (time)":
+                   (seconds[name] / seconds["three passes, all at once"], "< 1")}
+    for key, (value, target) in targets.items():
+        console.print(f"  {key} = {value:.3f} (target {target})")
+    return {"settings": vars(args), "seconds": seconds, "equivalence": equivalence,
+            "served": [{k: v for k, v in c.items() if k != "answers"} for c in serving],
+            "targets": {k: {"value": v, "target": t} for k, (v, t) in targets.items()},
+            "per_request_requests": per_request.counter}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pilot", default="smollm2_135m_instruct")
+    parser.add_argument("--base", default="gemma3_270m")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128, help="L: output tokens per prompt")
+    parser.add_argument("--draft", type=int, default=64, help="pilot draft budget")
+    parser.add_argument("--window", type=int, default=6)
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--chunk", type=int, default=16, help="draft tokens per chunk")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--out", default="outputs/bench")
+    args = parser.parse_args(argv)
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"scheduling-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
