@@ -99,7 +99,7 @@ class AsyncVLLMEngine(VLLMEngine):
     def _stop(self) -> None:
         if self._llm is not None:
             llm, self._llm = self._llm, None
-            llm.shutdown()
+            engine_loop().call(_shutdown(llm))
 
     def close(self) -> None:
         self._stop()
@@ -160,3 +160,9 @@ class AsyncVLLMEngine(VLLMEngine):
             self.requests["score_recomputed"] += 1
             output = await self.request(ids, self.score_params(read_cache=False))
         return [math.exp(lp) for lp in prompt_logprobs(output, ids, start)]
+
+
+async def _shutdown(llm) -> None:
+    """On the engine loop, where its output handler runs: the handler is cancelled before the
+    engine core stops, instead of reading from a core that died under it."""
+    llm.shutdown()
