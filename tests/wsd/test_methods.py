@@ -305,8 +305,9 @@ def test_the_draft_cache_is_keyed_by_backend_and_by_the_engine_settings_in_use()
 def test_a_draft_budget_above_the_answer_budget_is_clamped_and_said(caplog):
     """The pilot never drafts past the answer's budget (a kept draft of k > budget got a base
     budget of 1 and outran it), and the context check covers the longest answer allowed."""
-    from wsd.weak_to_strong.method import wsd_settings
+    from wsd.weak_to_strong.method import _say_draft_lowered, wsd_settings
 
+    _say_draft_lowered.cache_clear()  # said once per pair in a process: this test must see it said
     cfg = config("wsd")
     cfg["wsd"] = {**cfg["wsd"], "draft_max_tokens": 96}
     _, settings, _ = wsd_settings(cfg)
@@ -314,6 +315,10 @@ def test_a_draft_budget_above_the_answer_budget_is_clamped_and_said(caplog):
     with caplog.at_level("WARNING", logger="wsd.weak_to_strong.method"):
         method_entry("wsd").build(cfg, {"pilot": None, "base": None})
     assert "wsd.draft_max_tokens=96" in caplog.text and "generation.max_new_tokens=16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wsd.weak_to_strong.method"):
+        method_entry("wsd").build(cfg, {"pilot": None, "base": None})
+    assert not caplog.text  # a server builds WSD for every batch: said once
     assert settings.max_answer_tokens() == 16 + 49  # k = 1: 1 + 15 rounded up to 50
     fixed = config("wsd")
     fixed["generation"] = {**fixed["generation"], "fixed_length": True}

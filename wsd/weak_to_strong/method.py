@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from wsd.backends.engines import Engine, backend_identity, model_identity
@@ -53,9 +54,7 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     prompt its own pipeline on the async engine (`PerRequestWSD`, `backend.scheduling=per_request`)."""
     block, settings, options = wsd_settings(cfg)
     if settings.draft_max_tokens < block.draft_max_tokens:
-        log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
-                    "drafts at most %d tokens, the answer's budget", block.draft_max_tokens,
-                    settings.target_max_tokens, settings.draft_max_tokens)
+        _say_draft_lowered(block.draft_max_tokens, settings.target_max_tokens)
     pilot, base = models["pilot"], models["base"]
     vllm = backend_name(cfg) == "vllm"
     if block.implementation == "reference":
@@ -66,6 +65,13 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
         return WSDMethod(PerRequestWSD(pilot, base, settings, options, draft_cache, cfg["backend"]["max_in_flight"]))
     fast = ChunkedWSD if vllm else FastWSD
     return WSDMethod(fast(pilot, base, settings, options, draft_cache))
+
+
+@functools.cache
+def _say_draft_lowered(asked: int, answer_budget: int) -> None:
+    """Once per (draft budget, answer budget): a server builds WSD for every batch."""
+    log.warning("wsd.draft_max_tokens=%d is above the answer's budget generation.max_new_tokens=%d: the pilot "
+                "drafts at most %d tokens, the answer's budget", asked, answer_budget, answer_budget)
 
 
 def draft_identity(cfg: dict, settings: WSDSettings, options: FastOptions) -> dict:
