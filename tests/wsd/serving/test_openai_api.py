@@ -207,3 +207,38 @@ def test_sixty_four_clients_some_leaving_get_their_records_and_nothing_is_left_b
     gc.collect()
     grown_mib = (psutil.Process().memory_info().rss - before) / 2**20
     assert grown_mib < 512, f"the process grew by {grown_mib:.0f} MiB under load"
+
+
+def test_with_two_workers_a_batch_starts_while_another_decodes(generator):
+    """The async engine's setting (`workers` > 1): the second batch does not wait for the first.
+    The first call waits until the second has begun; one worker would never begin it."""
+    import threading
+
+    second_began = threading.Event()
+
+    class Overlapping(Recording):
+        def answer_each(self, prompts, **options):
+            if not self.calls:
+                self.calls.append("first")
+                overlapped = second_began.wait(timeout=120)  # a liveness bound, not a timing verdict
+                self.calls.append(f"first saw the second begin: {overlapped}")
+            else:
+                self.calls.append("second")
+                second_began.set()
+            return self.generator.answer_each(prompts, **options)
+
+    generator.engines()  # loaded first, as the server does before it listens
+    recording = Overlapping(generator)
+
+    async def scenario():
+        batcher = MicroBatcher(recording, max_batch=64, wait_s=0, workers=2)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.answer([{"role": "user", "content": QUESTIONS[0]}], max_new_tokens=8))
+        while not recording.calls:  # the first batch is decoding
+            await asyncio.sleep(0.01)
+        second = batcher.answer([{"role": "user", "content": QUESTIONS[1]}], max_new_tokens=8)
+        await asyncio.gather(first, second)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert recording.calls == ["first", "second", "first saw the second begin: True"]
