@@ -45,7 +45,7 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict | None:
     given). Returns the summary (None on ranks other than 0)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     method_name = resolved["method"]["name"]
-    check_backend(resolved["backend"]["name"])
+    check_backend(resolved["backend"])
     if effective_backend(resolved) != resolved["backend"]:
         log.warning("%s runs on backend=hf, not %s: vLLM does not return what it reads at every step",
                     method_name, resolved["backend"]["name"])

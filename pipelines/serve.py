@@ -21,8 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import multirun_flag_first
 from wsd.api import Generator
-from wsd.backends.engines import check_backend
-from wsd.backends.vllm_async import per_request
+from wsd.backends.engines import check_backend, per_request
 from wsd.core.schemas import APIServerBlock
 from wsd.methods import effective_backend
 from wsd.serving.openai_api import create_app
@@ -37,7 +36,7 @@ def run(cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     settings = APIServerBlock(**resolved["api_server"])
     settings.validate()
-    check_backend(resolved["backend"]["name"])
+    check_backend(resolved["backend"])
     resolved["backend"] = effective_backend(resolved)
     generator = Generator(resolved)
     name = settings.model_name or resolved["method"]["name"]

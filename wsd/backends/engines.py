@@ -35,6 +35,7 @@ from wsd.backends.models import LoadedModel, ModelSpec, load_model
 from wsd.core.schemas import GenerationBlock
 
 BACKENDS = ("hf", "vllm")
+SCHEDULINGS = ("batched", "per_request")  # how vLLM gets its requests (`backend.scheduling`)
 
 
 class Engine(Protocol):
@@ -166,25 +167,34 @@ def model_identity(model: dict, backend: dict) -> dict:
     return model
 
 
+def per_request(backend: dict | None) -> bool:
+    """Does this backend block ask for vLLM's async engine (`scheduling: per_request`)? A
+    block without `scheduling`, as saved before it existed, batches."""
+    return bool(backend) and backend.get("name") == "vllm" and backend.get("scheduling") == "per_request"
+
+
 def backend_identity(backend: dict) -> dict:
     """What of a backend block determines outputs: all of it, but where requests are batched
-    (`scheduling: batched`, or a block saved before scheduling existed) not the per-request
-    path's settings, which change nothing there."""
-    if backend.get("scheduling", "batched") == "batched":
-        return {k: v for k, v in backend.items() if k not in ("scheduling", "max_in_flight")}
-    return dict(backend)
+    not the per-request path's settings, which change nothing there (and runs from before
+    they existed keep their keys)."""
+    if per_request(backend):
+        return dict(backend)
+    return {k: v for k, v in backend.items() if k not in ("scheduling", "max_in_flight")}
 
 
-def check_backend(name: str) -> None:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; accepted: {', '.join(BACKENDS)}")
+def check_backend(backend: dict) -> None:
+    """The backend block's name and its scheduling, before anything loads."""
+    if backend["name"] not in BACKENDS:
+        raise ValueError(f"unknown backend {backend['name']!r}; accepted: {', '.join(BACKENDS)}")
+    if backend.get("scheduling", "batched") not in SCHEDULINGS:
+        raise ValueError(f"unknown backend.scheduling {backend['scheduling']!r}; accepted: {', '.join(SCHEDULINGS)}")
 
 
 def load_engine(spec: ModelSpec, backend: dict, cache_dir: str) -> Engine:
     """The model of `spec` on the configured backend (`conf/backend/*.yaml`)."""
-    check_backend(backend["name"])
+    check_backend(backend)
     if backend["name"] == "vllm":
-        from wsd.backends.vllm_async import AsyncVLLMEngine, per_request
+        from wsd.backends.vllm_async import AsyncVLLMEngine
         from wsd.backends.vllm_engine import VLLMEngine
 
         return (AsyncVLLMEngine if per_request(backend) else VLLMEngine).prepare(spec, backend, cache_dir)

@@ -25,15 +25,6 @@ from wsd.backends.vllm_engine import VLLMEngine, _generated, cache_covers, promp
 
 log = logging.getLogger(__name__)
 
-PER_REQUEST = "per_request"
-
-
-def per_request(backend: dict | None) -> bool:
-    """Does this backend block ask for vLLM's async engine? (A block without `scheduling`, as
-    saved before it existed, batches.)"""
-    return bool(backend) and backend.get("name") == "vllm" and backend.get("scheduling") == PER_REQUEST
-
-
 class EngineLoop:
     """One asyncio loop, run forever in a daemon thread, for this process's async engines."""
 
@@ -67,13 +58,9 @@ class AsyncVLLMEngine(VLLMEngine):
     _ids = itertools.count()
 
     @property
-    def started(self) -> bool:
-        return self._llm is not None
-
-    @property
     def llm(self):
         """The `AsyncLLM`, started on first use (on the engine loop; not from a coroutine there,
-        which awaits `_started` instead)."""
+        which awaits `_start` instead)."""
         self.start()
         return self._llm
 
@@ -116,16 +103,12 @@ class AsyncVLLMEngine(VLLMEngine):
         """One request's final output. Cancelled (its caller gone), it is aborted in the engine."""
         from vllm.inputs import TokensPrompt
 
-        engine = self._llm if self._llm is not None else await self._started()
+        await self._start()
         final = None
-        async for output in engine.generate(TokensPrompt(prompt_token_ids=list(ids)), params,
+        async for output in self._llm.generate(TokensPrompt(prompt_token_ids=list(ids)), params,
                                             f"{self.name}-{next(self._ids)}"):
             final = output
         return final
-
-    async def _started(self):
-        await self._start()
-        return self._llm
 
     def _run(self, prompts: list[list[int]], params: list) -> list:
         """The `Engine` protocol's calls: every row submitted at once, gathered in order."""

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from wsd.backends.decoding import check_context, encode
-from wsd.backends.engines import Engine
-from wsd.backends.vllm_async import per_request
+from wsd.backends.engines import Engine, per_request
 from wsd.core.prompts import (
     Message,
     base_format,

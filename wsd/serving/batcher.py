@@ -36,8 +36,6 @@ class MicroBatcher:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.worker = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsd-decode")
         self.workers = workers
-        self.batches = 0  # batches decoded (tests and logs: were clients decoded together?)
-        self.largest_batch = 0
         self._task: asyncio.Task | None = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -79,8 +77,6 @@ class MicroBatcher:
         except Exception as err:  # the whole batch failed: every client hears why, the server goes on
             log.exception("a batch of %d requests failed", len(group))
             results = [err] * len(group)
-        self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(group))
         for pending, result in zip(group, results):
             if pending.future.done():
                 continue

@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from wsd.backends.engines import Engine, backend_identity, model_identity
-from wsd.backends.vllm_async import per_request
+from wsd.backends.engines import Engine, backend_identity, model_identity, per_request
 from wsd.core.prompts import Message
 from wsd.core.registration import Method, MethodEntry, backend_name, decode_options
 from wsd.weak_to_strong.batched import FastOptions
@@ -62,7 +61,8 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     draft_cache = (DraftCache(cfg["draft_cache_dir"], draft_identity(cfg, settings, options))
                    if cfg.get("draft_cache_dir") else None)
     if per_request(cfg.get("backend")):
-        return WSDMethod(PerRequestWSD(pilot, base, settings, options, draft_cache, cfg["backend"]["max_in_flight"]))
+        return WSDMethod(PerRequestWSD(pilot, base, settings, options, draft_cache,
+                                       max_in_flight=cfg["backend"]["max_in_flight"]))
     fast = ChunkedWSD if vllm else FastWSD
     return WSDMethod(fast(pilot, base, settings, options, draft_cache))
 

@@ -28,7 +28,7 @@ class PerRequestWSD(ChunkedWSD):
     """WSD on two `AsyncVLLMEngine`s, every prompt its own pipeline; records in input order."""
 
     def __init__(self, pilot: AsyncVLLMEngine, base: AsyncVLLMEngine, settings: WSDSettings,
-                 options: FastOptions, draft_cache: DraftCache | None = None, max_in_flight: int = 256):
+                 options: FastOptions, draft_cache: DraftCache | None = None, *, max_in_flight: int):
         super().__init__(pilot, base, settings, options, draft_cache)
         self.max_in_flight = max_in_flight
 

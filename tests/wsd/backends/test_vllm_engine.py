@@ -90,4 +90,6 @@ def test_an_unknown_backend_is_named():
     from wsd.backends.engines import check_backend
 
     with pytest.raises(ValueError, match="accepted: hf, vllm"):
-        check_backend("sglang")
+        check_backend({"name": "sglang"})
+    with pytest.raises(ValueError, match="unknown backend.scheduling 'per-request'; accepted: batched, per_request"):
+        check_backend({"name": "vllm", "scheduling": "per-request"})
