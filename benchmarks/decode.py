@@ -79,26 +79,35 @@ def timed_generate(engine, ids: list[list[int]], length: int) -> float:
     return time.perf_counter() - start
 
 
+def window_gaps(probs: list[float], settings: WSDSettings) -> list[float]:
+    """Each window score's distance to the threshold, in log space (how near a switch decision was)."""
+    logs = [math.log(max(p, 1e-300)) for p in probs]
+    w, target = settings.window, math.log(settings.threshold)
+    return [abs(sum(logs[i - w + 1 : i + 1]) / w - target) for i in range(w - 1, len(logs))]
+
+
+def parting_char(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def top2_gap(model, ids: list[int]) -> float:
+    """The top-2 logit gap of a transformers model's next token after `ids`."""
+    with torch.inference_mode():
+        logits = model.model(torch.tensor([ids], device=model.device), logits_to_keep=1).logits[0, -1].float()
+    top = torch.topk(logits, 2).values
+    return float(top[0] - top[1])
+
+
 def near_tie(ref: dict, got: dict, settings: WSDSettings, base, messages) -> dict:
     """What explains a difference: the smallest distance of a window score to the threshold
     in log space (switch decisions), and the top-2 logit gap of the HF base where the two
     responses part (continuations)."""
-    def window_gaps(probs):
-        logs = [math.log(max(p, 1e-300)) for p in probs]
-        w, target = settings.window, math.log(settings.threshold)
-        return [abs(sum(logs[i - w + 1 : i + 1]) / w - target) for i in range(w - 1, len(logs))]
-
     n = min(len(ref["base_token_probs"]), len(got["base_token_probs"]))
-    gaps = window_gaps(ref["base_token_probs"][:n]) + window_gaps(got["base_token_probs"][:n])
-    at = next((i for i, (a, b) in enumerate(zip(ref["response"], got["response"])) if a != b),
-              min(len(ref["response"]), len(got["response"])))
+    gaps = window_gaps(ref["base_token_probs"][:n], settings) + window_gaps(got["base_token_probs"][:n], settings)
+    at = parting_char(ref["response"], got["response"])
     logit_gap = None
     if ref["keep_count"] == got["keep_count"] and hasattr(base, "model"):
-        ids = encode(base.tokenizer, base_texts(base, messages)[0] + ref["response"][:at])
-        with torch.inference_mode():
-            logits = base.model(torch.tensor([ids], device=base.device), logits_to_keep=1).logits[0, -1].float()
-        top = torch.topk(logits, 2).values
-        logit_gap = float(top[0] - top[1])
+        logit_gap = top2_gap(base, encode(base.tokenizer, base_texts(base, messages)[0] + ref["response"][:at]))
     return {"id": ref["id"], "keep_count": [ref["keep_count"], got["keep_count"]],
             "switch": [first_switch(ref["base_token_probs"], settings.window, settings.threshold),
                        first_switch(got["base_token_probs"], settings.window, settings.threshold)],

@@ -1,5 +1,6 @@
-"""Scheduling benchmark on the embedded pair, vLLM, fp32: batches of 8 against per-request
-pipelines on vLLM's async engine, offline and served, side by side in one process.
+"""Scheduling benchmark on the embedded pair, vLLM: batches of 8 against per-request pipelines
+on vLLM's async engine, offline and served, side by side in one process (fp32), then nudging
+three ways and the bf16 agreement of per request with the three passes.
 
     make bench                                   # this table after the decode benchmark's
     python -m benchmarks.scheduling --prompts 32 --length 128 --draft 64 --clients 1 8 32
@@ -11,7 +12,11 @@ passes on vLLM (all prompts at once), WSD's chunked fast path in batches of 8 (t
 prompt submitted at once). Served: `pipelines.serve`'s app over the per-request WSD, on
 127.0.0.1, with 1, 8 and 32 clients each sending the next prompt when its answer arrives
 (tokens/s, p50/p95 latency). Equivalence: per-request and batched records compared by
-`keep_count` and `response`. The JSON goes to outputs/bench/.
+`keep_count` and `response`. Nudging (the first --nudging-prompts prompts): on HF and on
+vLLM one prompt at a time, and on vLLM per request (every prompt's handovers as requests of
+their own, all prompts at once). bf16: the three passes and per request on vLLM, their
+agreement, and for each prompt where they part whether it parted at a near-tie that bf16
+cannot resolve (`bf16_agreement`). The JSON goes to outputs/bench/.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.decode import timed, timed_generate
+from benchmarks.decode import parting_char, timed, timed_generate, top2_gap, window_gaps, with_dtype
 from wsd.api import Generator
 from wsd.backends.decoding import base_texts, encode
-from wsd.backends.engines import ModelPool
+from wsd.backends.engines import ModelPool, load_engine
 from wsd.backends.models import ModelSpec
+from wsd.baselines.nudging import Nudging
 from wsd.core.prompts import pilot_prompt
 from wsd.data.prompt_sets import load_benchmark
 from wsd.methods import compose
@@ -41,7 +47,7 @@ from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
 from wsd.weak_to_strong.per_request import PerRequestWSD
 from wsd.weak_to_strong.reference import ReferenceWSD
-from wsd.weak_to_strong.switch import WSDSettings
+from wsd.weak_to_strong.switch import WSDSettings, first_switch
 
 OLD_BATCH = 8  # what every method handed vLLM before per-request scheduling (generation.batch_size)
 
@@ -55,8 +61,8 @@ def config(args, scheduling: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def pair(pool: ModelPool, r: dict):
-    return tuple(pool.engine(ModelSpec.from_config(r[role]), r["backend"], r["model_cache_dir"])
+def pair(pool: ModelPool, r: dict, dtype: str = "float32"):
+    return tuple(pool.engine(with_dtype(r[role], dtype), r["backend"], r["model_cache_dir"])
                  for role in ("pilot", "base"))
 
 
@@ -122,7 +128,6 @@ def run(args) -> dict:
     console.print(f"[bold]{N} AlpacaEval prompts x {L} tokens, draft {args.draft}, chunk {args.chunk}, "
                   f"w={args.window}, gamma={args.threshold}, fp32, {torch.get_num_threads()} threads")
     seconds, records = {}, {}
-    base_ids = None
 
     pool = ModelPool()
     vpilot, vbase = pair(pool, batched_cfg)
@@ -138,6 +143,9 @@ def run(args) -> dict:
     for name, method in offline.items():
         seconds[name], records[name] = timed(method, prompts, vpilot, vbase)
         console.print(f"  {name}: {seconds[name]:.1f} s")
+    nudged = prompts[: args.nudging_prompts]
+    nudging = {}
+    nudging["vLLM, one prompt at a time"] = timed(nudger(args, vpilot, vbase), nudged, vpilot, vbase)
     for engine in (vpilot, vbase):
         engine.close()
 
@@ -148,12 +156,17 @@ def run(args) -> dict:
     per_request = PerRequestWSD(apilot, abase, settings, FastOptions(chunk_tokens=args.chunk), max_in_flight=N)
     seconds[name], records[name] = timed(per_request, prompts, apilot, abase)
     console.print(f"  {name}: {seconds[name]:.1f} s")
+    nudging["vLLM per request, all submitted"] = timed(nudger(args, apilot, abase, len(nudged)), nudged, apilot, abase)
     generator = Generator(per_request_cfg, pool)
     serving = [served(args, console, generator, prompts, c) for c in args.clients]
     for c in serving:
         seconds[f"served per request, {c['clients']} clients"] = c["seconds"]
     for engine in (apilot, abase):
         engine.close()
+    hpilot, hbase = (load_engine(ModelSpec.from_config(per_request_cfg[role]), {"name": "hf"},
+                                 per_request_cfg["model_cache_dir"]) for role in ("pilot", "base"))
+    nudging["HF, one prompt at a time"] = timed(nudger(args, hpilot, hbase), nudged, hpilot, hbase)
+    nudging_table = nudging_report(console, nudging, len(nudged), L)
 
     old = f"WSD chunked, batches of {OLD_BATCH} (today's default)"
     table = Table(title=f"{N} prompts x {L} tokens on vLLM (fp32, CPU): tokens/s side by side")
@@ -180,10 +193,116 @@ def run(args) -> dict:
                    (seconds[name] / seconds["three passes, all at once"], "< 1")}
     for key, (value, target) in targets.items():
         console.print(f"  {key} = {value:.3f} (target {target})")
+    bf16 = bf16_agreement(args, console, prompts, settings, (hpilot, hbase)) if args.bf16 else None
     return {"settings": vars(args), "seconds": seconds, "equivalence": equivalence,
             "served": [{k: v for k, v in c.items() if k != "answers"} for c in serving],
             "targets": {k: {"value": v, "target": t} for k, (v, t) in targets.items()},
-            "per_request_requests": per_request.counter}
+            "per_request_requests": per_request.counter, "nudging": nudging_table, "bf16": bf16}
+
+
+def nudger(args, pilot, base, max_in_flight: int | None = None) -> Nudging:
+    return Nudging(pilot, base, args.length, True, threshold=args.nudging_threshold, max_in_flight=max_in_flight)
+
+
+def nudging_report(console, runs: dict, n: int, length: int) -> dict:
+    """Nudging's three ways side by side: seconds, tokens/s, time against HF, same records."""
+    hf_seconds, hf_records = runs["HF, one prompt at a time"]
+    keys = ("response", "handovers", "pilot_words")
+    table = Table(title=f"nudging, {n} prompts x {length} tokens (fp32, CPU)")
+    for col in ("path", "wall s", "tokens/s", "/ HF (time)", "records == HF", "handovers"):
+        table.add_column(col, justify="left" if col == "path" else "right")
+    out = {}
+    for name, (sec, recs) in runs.items():
+        agree = sum([recs[k][f] for f in keys] == [hf_records[k][f] for f in keys] for k in recs)
+        handovers = sum(r["handovers"] for r in recs.values())
+        out[name] = {"seconds": sec, "tokens_per_s": n * length / sec, "time_vs_hf": sec / hf_seconds,
+                     "same_as_hf": [agree, n], "handovers": handovers}
+        table.add_row(name, f"{sec:.1f}", f"{n * length / sec:.1f}", f"{sec / hf_seconds:.3f}", f"{agree} of {n}",
+                      str(handovers))
+    console.print(table)
+    return out
+
+
+def bf16_resolution(fp32_model, bf16_model, sequences: list[list[int]]) -> dict:
+    """How far bf16 moves a model's numbers on these sequences: at every position, its top-2
+    logit gap (the fp32 top two) and the log-probability of the next token, bf16 against fp32.
+    The 99th percentiles are bf16's resolution here: a choice nearer than that is decided by
+    rounding, and any change of batch, chunking or cache can decide it the other way."""
+    gaps, log_probs = [], []
+    with torch.inference_mode():
+        for ids in sequences:
+            x = torch.tensor([ids])
+            l32, l16 = (m.model(x).logits[0].float() for m in (fp32_model, bf16_model))
+            top = l32.topk(2, dim=-1).indices
+            g32, g16 = l32.gather(1, top), l16.gather(1, top)
+            gaps += ((g16[:, 0] - g16[:, 1]) - (g32[:, 0] - g32[:, 1])).abs().tolist()
+            after = x[0, 1:].unsqueeze(1)
+            lp32, lp16 = (lg.log_softmax(-1)[:-1].gather(1, after) for lg in (l32, l16))
+            log_probs += (lp16 - lp32).abs().squeeze(1).tolist()
+    q = lambda xs: statistics.quantiles(xs, n=100)[98]  # noqa: E731
+    return {"logit_gap": q(gaps), "log_prob": q(log_probs), "positions": len(gaps)}
+
+
+def bf16_agreement(args, console, prompts, settings: WSDSettings, fp32_pair) -> dict:
+    """The three passes and WSD per request, both on vLLM in bf16 with every prompt at once:
+    how often they agree, and where they part whether bf16 could resolve the step that parted
+    them: a window score nearer the threshold than bf16's log-probability resolution (the
+    switch), or a top-2 logit gap of the pilot or the base below bf16's logit-gap resolution
+    where the responses part (the fp32 models measure the gap)."""
+    N = len(prompts)
+    batched_cfg, per_request_cfg = config(args, "batched"), config(args, "per_request")
+    console.print("[bold]bf16 on vLLM: the three passes against per request, all prompts at once")
+    pool = ModelPool()
+    vpilot, vbase = pair(pool, batched_cfg, "bfloat16")
+    warm(vpilot, vbase, prompts)
+    three_s, three = timed(ReferenceWSD(vpilot, vbase, settings, batch_size=N), prompts, vpilot, vbase)
+    for engine in (vpilot, vbase):
+        engine.close()
+    pool = ModelPool()
+    apilot, abase = pair(pool, per_request_cfg, "bfloat16")
+    warm(apilot, abase, prompts)
+    per_s, per = timed(PerRequestWSD(apilot, abase, settings, FastOptions(chunk_tokens=args.chunk), max_in_flight=N),
+                       prompts, apilot, abase)
+    for engine in (apilot, abase):
+        engine.close()
+    cache = per_request_cfg["model_cache_dir"]
+    bf16_pair = [load_engine(with_dtype(per_request_cfg[role], "bfloat16"), {"name": "hf"}, cache)
+                 for role in ("pilot", "base")]
+    texts = {"pilot": lambda m: pilot_prompt(fp32_pair[0].tokenizer, m),
+             "base": lambda m: base_texts(fp32_pair[1], m)[0]}
+    resolution = {}
+    for role, fp32_model, bf16_model in zip(("pilot", "base"), fp32_pair, bf16_pair):
+        sequences = [encode(fp32_model.tokenizer, texts[role](p.messages) + three[p.id]["response"]) for p in prompts]
+        resolution[role] = bf16_resolution(fp32_model, bf16_model, sequences)
+    differ = []
+    for p in prompts:
+        a, b = three[p.id], per[p.id]
+        if (a["keep_count"], a["response"]) == (b["keep_count"], b["response"]):
+            continue
+        n = min(len(a["base_token_probs"]), len(b["base_token_probs"]))
+        window = min(window_gaps(a["base_token_probs"][:n], settings) + window_gaps(b["base_token_probs"][:n], settings),
+                     default=None)
+        at = parting_char(a["response"], b["response"])
+        gaps = {role: top2_gap(model, encode(model.tokenizer, texts[role](p.messages) + a["response"][:at]))
+                for role, model in zip(("pilot", "base"), fp32_pair)}
+        ties = {"switch": window is not None and window < resolution["base"]["log_prob"],
+                **{role: gaps[role] < resolution[role]["logit_gap"] for role in gaps}}
+        differ.append({"id": p.id, "keep_count": [a["keep_count"], b["keep_count"]],
+                       "switch": [first_switch(r["base_token_probs"], settings.window, settings.threshold)
+                                  for r in (a, b)],
+                       "min_window_score_gap_log": window, "top2_logit_gap_at_parting": gaps,
+                       "responses_part_at_char": at, "near_tie": ties, "explained": any(ties.values())})
+    agree, explained = N - len(differ), sum(d["explained"] for d in differ)
+    console.print(f"  three passes {three_s:.1f} s, per request {per_s:.1f} s (per request / three passes = "
+                  f"{per_s / three_s:.3f}); agree on {agree} of {N}; of the {len(differ)} that part, {explained} "
+                  f"at a near-tie bf16 cannot resolve (resolution: pilot logit gap "
+                  f"{resolution['pilot']['logit_gap']:.3f}, base logit gap {resolution['base']['logit_gap']:.3f}, "
+                  f"base log-prob {resolution['base']['log_prob']:.4f})")
+    for d in differ:
+        console.print(f"    {d['id']}: k {d['keep_count']}, window gap {d['min_window_score_gap_log']}, "
+                      f"logit gaps {d['top2_logit_gap_at_parting']}, near-tie {d['near_tie']}")
+    return {"seconds": {"three passes, all at once": three_s, "WSD per request, all submitted": per_s},
+            "agree": [agree, N], "explained": [explained, len(differ)], "resolution": resolution, "differ": differ}
 
 
 def main(argv=None) -> None:
@@ -197,6 +316,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--chunk", type=int, default=16, help="draft tokens per chunk")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--nudging-prompts", type=int, default=8, help="nudging's prompts (HF takes ~20 s each)")
+    parser.add_argument("--nudging-threshold", type=float, default=0.4)
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16 agreement run")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
     result = run(args)

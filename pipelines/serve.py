@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> None:
     generator = Generator(resolved)
     name = settings.model_name or resolved["method"]["name"]
     log.info("loading %s's models (%s) on %s", name, ", ".join(generator.specs), resolved["backend"]["name"])
-    generator.engines()
+    generator.start()
     # vLLM's async engine takes requests from every thread into one scheduler: batches overlap
     workers = resolved["backend"]["max_in_flight"] if per_request(resolved["backend"]) else 1
     app = create_app(generator, name, os.environ.get(settings.api_key_env) or None, settings.max_batch,

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
 
-from wsd.backends.engines import ModelPool
+from wsd.backends.engines import ModelPool, per_request
 from wsd.backends.models import ModelSpec, check_available
 from wsd.backends.reward import RewardSettings
+from wsd.backends.vllm_async import AsyncVLLMEngine, on_engine_loop
 from wsd.core.config import CONF
 from wsd.core.prompts import Message
 from wsd.core.schemas import GenerationBlock
@@ -110,6 +111,15 @@ class Generator:
             models["reward"] = self.pool.reward(self.reward)
         return models
 
+    def start(self) -> dict:
+        """`engines`, with vLLM's async engines started too (they start on first use): a
+        server's first request then does not wait for them."""
+        models = self.engines()
+        for engine in models.values():
+            if isinstance(engine, AsyncVLLMEngine):
+                engine.start()
+        return models
+
     def build(self, cfg: dict | None = None):
         """The method (`wsd.methods.Method`) on the pooled engines, for `cfg` (this one's by
         default: a call may change the decoding options)."""
@@ -144,9 +154,7 @@ class Generator:
                  for i, p in enumerate(prompts)]
         results: list[Answer | ValueError | None] = [None] * len(items)
         with self.pool.holding():
-            models = self.engines(cfg)
-            method = self.entry.build(cfg, models)
-            writer = models[self.entry.roles_for(cfg)[-1]].tokenizer  # the model that writes the answer's end
+            method, writer = self._method(cfg)
             fitting = []
             for i, item in enumerate(items):
                 try:
@@ -155,10 +163,35 @@ class Generator:
                 except ValueError as err:
                     results[i] = err
             for item, record in method.generate_many(fitting) if fitting else ():
-                text = "\n\n".join(m["content"] for m in item.messages)
-                results[int(item.id)] = Answer.from_record(item.messages, record,
-                                                           len(writer(text, add_special_tokens=False)["input_ids"]))
+                results[int(item.id)] = _answer(item, record, writer)
         return results
+
+    def answers_per_request(self) -> bool:
+        """Can each answer run as its own pipeline on vLLM's async engine? With
+        `backend.scheduling=per_request`, for base, URIAL, pilot, WSD (fast) and nudging: a
+        server then hands every request to vLLM's scheduler as it comes (`answer_async`)."""
+        return per_request(self.cfg.get("backend")) and callable(getattr(self.build(), "answer", None))
+
+    async def answer_async(self, messages: list[Message], **options) -> Answer:
+        """One answer as its own pipeline on the async engine (see `answers_per_request`):
+        concurrent calls meet in vLLM's scheduler; cancelled (its client gone), its requests
+        are aborted in the engines. A `ValueError` where the prompt cannot fit."""
+        cfg = self.options_config(**options)
+        with self.pool.holding():
+            method, writer = self._method(cfg)
+        item = Prompt("0", list(messages))
+        method.check_fits(item.id, item.messages)
+        return _answer(item, await on_engine_loop(method.answer(item)), writer)
+
+    def _method(self, cfg: dict):
+        """The method for `cfg`, and the tokenizer of the model that writes its answers' ends."""
+        models = self.engines(cfg)
+        return self.entry.build(cfg, models), models[self.entry.roles_for(cfg)[-1]].tokenizer
+
+
+def _answer(item: Prompt, record: dict, writer) -> Answer:
+    text = "\n\n".join(m["content"] for m in item.messages)
+    return Answer.from_record(item.messages, record, len(writer(text, add_special_tokens=False)["input_ids"]))
 
 
 def method(name: str, pilot: str = "smollm2_135m_instruct", base: str = "gemma3_270m", backend: str = "hf",

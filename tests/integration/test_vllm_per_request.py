@@ -4,6 +4,8 @@ in-process engines: two `AsyncLLM` engine processes beside them would double the
 vLLM tests hold. HF's fast path is the expected answer here; test_vllm.py checks that vLLM's
 batched paths give it too."""
 
+import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +17,7 @@ from tests.conftest import compose
 from wsd.api import Generator
 from wsd.backends.engines import ModelPool, load_engine
 from wsd.backends.models import ModelSpec
+from wsd.baselines.nudging import Nudging
 from wsd.data.prompt_sets import load_benchmark
 from wsd.serving.in_thread import InThread
 from wsd.serving.openai_api import create_app
@@ -88,9 +91,19 @@ def test_a_consumer_that_leaves_aborts_the_per_request_pipelines(async_pair, pro
     assert [e.unfinished() for e in async_pair] == [0, 0]
 
 
+def test_per_request_nudging_answers_as_on_hf(async_pair, hf_pair, prompts):
+    """Every prompt's handovers as requests of their own, all prompts at once: HF's records."""
+    got = [r for _, r in Nudging(*async_pair, 24, False, threshold=0.4, max_in_flight=4).generate_many(prompts)]
+    want = [r for _, r in Nudging(*hf_pair, 24, False, threshold=0.4).generate_many(prompts)]
+    keys = ("response", "handovers", "pilot_words", "base_tokens", "stop_reason")
+    assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in want]
+    assert any(r["handovers"] for r in want)
+    assert [e.unfinished() for e in async_pair] == [0, 0]
+
+
 def test_the_served_per_request_wsd_answers_as_offline(pool, async_pair, prompts):
-    """Clients in reverse order, all at once, against the server over the async engines (batches
-    overlapping, as `pipelines.serve` runs it): each answer is the offline call's."""
+    """Clients in reverse order, all at once, against the server over the async engines (each
+    request its own pipeline, as `pipelines.serve` runs it): each answer is the offline call's."""
     cfg = OmegaConf.to_container(compose([*CFG, "wsd.draft_max_tokens=32", "generation.max_new_tokens=48"]),
                                  resolve=True)
     generator = Generator(cfg, pool)
@@ -102,3 +115,34 @@ def test_the_served_per_request_wsd_answers_as_offline(pool, async_pair, prompts
     assert [(r["wsd"]["keep_count"], r["choices"][0]["message"]["content"]) for r in replies] == \
         [(a.keep_count, a.response) for a in offline]
     assert [e.unfinished() for e in async_pair] == [0, 0]
+
+
+def test_a_client_that_leaves_mid_answer_has_its_requests_aborted(pool, async_pair, prompts):
+    """A client that hangs up while its pipeline decodes: its requests leave the engines, and
+    the server answers the next request."""
+    cfg = OmegaConf.to_container(compose([*CFG, "wsd.draft_max_tokens=96", "generation.max_new_tokens=128",
+                                          "wsd.threshold=0.99", "generation.chunk_tokens=4", "draft_cache_dir=null"]),
+                                 resolve=True)  # no stored draft: the pipeline drafts, request by request
+    generator = Generator(cfg, pool)
+    assert generator.start() == dict(zip(("pilot", "base"), async_pair)) and generator.answers_per_request()
+    app = create_app(generator, "wsd", None, max_batch=64, batch_wait_s=0.005, workers=1)
+    deadline = time.monotonic() + 300  # liveness bounds: each step takes seconds here
+    with InThread(app) as server:
+        body = json.dumps({"model": "wsd", "messages": prompts[0].messages}).encode()
+        client = socket.create_connection(("127.0.0.1", int(server.url.split(":")[-1].split("/")[0])), timeout=60)
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        while not any(e.unfinished() for e in async_pair) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(e.unfinished() for e in async_pair), [dict(e.requests) for e in async_pair]  # decoding
+        drafted = async_pair[0].requests["generate"]
+        client.close()
+        while any(e.unfinished() for e in async_pair) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [e.unfinished() for e in async_pair] == [0, 0]
+        time.sleep(2)  # a pipeline that went on would draft again within this
+        assert async_pair[0].requests["generate"] <= drafted + 1
+        with httpx.Client(timeout=600) as http:
+            reply = http.post(f"{server.url}/chat/completions", json={
+                "model": "wsd", "messages": prompts[1].messages, "max_tokens": 8}).json()
+    assert reply["usage"]["completion_tokens"] >= 1

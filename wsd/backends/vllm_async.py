@@ -21,7 +21,7 @@ import threading
 from concurrent.futures import Future
 
 from wsd.backends.decoding import Generated
-from wsd.backends.vllm_engine import VLLMEngine, _generated, cache_covers, prompt_logprobs
+from wsd.backends.vllm_engine import VLLMEngine, _generated, cache_covers, probed, prompt_logprobs, row_seeds
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,16 @@ class AsyncVLLMEngine(VLLMEngine):
     @property
     def llm(self):
         """The `AsyncLLM`, started on first use (on the engine loop; not from a coroutine there,
-        which awaits `_start` instead)."""
+        which awaits `astart` instead)."""
         self.start()
         return self._llm
 
     def start(self) -> None:
         if self._llm is None:
-            engine_loop().call(self._start())
+            engine_loop().call(self.astart())
 
-    async def _start(self) -> None:
+    async def astart(self) -> None:
+        """`start`, from a coroutine on the engine loop."""
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -103,7 +104,7 @@ class AsyncVLLMEngine(VLLMEngine):
         """One request's final output. Cancelled (its caller gone), it is aborted in the engine."""
         from vllm.inputs import TokensPrompt
 
-        await self._start()
+        await self.astart()
         final = None
         async for output in self._llm.generate(TokensPrompt(prompt_token_ids=list(ids)), params,
                                             f"{self.name}-{next(self._ids)}"):
@@ -125,9 +126,16 @@ class AsyncVLLMEngine(VLLMEngine):
         """One row of `generate`, as a request of its own."""
         if budget <= 0:
             return Generated([], "length")
+        if sampling and seed is None:
+            [seed] = row_seeds(1)
         self.requests["generate"] += 1
         output = await self.request(ids, self.generate_params(budget, stops, fixed_length, sampling, seed))
         return _generated(output.outputs[0], set(self._eos), fixed_length)
+
+    async def aprobe(self, ids: list[int], max_tokens: int, min_prob: float = 0.0) -> tuple[list[int], list[float]]:
+        """One `probe`, as a request of its own."""
+        self.requests["generate"] += 1
+        return probed(await self.request(ids, self.probe_params(max_tokens)))
 
     async def ascore(self, ids: list[int], start: int) -> list[float]:
         """One row of `score`: P(ids[j] | ids[:j]) for j >= start, read past the cached prefix
@@ -143,6 +151,37 @@ class AsyncVLLMEngine(VLLMEngine):
             self.requests["score_recomputed"] += 1
             output = await self.request(ids, self.score_params(read_cache=False))
         return [math.exp(lp) for lp in prompt_logprobs(output, ids, start)]
+
+
+def answers_in_flight(prompts: list, answer, max_in_flight: int):
+    """(prompt, result of the coroutine `answer(prompt)`) in input order, every prompt's coroutine
+    submitted to the engine loop at once, at most `max_in_flight` of them running. When the
+    consumer stops reading or one fails, the others are cancelled: their requests leave the engines."""
+    loop = engine_loop()
+    limit = loop.call(_semaphore(max_in_flight))
+
+    async def bounded(prompt):
+        async with limit:
+            return await answer(prompt)
+
+    running = [loop.submit(bounded(prompt)) for prompt in prompts]
+    try:
+        for prompt, future in zip(prompts, running):
+            yield prompt, future.result()
+    finally:
+        for future in running:
+            future.cancel()
+
+
+async def on_engine_loop(coroutine):
+    """Awaits `coroutine` on the engine loop from another event loop (a server's). Cancelled
+    here (its client gone), it is cancelled there and its engine requests are aborted."""
+    return await asyncio.wrap_future(engine_loop().submit(coroutine))
+
+
+async def _semaphore(size: int) -> asyncio.Semaphore:
+    """A semaphore made on the engine loop (it belongs to the loop that makes it)."""
+    return asyncio.Semaphore(size)
 
 
 async def _shutdown(llm) -> None:

@@ -280,12 +280,9 @@ class VLLMEngine:
 
     def generate(self, prompts, budgets, stops, fixed_length=False, sampling=None):
         """All rows in one `generate` call (vLLM batches them continuously). Sampling: each
-        row gets its own seed, drawn from the global torch RNG, so `transformers.set_seed`
-        makes a batch reproducible as it does on HF."""
-        import torch
-
+        row gets its own seed (`row_seeds`)."""
         rows = [i for i, b in enumerate(budgets) if b > 0]
-        seeds = torch.randint(0, 2**62, (len(budgets),)).tolist() if sampling else [None] * len(budgets)
+        seeds = row_seeds(len(budgets)) if sampling else [None] * len(budgets)
         params = [self.generate_params(budgets[i], stops, fixed_length, sampling, seeds[i]) for i in rows]
         self.requests["generate"] += len(rows)
         results = [Generated([], "length") for _ in budgets]
@@ -370,15 +367,28 @@ class VLLMEngine:
     def probe(self, ids, max_tokens, min_prob=0.0):
         """Greedy, all `max_tokens` at once, with each chosen token's probability (vLLM's raw
         log-probabilities: before any sampling transform); the caller stops where it wants."""
+        self.requests["generate"] += 1
+        return probed(self._run([ids], [self.probe_params(max_tokens)])[0])
+
+    def probe_params(self, max_tokens: int):
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0, ignore_eos=True,
-                                detokenize=False)
-        self.requests["generate"] += 1
-        out = self._run([ids], [params])[0].outputs[0]
-        tokens = list(out.token_ids)
-        probs = [math.exp(step[t].logprob) for step, t in zip(out.logprobs, tokens)]
-        return tokens, probs
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0, ignore_eos=True, detokenize=False)
+
+
+def probed(output) -> tuple[list[int], list[float]]:
+    """A probe request's greedy tokens and each one's probability."""
+    out = output.outputs[0]
+    tokens = list(out.token_ids)
+    return tokens, [math.exp(step[t].logprob) for step, t in zip(out.logprobs, tokens)]
+
+
+def row_seeds(n: int) -> list[int]:
+    """A sampled row's seed each, drawn from the global torch RNG (`transformers.set_seed`
+    makes them reproducible, as on HF)."""
+    import torch
+
+    return torch.randint(0, 2**62, (n,)).tolist()
 
 
 def cache_covers(output, start: int) -> bool:

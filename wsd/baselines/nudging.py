@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from wsd.backends.decoding import check_context, encode
-from wsd.backends.engines import Engine
+from wsd.backends.engines import Engine, per_request
+from wsd.backends.vllm_async import answers_in_flight
 from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
 from wsd.core.registration import Method, MethodEntry, greedy_options
 from wsd.core.schemas import MethodBlock, at_least, between
@@ -55,9 +56,12 @@ class Nudging:
 
     def __init__(self, pilot: Engine, base: Engine, max_new_tokens: int, fixed_length: bool,
                  threshold: float = NudgingBlock.threshold, word_max_tokens: int = NudgingBlock.word_max_tokens,
-                 answer_stops: tuple[str, ...] = ()):
-        """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them."""
-        self.pilot, self.base = pilot, base
+                 answer_stops: tuple[str, ...] = (), max_in_flight: int | None = None):
+        """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them.
+        `max_in_flight`: on vLLM's async engine (`backend.scheduling=per_request`), how many
+        prompts run their handovers at once, each probe a request of its own; None: one
+        prompt at a time on the engines' blocking calls."""
+        self.pilot, self.base, self.max_in_flight = pilot, base, max_in_flight
         self.max_new_tokens, self.fixed_length = max_new_tokens, fixed_length
         self.threshold, self.word_max_tokens = threshold, word_max_tokens
         self.base_stops = stop_strings("base", base.tokenizer, answer_stops, fixed_length)
@@ -71,14 +75,32 @@ class Nudging:
         check_context(self.pilot, prompt_id, pilot_len, 2 * self.max_new_tokens, "new (x2, the pilot's view)")
 
     def generate_many(self, prompts):
-        """One prompt at a time (handovers differ per row); yields (prompt, record)."""
+        """Yields (prompt, record) in input order: one prompt at a time (handovers differ per
+        row), or every prompt its own pipeline on the async engine."""
+        if self.max_in_flight:
+            yield from answers_in_flight(list(prompts), self.answer, self.max_in_flight)
+            return
         for prompt in prompts:
-            start = time.perf_counter()
-            record = self.generate(prompt.messages)
-            record["seconds"] = {"total": time.perf_counter() - start}
-            yield prompt, record
+            yield prompt, _finished(self.answer(prompt))
+
+    async def answer(self, prompt) -> dict:
+        """One prompt's record. Its probes are awaited on the async engine; on the blocking
+        engines the coroutine never suspends (`_finished` runs it)."""
+        start = time.perf_counter()
+        record = await self._nudge(prompt.messages)
+        record["seconds"] = {"total": time.perf_counter() - start}
+        return record
 
     def generate(self, messages: list[Message]) -> dict:
+        """One answer on the blocking engines."""
+        return _finished(self._nudge(messages))
+
+    async def _probe(self, engine: Engine, ids: list[int], max_tokens: int, min_prob: float = 0.0):
+        if self.max_in_flight:
+            return await engine.aprobe(ids, max_tokens, min_prob)
+        return engine.probe(ids, max_tokens, min_prob)
+
+    async def _nudge(self, messages: list[Message]) -> dict:
         base_tok, pilot_tok = self.base.tokenizer, self.pilot.tokenizer
         base_prefix = base_prompt(messages, base_tok.bos_token)
         pilot_prefix = pilot_prompt(pilot_tok, messages)
@@ -94,7 +116,7 @@ class Nudging:
                 if room <= 0:
                     reason = "length"
                     break
-                tokens, probs = self.base.probe(ids + new, min(room, _BASE_PROBE), min_prob=self.threshold)
+                tokens, probs = await self._probe(self.base, ids + new, min(room, _BASE_PROBE), self.threshold)
                 for top, prob in zip(tokens, probs):
                     if prob < self.threshold:
                         unsure = True
@@ -114,7 +136,7 @@ class Nudging:
             if reason is not None:
                 break
             # the pilot inserts its next word
-            word, pilot_done = self._pilot_word(encode(pilot_tok, pilot_prefix + answer))
+            word, pilot_done = await self._pilot_word(encode(pilot_tok, pilot_prefix + answer))
             answer += word
             words.append(word)
             if pilot_done or not word:  # an empty word would hand back to an unsure base forever
@@ -138,13 +160,13 @@ class Nudging:
             "base": self.base.name,
         }
 
-    def _pilot_word(self, ids: list[int]) -> tuple[str, bool]:
+    async def _pilot_word(self, ids: list[int]) -> tuple[str, bool]:
         """The pilot's next word (leading white space included, the white space after it
         not), and whether the pilot ended its answer instead."""
         tok, new, text = self.pilot.tokenizer, [], ""
         eos = [] if self.fixed_length else self.pilot.eos_token_ids
         while len(new) < self.word_max_tokens:
-            tokens, _ = self.pilot.probe(ids + new, min(_PILOT_PROBE, self.word_max_tokens - len(new)))
+            tokens, _ = await self._probe(self.pilot, ids + new, min(_PILOT_PROBE, self.word_max_tokens - len(new)))
             for top in tokens:
                 if top in eos:
                     return text, True
@@ -160,11 +182,22 @@ class Nudging:
         return text, False
 
 
+def _finished(coroutine):
+    """The result of a coroutine that never suspends (nudging on the blocking engines)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("nudging awaited an async engine without backend.scheduling=per_request")
+
+
 def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
     options, params = greedy_options(cfg), cfg["method"]
     return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
                    threshold=params["threshold"], word_max_tokens=params["word_max_tokens"],
-                   answer_stops=options.stop_strings)
+                   answer_stops=options.stop_strings,
+                   max_in_flight=cfg["backend"]["max_in_flight"] if per_request(cfg.get("backend")) else None)
 
 
 METHOD = MethodEntry("nudging", ("pilot", "base"), build_nudging,

@@ -60,17 +60,29 @@ class PromptedModel:
                                              self.options.fixed_length, sampling=self.options.sampling)
             share = (time.perf_counter() - began) / len(batch)
             for prompt, prompt_ids, g in zip(batch, ids, generated):
-                text, cut = cut_at_stop(tok.decode(g.ids, skip_special_tokens=True), self.stops)
-                yield prompt, {
-                    "response": self.finish(text),
-                    "response_tokens": len(g.ids),
-                    "stop_reason": stop_reason(g.stop_reason, cut),
-                    "prompt_tokens": len(prompt_ids),
-                    "seconds": {"total": share},
-                    "model": self.engine.name,
-                    "batch_size": len(batch),
-                    "batch": batch[0].id,  # prompts of one batch share its time
-                }
+                yield prompt, self._record(prompt_ids, g, share, len(batch), batch[0].id)
+
+    async def answer(self, prompt) -> dict:
+        """One prompt as a request of its own on vLLM's async engine (a server's request, which
+        its client's leaving cancels, aborting the request in the engine)."""
+        began = time.perf_counter()
+        ids = encode(self.engine.tokenizer, self.render(prompt.messages))
+        generated = await self.engine.agenerate(ids, self.options.max_new_tokens, self.stops,
+                                                self.options.fixed_length, sampling=self.options.sampling)
+        return self._record(ids, generated, time.perf_counter() - began, 1, prompt.id)
+
+    def _record(self, prompt_ids: list[int], generated, seconds: float, batch_size: int, batch: str) -> dict:
+        text, cut = cut_at_stop(self.engine.tokenizer.decode(generated.ids, skip_special_tokens=True), self.stops)
+        return {
+            "response": self.finish(text),
+            "response_tokens": len(generated.ids),
+            "stop_reason": stop_reason(generated.stop_reason, cut),
+            "prompt_tokens": len(prompt_ids),
+            "seconds": {"total": seconds},
+            "model": self.engine.name,
+            "batch_size": batch_size,
+            "batch": batch,  # prompts of one batch share its time
+        }
 
 
 def request_options(cfg: dict) -> GenerationBlock:

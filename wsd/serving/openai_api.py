@@ -80,6 +80,22 @@ class APIError(Exception):
                             status_code=self.status)
 
 
+class RequireKey:
+    """Every request must carry the key as its Bearer key, else 401. Plain ASGI, not FastAPI's
+    `@app.middleware("http")`, whose wrapping hides a client's leaving from the endpoint."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not secrets.compare_digest(dict(scope["headers"]).get(b"authorization", b""),
+                                                                  self.expected):
+            response = APIError(401, "a valid API key is needed (Authorization: Bearer <key>)",
+                                "authentication_error", "invalid_api_key").response()
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def account(method: str, answer: Answer, set_aside: dict) -> dict:
     """The vendor field: what the method did to write this answer (and the sampling settings
     a greedy server set aside)."""
@@ -110,8 +126,11 @@ def create_app(generator: Generator, model_name: str, api_key: str | None, max_b
     """The app over `generator` (its models loaded on the first batch; the stage loads them
     before it listens). `api_key`: when set, every request must carry it as its Bearer key.
     `greedy`: every answer greedy, a request's sampling settings set aside (and named in its
-    `wsd` field). `workers`: batches decoding at once (see `MicroBatcher`)."""
+    `wsd` field). `workers`: batches decoding at once (see `MicroBatcher`). On vLLM's async
+    engine every request runs as its own pipeline instead (`Generator.answer_async`), so vLLM
+    schedules requests as they come and a client that leaves has its requests aborted."""
     batcher = MicroBatcher(generator, max_batch, batch_wait_s, workers)
+    answer_one = generator.answer_async if generator.answers_per_request() else batcher.answer
     method = generator.entry.name
 
     @contextlib.asynccontextmanager
@@ -132,13 +151,8 @@ def create_app(generator: Generator, model_name: str, api_key: str | None, max_b
         where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         return APIError(422, f"malformed request: {where}", code="malformed_request").response()
 
-    @app.middleware("http")
-    async def authorize(request: Request, call_next):
-        if api_key is not None and not secrets.compare_digest(request.headers.get("authorization", ""),
-                                                              f"Bearer {api_key}"):
-            return APIError(401, "a valid API key is needed (Authorization: Bearer <key>)",
-                            "authentication_error", "invalid_api_key").response()
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(RequireKey, api_key=api_key)
 
     @app.get("/v1/models")
     async def models():
@@ -168,8 +182,9 @@ def create_app(generator: Generator, model_name: str, api_key: str | None, max_b
                 "usage": usage(answer), "wsd": account(method, answer, set_aside)}
 
     async def _answer(request: Request, messages: list, options: dict) -> Answer:
-        """The answer, or nothing if the client leaves first (its request leaves the queue)."""
-        task = asyncio.ensure_future(batcher.answer(messages, **options))
+        """The answer, or nothing if the client leaves first (its request leaves the queue, or
+        its pipeline the engines)."""
+        task = asyncio.ensure_future(answer_one(messages, **options))
         while not task.done():
             await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
             if not task.done() and await request.is_disconnected():
@@ -182,7 +197,7 @@ def create_app(generator: Generator, model_name: str, api_key: str | None, max_b
 
     async def _stream(request_id: str, messages: list, options: dict, set_aside: dict) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format. A client that leaves cancels this
-        generator, and with it its queued request."""
+        generator, and with it its queued request or its pipeline."""
         created = int(time.time())
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> str:
@@ -192,7 +207,7 @@ def create_app(generator: Generator, model_name: str, api_key: str | None, max_b
 
         yield chunk({"role": "assistant", "content": ""})
         try:
-            answer = await batcher.answer(messages, **options)
+            answer = await answer_one(messages, **options)
         except ValueError as err:
             yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'invalid_request_error'}})}\n\n"
             return

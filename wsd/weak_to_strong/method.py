@@ -31,11 +31,27 @@ class WSDMethod:
 
     def generate_many(self, prompts):
         for prompt, record in self.implementation.generate_many(prompts):
-            yield prompt, {**record, "response_tokens": record["keep_count"] + record["continuation_tokens"]}
+            yield prompt, _completed(record)
+
+    @property
+    def answer(self):
+        """One prompt's record as a coroutine (a server's request) where the implementation runs
+        per request (`PerRequestWSD`); None where it does not."""
+        if not isinstance(self.implementation, PerRequestWSD):
+            return None
+
+        async def answer(prompt) -> dict:
+            return _completed(await self.implementation.answer(prompt))
+
+        return answer
 
     @property
     def counter(self):
         return getattr(self.implementation, "counter", None)
+
+
+def _completed(record: dict) -> dict:
+    return {**record, "response_tokens": record["keep_count"] + record["continuation_tokens"]}
 
 
 def wsd_settings(cfg: dict) -> tuple[WSDBlock, WSDSettings, FastOptions]:

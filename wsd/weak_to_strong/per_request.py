@@ -13,11 +13,10 @@ records and counters are `ChunkedWSD`'s: the same requests, so the same `keep_co
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from wsd.backends.decoding import encode, make_continuation
-from wsd.backends.vllm_async import AsyncVLLMEngine, engine_loop
+from wsd.backends.vllm_async import AsyncVLLMEngine, answers_in_flight
 from wsd.weak_to_strong.batched import FastOptions
 from wsd.weak_to_strong.draft_cache import DraftCache
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
@@ -35,30 +34,16 @@ class PerRequestWSD(ChunkedWSD):
     def generate_many(self, prompts):
         """Submits every prompt (at most `max_in_flight` running) and yields (prompt, record)
         in input order as they finish."""
-        prompts = list(prompts)
-        if not prompts:
-            return
-        self.pilot.start()  # here, off the engine loop
-        self.base.start()
-        block = self.base.cache_block
-        loop = engine_loop()
-        limit = loop.call(_semaphore(self.max_in_flight))
-        running = [loop.submit(self._bounded(limit, prompt, block)) for prompt in prompts]
-        try:
-            for prompt, future in zip(prompts, running):
-                yield prompt, future.result()
-        finally:
-            for future in running:
-                future.cancel()  # a failure or a consumer gone: the rest leave the engines
+        yield from answers_in_flight(list(prompts), self.answer, self.max_in_flight)
 
-    async def _bounded(self, limit: asyncio.Semaphore, prompt, block: int | None) -> dict:
-        async with limit:
-            return await self.answer(prompt, block)
-
-    async def answer(self, prompt, block: int | None) -> dict:
-        """One prompt's pipeline: its record, as `ChunkedWSD` writes it for a batch of one."""
+    async def answer(self, prompt) -> dict:
+        """One prompt's pipeline, on the engine loop: its record, as `ChunkedWSD` writes it for
+        a batch of one. Cancelled, its live request is aborted in the engine."""
         s = self.settings
         t0 = time.perf_counter()
+        await self.pilot.astart()
+        await self.base.astart()
+        block = self.base.cache_block
         [row] = self._rows([prompt])
         scoring = 0.0 if row.result is not None else await self._draft_and_score_one(row, block)
         t1 = time.perf_counter()
@@ -95,7 +80,3 @@ class PerRequestWSD(ChunkedWSD):
             if self._settle(row, draft, final):
                 return scoring
 
-
-async def _semaphore(size: int) -> asyncio.Semaphore:
-    """A semaphore made on the engine loop (it belongs to the loop that makes it)."""
-    return asyncio.Semaphore(size)

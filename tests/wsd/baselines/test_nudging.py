@@ -73,3 +73,36 @@ def test_prefix_caches_do_not_change_the_answer(tiny_pair, monkeypatch, threshol
     assert cached["handovers"] > 0 or threshold < 0.5  # the high threshold makes the pilot write
     assert {k: cached[k] for k in ("response", "pilot_words", "base_tokens")} == \
         {k: uncached[k] for k in ("response", "pilot_words", "base_tokens")}
+
+
+class _AsyncProbing:
+    """An HF engine behind the async engine's `aprobe`, which yields to the loop before each
+    probe, so prompts running at once interleave their handovers."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    async def aprobe(self, ids, max_tokens, min_prob=0.0):
+        import asyncio
+
+        await asyncio.sleep(0)
+        return self.engine.probe(ids, max_tokens, min_prob)
+
+
+def test_prompts_nudged_at_once_get_the_one_at_a_time_records_in_order(tiny_pair):
+    """Three prompts, two pipelines running at once and their probes interleaved (each probe
+    thrashing the other prompt's cached prefix): the records one prompt at a time gives."""
+    pilot, base = tiny_pair
+    prompts = [Prompt(str(i), [{"role": "user", "content": text}])
+               for i, text in enumerate(["What is the capital of France?", "Name a colour.", "Count to three."])]
+    alone = [r for _, r in Nudging(pilot, base, 16, False, threshold=0.3).generate_many(prompts)]
+    together = Nudging(_AsyncProbing(pilot), _AsyncProbing(base), 16, False, threshold=0.3, max_in_flight=2)
+    got = list(together.generate_many(prompts))
+    assert [p.id for p, _ in got] == ["0", "1", "2"]
+    drop = {"seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for _, r in got] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in alone]
+    assert any(r["handovers"] for r in alone)  # the threshold makes the pilot nudge

@@ -5,6 +5,8 @@ keeps serving. The server runs in this process on 127.0.0.1, on a free port, and
 import asyncio
 import json
 import random
+import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -242,3 +244,43 @@ def test_with_two_workers_a_batch_starts_while_another_decodes(generator):
 
     asyncio.run(scenario())
     assert recording.calls == ["first", "second", "first saw the second begin: True"]
+
+
+class PendingPipelines:
+    """The generator's per-request face (as on vLLM's async engine), whose pipelines never
+    finish: what the server does with a pipeline whose client leaves."""
+
+    def __init__(self, generator):
+        self.generator, self.entry = generator, generator.entry
+        self.started, self.cancelled = threading.Semaphore(0), threading.Semaphore(0)
+
+    def options_config(self, **options):
+        return self.generator.options_config(**options)
+
+    def answers_per_request(self) -> bool:
+        return True
+
+    async def answer_async(self, messages, **options):
+        self.started.release()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.release()
+            raise
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_cancels_its_per_request_pipeline(generator, stream):
+    """Streamed or not, a client that hangs up mid-answer has its pipeline cancelled (on vLLM
+    that aborts its engine requests), and the server goes on serving."""
+    pipelines = PendingPipelines(generator)
+    with InThread(create_app(pipelines, "wsd", None, max_batch=64, batch_wait_s=0.005)) as server:
+        port = int(server.url.split(":")[-1].split("/")[0])
+        body = json.dumps(chat(QUESTIONS[0], stream=stream)).encode()
+        client = socket.create_connection(("127.0.0.1", port), timeout=60)
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert pipelines.started.acquire(timeout=60)  # liveness bounds, not timings
+        client.close()
+        assert pipelines.cancelled.acquire(timeout=60)
+        assert httpx.get(f"{server.url}/models", timeout=60).json()["data"][0]["id"] == "wsd"
