@@ -12,9 +12,10 @@ passes on vLLM (all prompts at once), WSD's chunked fast path in batches of 8 (t
 prompt submitted at once). Served: `pipelines.serve`'s app over the per-request WSD, on
 127.0.0.1, with 1, 8 and 32 clients each sending the next prompt when its answer arrives
 (tokens/s, p50/p95 latency). Equivalence: per-request and batched records compared by
-`keep_count` and `response`. Nudging (the first --nudging-prompts prompts): on HF and on
-vLLM one prompt at a time, and on vLLM per request (every prompt's handovers as requests of
-their own, all prompts at once). bf16: the three passes and per request on vLLM, their
+`keep_count` and `response`. Nudging (the first --nudging-prompts prompts): on HF one prompt
+at a time; on vLLM one prompt at a time, all prompts in lockstep rounds (`backend=vllm`, one
+call per engine and round) and per request (every prompt's handovers as requests of their
+own, all prompts at once). bf16: the three passes and per request on vLLM, their
 agreement, and for each prompt where they part whether it parted at a near-tie that bf16
 cannot resolve (`bf16_agreement`). The JSON goes to outputs/bench/.
 """
@@ -146,6 +147,8 @@ def run(args) -> dict:
     nudged = prompts[: args.nudging_prompts]
     nudging = {}
     nudging["vLLM, one prompt at a time"] = timed(nudger(args, vpilot, vbase), nudged, vpilot, vbase)
+    nudging["vLLM, all prompts in lockstep"] = timed(nudger(args, vpilot, vbase, batch_size=len(nudged)), nudged,
+                                                     vpilot, vbase)
     for engine in (vpilot, vbase):
         engine.close()
 
@@ -200,8 +203,9 @@ def run(args) -> dict:
             "per_request_requests": per_request.counter, "nudging": nudging_table, "bf16": bf16}
 
 
-def nudger(args, pilot, base, max_in_flight: int | None = None) -> Nudging:
-    return Nudging(pilot, base, args.length, True, threshold=args.nudging_threshold, max_in_flight=max_in_flight)
+def nudger(args, pilot, base, max_in_flight: int | None = None, batch_size: int = 1) -> Nudging:
+    return Nudging(pilot, base, args.length, True, threshold=args.nudging_threshold, max_in_flight=max_in_flight,
+                   batch_size=batch_size)
 
 
 def nudging_report(console, runs: dict, n: int, length: int) -> dict:

@@ -58,6 +58,8 @@ class Engine(Protocol):
 
     def probe(self, ids: list[int], max_tokens: int, min_prob: float = 0.0) -> tuple[list[int], list[float]]: ...
 
+    def probe_many(self, probes: list[tuple[list[int], int, float]]) -> list[tuple[list[int], list[float]]]: ...
+
     def next_token_logprobs(self, prompts: list[list[int]], candidates: list[int]) -> list[list[float]]: ...
 
     def top_next_tokens(self, prompts: list[list[int]], k: int) -> list[tuple[list[int], list[float]]]: ...
@@ -107,6 +109,10 @@ class HFEngine(LoadedModel):
             if probs[-1] < min_prob:
                 break
         return new, probs
+
+    def probe_many(self, probes):
+        """One `probe` after another (the probe cache holds one sequence)."""
+        return [self.probe(ids, max_tokens, min_prob) for ids, max_tokens, min_prob in probes]
 
     @torch.inference_mode()
     def _last_logprobs(self, prompts) -> torch.Tensor:

@@ -367,8 +367,13 @@ class VLLMEngine:
     def probe(self, ids, max_tokens, min_prob=0.0):
         """Greedy, all `max_tokens` at once, with each chosen token's probability (vLLM's raw
         log-probabilities: before any sampling transform); the caller stops where it wants."""
-        self.requests["generate"] += 1
-        return probed(self._run([ids], [self.probe_params(max_tokens)])[0])
+        [result] = self.probe_many([(ids, max_tokens, min_prob)])
+        return result
+
+    def probe_many(self, probes: list[tuple[list[int], int, float]]) -> list[tuple[list[int], list[float]]]:
+        """Several (ids, max_tokens, min_prob) probes in one call, as one batch."""
+        self.requests["generate"] += len(probes)
+        return [probed(out) for out in self._run([p[0] for p in probes], [self.probe_params(p[1]) for p in probes])]
 
     def probe_params(self, max_tokens: int):
         from vllm import SamplingParams

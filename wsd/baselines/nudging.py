@@ -18,7 +18,7 @@ from wsd.backends.decoding import check_context, encode
 from wsd.backends.engines import Engine, per_request
 from wsd.backends.vllm_async import answers_in_flight
 from wsd.core.prompts import Message, base_prompt, cut_at_stop, pilot_prompt, stop_reason, stop_strings
-from wsd.core.registration import Method, MethodEntry, greedy_options
+from wsd.core.registration import Method, MethodEntry, backend_name, greedy_options
 from wsd.core.schemas import MethodBlock, at_least, between
 
 
@@ -33,9 +33,12 @@ class NudgingBlock(MethodBlock):
         at_least(f"{key}.word_max_tokens", self.word_max_tokens, 1)
 
 
-# Tokens per `probe` call: the base's run ends at the first unsure token (HF stops there, vLLM
-# writes the rest of the chunk in the same request); a pilot word is a few tokens.
-_BASE_PROBE = 16
+# Tokens per `probe` call. The base's run ends at its first unsure token: HF stops there, vLLM
+# writes the rest of the request, so a base run starts with short probes and doubles them
+# while the base stays sure (where it hands over every few tokens, long probes are waste). A
+# pilot word is a few tokens.
+_BASE_PROBE_FIRST = 2
+_BASE_PROBE_MAX = 16
 _PILOT_PROBE = 4
 
 
@@ -56,12 +59,14 @@ class Nudging:
 
     def __init__(self, pilot: Engine, base: Engine, max_new_tokens: int, fixed_length: bool,
                  threshold: float = NudgingBlock.threshold, word_max_tokens: int = NudgingBlock.word_max_tokens,
-                 answer_stops: tuple[str, ...] = (), max_in_flight: int | None = None):
+                 answer_stops: tuple[str, ...] = (), max_in_flight: int | None = None, batch_size: int = 1):
         """`answer_stops` (lm-eval's `until`) end the answer whichever model writes them.
         `max_in_flight`: on vLLM's async engine (`backend.scheduling=per_request`), how many
-        prompts run their handovers at once, each probe a request of its own; None: one
-        prompt at a time on the engines' blocking calls."""
-        self.pilot, self.base, self.max_in_flight = pilot, base, max_in_flight
+        prompts run their handovers at once, each probe a request of its own. Else, on the
+        blocking engines, `batch_size` prompts advance in lockstep: each round, the probes
+        they wait on go to their engine in one call (on vLLM one batch; HF's probe cache holds
+        one sequence, so there 1)."""
+        self.pilot, self.base, self.max_in_flight, self.batch_size = pilot, base, max_in_flight, batch_size
         self.max_new_tokens, self.fixed_length = max_new_tokens, fixed_length
         self.threshold, self.word_max_tokens = threshold, word_max_tokens
         self.base_stops = stop_strings("base", base.tokenizer, answer_stops, fixed_length)
@@ -75,17 +80,19 @@ class Nudging:
         check_context(self.pilot, prompt_id, pilot_len, 2 * self.max_new_tokens, "new (x2, the pilot's view)")
 
     def generate_many(self, prompts):
-        """Yields (prompt, record) in input order: one prompt at a time (handovers differ per
-        row), or every prompt its own pipeline on the async engine."""
+        """Yields (prompt, record) in input order: every prompt its own pipeline on the async
+        engine, or `batch_size` prompts at a time in lockstep on the blocking engines."""
+        prompts = list(prompts)
         if self.max_in_flight:
-            yield from answers_in_flight(list(prompts), self.answer, self.max_in_flight)
+            yield from answers_in_flight(prompts, self.answer, self.max_in_flight)
             return
-        for prompt in prompts:
-            yield prompt, _finished(self.answer(prompt))
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            yield from zip(batch, _in_lockstep([self.answer(p) for p in batch]))
 
     async def answer(self, prompt) -> dict:
         """One prompt's record. Its probes are awaited on the async engine; on the blocking
-        engines the coroutine never suspends (`_finished` runs it)."""
+        engines `_in_lockstep` answers them."""
         start = time.perf_counter()
         record = await self._nudge(prompt.messages)
         record["seconds"] = {"total": time.perf_counter() - start}
@@ -93,12 +100,13 @@ class Nudging:
 
     def generate(self, messages: list[Message]) -> dict:
         """One answer on the blocking engines."""
-        return _finished(self._nudge(messages))
+        [record] = _in_lockstep([self._nudge(messages)])
+        return record
 
     async def _probe(self, engine: Engine, ids: list[int], max_tokens: int, min_prob: float = 0.0):
         if self.max_in_flight:
             return await engine.aprobe(ids, max_tokens, min_prob)
-        return engine.probe(ids, max_tokens, min_prob)
+        return await _Probe(engine, ids, max_tokens, min_prob)
 
     async def _nudge(self, messages: list[Message]) -> dict:
         base_tok, pilot_tok = self.base.tokenizer, self.pilot.tokenizer
@@ -110,13 +118,14 @@ class Nudging:
         while reason is None:
             # the base writes while it is sure of its next token
             ids = encode(base_tok, base_prefix + answer)
-            new, unsure = [], False
+            new, unsure, probe = [], False, _BASE_PROBE_FIRST
             while reason is None and not unsure:
                 room = self.max_new_tokens - (len(ids) - n_prefix + len(new))
                 if room <= 0:
                     reason = "length"
                     break
-                tokens, probs = await self._probe(self.base, ids + new, min(room, _BASE_PROBE), self.threshold)
+                tokens, probs = await self._probe(self.base, ids + new, min(room, probe), self.threshold)
+                probe = min(2 * probe, _BASE_PROBE_MAX)
                 for top, prob in zip(tokens, probs):
                     if prob < self.threshold:
                         unsure = True
@@ -182,14 +191,44 @@ class Nudging:
         return text, False
 
 
-def _finished(coroutine):
-    """The result of a coroutine that never suspends (nudging on the blocking engines)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    coroutine.close()
-    raise RuntimeError("nudging awaited an async engine without backend.scheduling=per_request")
+@dataclass
+class _Probe:
+    """A probe a nudging coroutine waits on, for `_in_lockstep` to answer."""
+
+    engine: Engine
+    ids: list[int]
+    max_tokens: int
+    min_prob: float
+
+    def __await__(self):
+        return (yield self)
+
+
+def _in_lockstep(coroutines: list) -> list:
+    """Runs nudging coroutines on the blocking engines, in rounds: each round, the probes they
+    wait on go to their engine as one `probe_many` call, and each coroutine resumes with its
+    answer. Their results, in order."""
+    results, waiting = [None] * len(coroutines), {}
+
+    def advance(i: int, answer) -> None:
+        try:
+            waiting[i] = coroutines[i].send(answer)
+        except StopIteration as done:
+            results[i] = done.value
+
+    for i in range(len(coroutines)):
+        advance(i, None)
+    while waiting:
+        rounds: dict[int, list[int]] = {}
+        for i, probe in waiting.items():
+            rounds.setdefault(id(probe.engine), []).append(i)
+        asked, waiting = waiting, {}
+        for rows in rounds.values():
+            engine = asked[rows[0]].engine
+            answers = engine.probe_many([(asked[i].ids, asked[i].max_tokens, asked[i].min_prob) for i in rows])
+            for i, answer in zip(rows, answers):
+                advance(i, answer)
+    return results
 
 
 def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
@@ -197,7 +236,8 @@ def build_nudging(cfg: dict, models: dict[str, Engine]) -> Method:
     return Nudging(models["pilot"], models["base"], options.max_new_tokens, options.fixed_length,
                    threshold=params["threshold"], word_max_tokens=params["word_max_tokens"],
                    answer_stops=options.stop_strings,
-                   max_in_flight=cfg["backend"]["max_in_flight"] if per_request(cfg.get("backend")) else None)
+                   max_in_flight=cfg["backend"]["max_in_flight"] if per_request(cfg.get("backend")) else None,
+                   batch_size=options.batch_size if backend_name(cfg) == "vllm" else 1)
 
 
 METHOD = MethodEntry("nudging", ("pilot", "base"), build_nudging,

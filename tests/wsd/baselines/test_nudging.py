@@ -92,14 +92,19 @@ class _AsyncProbing:
         return self.engine.probe(ids, max_tokens, min_prob)
 
 
-def test_prompts_nudged_at_once_get_the_one_at_a_time_records_in_order(tiny_pair):
-    """Three prompts, two pipelines running at once and their probes interleaved (each probe
-    thrashing the other prompt's cached prefix): the records one prompt at a time gives."""
+@pytest.mark.parametrize("scheduling", ["per_request", "lockstep"])
+def test_prompts_nudged_together_get_the_one_at_a_time_records_in_order(tiny_pair, scheduling):
+    """Three prompts, their probes interleaved (each thrashing the other prompts' cached
+    prefix): two pipelines at once on an async engine, or all three in lockstep rounds (one
+    `probe_many` per engine and round): the records one prompt at a time gives."""
     pilot, base = tiny_pair
     prompts = [Prompt(str(i), [{"role": "user", "content": text}])
                for i, text in enumerate(["What is the capital of France?", "Name a colour.", "Count to three."])]
     alone = [r for _, r in Nudging(pilot, base, 16, False, threshold=0.3).generate_many(prompts)]
-    together = Nudging(_AsyncProbing(pilot), _AsyncProbing(base), 16, False, threshold=0.3, max_in_flight=2)
+    if scheduling == "per_request":
+        together = Nudging(_AsyncProbing(pilot), _AsyncProbing(base), 16, False, threshold=0.3, max_in_flight=2)
+    else:
+        together = Nudging(pilot, base, 16, False, threshold=0.3, batch_size=3)
     got = list(together.generate_many(prompts))
     assert [p.id for p, _ in got] == ["0", "1", "2"]
     drop = {"seconds"}
