@@ -528,7 +528,7 @@ SWITCH_NOTE = ("Position = kept draft tokens k (base tokenization; the switch is
 
 
 def index_text(experiment: str, tables: dict, plots: dict, skipped: dict, proxies: list[str], wandb: dict,
-               citation: str) -> str:
+               citation: str, analyses: list[dict] = ()) -> str:
     lines = [f"# Report: experiment `{experiment}`", "",
              f"Rows whose `source` starts with `paper` are the paper's numbers ({citation}; "
              "`eval/paper_results.yaml`). Rows starting with `ours` are ours, with their base model and pilot; "
@@ -538,6 +538,11 @@ def index_text(experiment: str, tables: dict, plots: dict, skipped: dict, proxie
     lines += [f"- {TABLES[name]}: [{name}.md]({name}.md), [{name}.csv]({name}.csv), [{name}.tex]({name}.tex)"
               for name in tables]
     lines += ["", "## Plots", "", *(f"- [{Path(p).name}]({Path(p).name})" for p in plots.values())]
+    if analyses:
+        lines += ["", "## Analyses (likelihoods: real numbers, no judge)", ""]
+        for a in analyses:
+            links = ", ".join(f"[{Path(a[k]).name}]({Path(a[k]).name})" for k in ("table", "figure") if a.get(k))
+            lines += [f"- {a['benchmark']}: {links}", *(f"  - {line}" for line in a["verdicts"])]
     if skipped:
         lines += ["", "## Skipped (no data)", "", *(f"- {name}: {why}" for name, why in skipped.items())]
     lines += ["", "## W&B", "", f"- Report: {wandb['wandb_report']}"]

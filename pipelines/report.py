@@ -38,6 +38,7 @@ from eval.reporting import (
 )
 from eval.results import evaluation_rows
 from pipelines import multirun_flag_first
+from wsd.analysis.tables import experiment_analyses, premise_lines
 from wsd.core.store import write_atomic
 
 
@@ -46,7 +47,8 @@ def run(cfg: DictConfig) -> dict:
     root, experiment = Path(cfg.output_root), cfg.name
     rows = evaluation_rows(root, experiment)
     generations = generation_runs(root, experiment, {Path(r["generation"]).name for r in rows if r.get("generation")})
-    if not rows and not generations:
+    analyses = experiment_analyses(root, experiment)
+    if not rows and not generations and not analyses:
         raise FileNotFoundError(
             f"no results for experiment {experiment!r} under {root}: run `python -m pipelines.generate "
             f"name={experiment}` (or experiment=...), then `python -m pipelines.evaluate` / "
@@ -80,14 +82,32 @@ def run(cfg: DictConfig) -> dict:
                     "switch_positions": "no WSD run, or no WSD response switched"}
     skipped.update({name: plot_reasons.get(name, "fewer than two WSD thresholds with data")
                     for name, path in plots.items() if path is None})
+    analysed = copy_analyses(analyses, folder)
     wandb = publish_report(cfg, rows, folder)
     proxies = sorted({f"{r['benchmark']}: {r['metric']}" for r in rows if r["proxy"]})
     index = folder / "README.md"
     write_atomic(index, index_text(experiment, tables, {k: v for k, v in plots.items() if v}, skipped, proxies, wandb,
-                                   paper["citation"]))
+                                   paper["citation"], analysed))
     return {"experiment": experiment, "dir": str(folder), "index": str(index),
             "tables": {name: {ext: str(p) for ext, p in paths.items()} for name, paths in tables.items()},
-            "plots": {k: str(v) for k, v in plots.items() if v}, "skipped": skipped, **wandb}
+            "plots": {k: str(v) for k, v in plots.items() if v}, "analyses": analysed, "skipped": skipped, **wandb}
+
+
+def copy_analyses(analyses: list[dict], folder: Path) -> list[dict]:
+    """Each benchmark's newest analyses (table and figure) copied beside the report's tables,
+    with its premise verdicts for the index."""
+    newest = {a["benchmark"]: a for a in analyses}
+    copied = []
+    for benchmark, summary in newest.items():
+        source = Path(summary["identity"]["folder"])
+        entry = {"benchmark": benchmark, "verdicts": premise_lines(summary)}
+        for kind, ext in (("table", "md"), ("figure", "png")):
+            if (source / f"analyses.{ext}").exists():
+                target = folder / f"analyses_{benchmark}.{ext}"
+                target.write_bytes((source / f"analyses.{ext}").read_bytes())
+                entry[kind] = str(target)
+        copied.append(entry)
+    return copied
 
 
 @hydra.main(config_path="../conf", config_name="report", version_base="1.3")

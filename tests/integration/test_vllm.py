@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from pipelines import generate
 from tests.conftest import compose
+from wsd.analysis.positions import score_answers
 from wsd.backends.decoding import base_texts, encode
 from wsd.backends.engines import load_engine
 from wsd.backends.models import ModelSpec
@@ -113,6 +114,21 @@ def test_scores_match_hf_with_the_prefix_cache_read_or_not(vllm_pair, hf_pair, p
         assert [len(g) for g in got] == [len(w) for w in want]
         assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w)) < 1e-4
     assert warm == cold  # the same engine: exactly the same numbers, cache or not
+
+
+def test_token_ranks_match_hf(vllm_pair, hf_pair, prompts):
+    """The analyses' per-token numbers on AlpacaEval's reference answers: vLLM's prompt
+    log-probabilities and ranks against HF's full-vocabulary ones. A rank counts the tokens at
+    least as likely, so float noise can move it by the few tokens whose logits lie within
+    ~1e-5 of the scored one's."""
+    (_, vbase), (_, hbase) = vllm_pair, hf_pair
+    items = [{"id": p.id, "messages": p.messages, "answer": p.meta["reference"]} for p in prompts[:2]]
+    got, want = (score_answers(engine, "base", items, max_answer_tokens=32) for engine in (vbase, hbase))
+    assert [len(g.ranks) for g in got] == [len(w.ranks) for w in want] == [32, 32]
+    for g, w in zip(got, want):
+        assert max(abs(a - b) for a, b in zip(g.logprobs, w.logprobs)) < 1e-4
+        assert all(abs(a - b) <= max(2, 0.01 * b) for a, b in zip(g.ranks, w.ranks))
+    assert any(r > 10 for w in want for r in w.ranks) and any(r == 1 for w in want for r in w.ranks)
 
 
 def test_probe_and_candidate_logprobs_match_hf(vllm_pair, hf_pair, prompts):

@@ -98,17 +98,22 @@ def test_a_bad_plan_is_named_before_anything_runs(tmp_path):
 
 def test_the_chain_runs_once_then_only_says_where_the_results_are(tiny_models, tmp_path):
     overrides = tiny_overrides(
-        tiny_models, tmp_path, "name=chain", "reproduce.stages=[generate,evaluate,evaluate_tax,report]",
+        tiny_models, tmp_path, "name=chain", "reproduce.stages=[generate,evaluate,analyze,evaluate_tax,report]",
         "reproduce.benchmarks=[mt_bench]", "reproduce.methods=[base,wsd]", "benchmark.limit=1",
         "reproduce.judges.mt_bench=['judge=harmlessness']", "reproduce.tax_methods=[wsd]", "tax.tasks=[wsd_gsm8k]",
-        f"tax.gsm8k_path={GSM8K}", "tax.limit=2", "tax.max_gen_toks=16")
+        f"tax.gsm8k_path={GSM8K}", "tax.limit=2", "tax.max_gen_toks=16", "reproduce.analyses=[mt_bench]",
+        "analysis.limit=2", "analysis.max_answer_tokens=24", "analysis.prefix_tokens=[0,2]",
+        "analysis.continuation_tokens=4", "analysis.continuation_answers=1", "analysis.stage_judge.endpoint=null")
     summary = reproduce.run(overrides)
     assert [s["step"] for s in summary["ran"]] == [
         "generate benchmark=mt_bench method=base", "generate benchmark=mt_bench method=wsd",
         "evaluate benchmark=mt_bench method=base judge=harmlessness",
-        "evaluate benchmark=mt_bench method=wsd judge=harmlessness", "evaluate_tax method=wsd", "report"]
+        "evaluate benchmark=mt_bench method=wsd judge=harmlessness", "analyze benchmark=mt_bench method=wsd",
+        "evaluate_tax method=wsd", "report"]
     index = Path(summary["report"])
     assert index.exists() and "main" in index.read_text()
+    assert "[analyses_mt_bench.md](analyses_mt_bench.md)" in index.read_text()
+    assert "Difficulty by position under the base (tiny-base)" in (index.parent / "analyses_mt_bench.md").read_text()
     assert "paper (Llama-3-70B)" in (index.parent / "main.md").read_text()
     assert "| mt_bench | harmlessness/refusal† | ours (tiny-base, tiny-pilot pilot) |" in \
         (index.parent / "other_metrics.md").read_text()

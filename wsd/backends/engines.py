@@ -5,7 +5,8 @@ lm-eval model) is written against `Engine`: a tokenizer, a context length, EOS i
 
 - `generate`: token ids for many prompts at once, each with its own budget, stop strings,
   greedy or sampling (seeded by the global torch RNG, `transformers.set_seed`);
-- `score`: teacher-forced probabilities of given tokens;
+- `score`: teacher-forced probabilities of given tokens; `token_ranks` the same tokens'
+  log-probabilities with their rank among the vocabulary (the analyses' difficulty by position);
 - `probe`: a greedy continuation with the probability of each chosen token (nudging's
   "is the base sure of its next token?");
 - `next_token_logprobs`: the log-probabilities of a few candidate next tokens (a judge's
@@ -56,6 +57,8 @@ class Engine(Protocol):
 
     def score(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]: ...
 
+    def token_ranks(self, sequences: list[list[int]], starts: list[int]) -> list[list[tuple[float, int]]]: ...
+
     def probe(self, ids: list[int], max_tokens: int, min_prob: float = 0.0) -> tuple[list[int], list[float]]: ...
 
     def probe_many(self, probes: list[tuple[list[int], int, float]]) -> list[tuple[list[int], list[float]]]: ...
@@ -79,9 +82,15 @@ class HFEngine(LoadedModel):
         return chunked_greedy(self, seqs, mask, None, budgets, stops, fixed_length, self.chunk_tokens,
                               sampling=sampling)
 
-    @torch.inference_mode()
     def score(self, sequences, starts):
-        """One forward per sequence, logits only where a scored token is predicted."""
+        """`token_ranks`' probabilities, exponentiated in float32 as the forward computed them."""
+        return [torch.tensor([lp for lp, _ in row], dtype=torch.float32).exp().tolist()
+                for row in self.token_ranks(sequences, starts)]
+
+    @torch.inference_mode()
+    def token_ranks(self, sequences, starts):
+        """One forward per sequence, logits only where a scored token is predicted; a token's
+        rank counts the vocabulary entries at least as likely as it (vLLM's rank: 1 is top-1)."""
         out = []
         for ids, start in zip(sequences, starts):
             wanted = len(ids) - start
@@ -90,8 +99,9 @@ class HFEngine(LoadedModel):
                 continue
             logits = self.model(torch.tensor([ids], device=self.device), logits_to_keep=wanted + 1).logits[0]
             logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-            picked = logprobs.gather(1, torch.tensor(ids[start:], device=logprobs.device)[:, None])[:, 0]
-            out.append(picked.exp().tolist())
+            picked = logprobs.gather(1, torch.tensor(ids[start:], device=logprobs.device)[:, None])
+            ranks = (logprobs >= picked).sum(dim=1)
+            out.append(list(zip(picked[:, 0].tolist(), ranks.tolist())))
         return out
 
     def probe(self, ids, max_tokens, min_prob=0.0):

@@ -150,7 +150,7 @@ class AsyncVLLMEngine(VLLMEngine):
         if reuse and cache_covers(output, start):
             self.requests["score_recomputed"] += 1
             output = await self.request(ids, self.score_params(read_cache=False))
-        return [math.exp(lp) for lp in prompt_logprobs(output, ids, start)]
+        return [math.exp(lp.logprob) for lp in prompt_logprobs(output, ids, start)]
 
 
 def answers_in_flight(prompts: list, answer, max_in_flight: int):

@@ -306,7 +306,10 @@ class VLLMEngine:
             detokenize=bool(stops), skip_special_tokens=False)
 
     def score(self, sequences, starts):
-        return [[math.exp(lp) for lp in row] for row in self._logprobs(sequences, starts)]
+        return [[math.exp(lp.logprob) for lp in row] for row in self._logprobs(sequences, starts)]
+
+    def token_ranks(self, sequences, starts):
+        return [[(lp.logprob, lp.rank) for lp in row] for row in self._logprobs(sequences, starts)]
 
     def next_token_logprobs(self, prompts, candidates):
         """One token's step per prompt with the candidates' raw log-probabilities
@@ -332,10 +335,10 @@ class VLLMEngine:
         return out
 
     def _logprobs(self, sequences, starts):
-        """log P(ids[i] | ids[:i]) for i >= start, from prompt log-probabilities. Where prefix
-        caching is on, a request reads the cache (vLLM then computes log-probabilities only
-        past the cached prefix); a row whose cached prefix covers a wanted position is
-        scored again without reading it."""
+        """log P(ids[i] | ids[:i]) for i >= start with its rank (vLLM's `Logprob`s), from prompt
+        log-probabilities. Where prefix caching is on, a request reads the cache (vLLM then
+        computes log-probabilities only past the cached prefix); a row whose cached prefix
+        covers a wanted position is scored again without reading it."""
         if any(start < 1 for start in starts):
             raise ValueError("the first token of a sequence has no probability to score")
         reuse = self.settings.enable_prefix_caching
@@ -402,9 +405,10 @@ def cache_covers(output, start: int) -> bool:
     return (output.num_cached_tokens or 0) + 1 > start
 
 
-def prompt_logprobs(output, ids: list[int], start: int) -> list[float]:
-    """log P(ids[j] | ids[:j]) for j >= start, from a scoring request's output."""
-    return [output.prompt_logprobs[j][ids[j]].logprob for j in range(start, len(ids))]
+def prompt_logprobs(output, ids: list[int], start: int) -> list:
+    """log P(ids[j] | ids[:j]) for j >= start with its rank (vLLM's `Logprob`s), from a scoring
+    request's output."""
+    return [output.prompt_logprobs[j][ids[j]] for j in range(start, len(ids))]
 
 
 def _generated(output, eos: set[int], fixed_length: bool) -> Generated:

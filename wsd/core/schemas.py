@@ -299,6 +299,50 @@ class MTBenchGradingJudgeBlock(ServedJudgeBlock):
     proxy: bool = True  # false only with the paper's judge (GPT-4)
 
 
+@dataclass
+class StageJudgeBlock:
+    """The analyses' switch-stage judge: a chat endpoint given one fixed rubric."""
+
+    endpoint: Optional[str] = "local"  # local (a served model), an OpenAI-compatible URL, or null: the rule only
+    client: ClientBlock = field(default_factory=ClientBlock)
+    max_tokens: int = 8  # the reply is one stage name
+    proxy: bool = True  # false only with a judge strong enough to be trusted
+
+
+ANALYSIS_PARTS = ("difficulty", "prefix", "switches")
+
+
+@dataclass
+class AnalysisBlock:
+    """The analyze stage: which parts run, on which answers, at what size."""
+
+    parts: list[str] = field(default_factory=lambda: list(ANALYSIS_PARTS))
+    # reference: the benchmark's reference answers (AlpacaEval's GPT-4-turbo outputs); or the
+    # folder of a finished generate run, whose responses are analysed (e.g. the pilot's own)
+    answers: str = "reference"
+    limit: Optional[int] = 64  # the first N answers of the benchmark (null: all)
+    max_answer_tokens: int = 512  # each answer's first tokens scored (positions beyond fall in no bucket)
+    prefix_tokens: list[int] = field(default_factory=lambda: [0, 4, 8, 16, 32, 64])  # the prefix curve's m
+    continuation_tokens: int = 48  # the base's greedy continuation after m tokens, compared with the reference's next tokens
+    continuation_answers: int = 16  # answers whose continuations are generated (every m each)
+    bootstrap_resamples: int = 2000
+    stage_judge: StageJudgeBlock = field(default_factory=StageJudgeBlock)
+
+    def validate(self, key: str = "analysis") -> None:
+        unknown = [p for p in self.parts if p not in ANALYSIS_PARTS]
+        if unknown or not self.parts:
+            raise ValueError(f"{key}.parts must name some of {', '.join(ANALYSIS_PARTS)}; got {list(self.parts)}")
+        for name in ("max_answer_tokens", "continuation_tokens", "continuation_answers", "bootstrap_resamples"):
+            at_least(f"{key}.{name}", getattr(self, name), 1)
+        if self.limit is not None:
+            at_least(f"{key}.limit", self.limit, 1, "null or an integer")
+        if not self.prefix_tokens or any(m < 0 for m in self.prefix_tokens):
+            raise ValueError(f"{key}.prefix_tokens must be non-negative token counts, got {list(self.prefix_tokens)}")
+        if max(self.prefix_tokens) >= self.max_answer_tokens:
+            raise ValueError(f"{key}.prefix_tokens' largest m ({max(self.prefix_tokens)}) must be below "
+                             f"{key}.max_answer_tokens ({self.max_answer_tokens})")
+
+
 JUDGE_BLOCKS = {"harmlessness": JudgeBlock, "ifeval": IFEvalJudgeBlock, "local_llm_judge": LocalLLMJudgeBlock,
                 "reference_similarity": ReferenceSimilarityJudgeBlock, "reward_model": RewardModelJudgeBlock,
                 "alpaca_eval": AlpacaEvalJudgeBlock, "arena_hard": ArenaHardJudgeBlock,
@@ -330,6 +374,7 @@ def schema_paths() -> list[str]:
 
 
 for _path, _block in [("generation", GenerationBlock), ("tax", TaxBlock), ("train", TrainBlock),
+                      ("analysis", AnalysisBlock),
                       ("api_server", APIServerBlock),
                       *((f"benchmark/{n}", b) for n, b in BENCHMARK_BLOCKS.items()),
                       *((f"judge/{n}", b) for n, b in JUDGE_BLOCKS.items())]:

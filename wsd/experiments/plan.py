@@ -22,7 +22,7 @@ from wsd.runs import identity as identities
 
 log = logging.getLogger("wsd.reproduce")
 
-STAGES = ("collect_generalign", "train_pilot", "generate", "evaluate", "evaluate_tax", "report")
+STAGES = ("collect_generalign", "train_pilot", "generate", "evaluate", "analyze", "evaluate_tax", "report")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ def plan(cfg: DictConfig) -> list[Step]:
                 check_judge_fits(benchmark, judge_name(judge))
         steps += [Step("evaluate", (*run, *shlex.split(judge)), sized) for benchmark, run, sized in runs
                   for judge in r["judges"][benchmark]]
+    if "analyze" in r["stages"]:  # the planned benchmarks among reproduce.analyses: each reads its WSD run
+        steps += [Step("analyze", (f"benchmark={b}", "method=wsd"), tuple((r.get("benchmark_overrides") or {}).get(b)
+                                                                       or ())) for b in r["analyses"] if b in r["benchmarks"]]
     if "evaluate_tax" in r["stages"]:
         steps += [Step("evaluate_tax", (f"method={m}", *pilot)) for pilot in pilots for m in r["tax_methods"]
                   if not pilot or m in r["trained_pilot_methods"]]
@@ -133,6 +136,8 @@ def finished_output(step: Step, cfg: DictConfig) -> Path:
         return identities.evaluation(cfg, identities.generation(cfg).folder, cfg.benchmark.name).folder / "summary.json"
     if step.stage == "evaluate_tax":
         return identities.tax(cfg).folder / "summary.json"
+    if step.stage == "analyze":
+        return identities.analysis(cfg).folder / "summary.json"
     return Path(cfg.output_root) / "reports" / cfg.name / "README.md"
 
 

@@ -199,6 +199,33 @@ def tax(cfg: DictConfig) -> Identity:
     return Identity("evaluate_tax", Path(cfg.output_root) / "evaluate_tax", name, payload, inputs)
 
 
+def analysis_sources(cfg: DictConfig) -> dict[str, Path]:
+    """The result folders the analyses read: the analysed answers' generate run (none for a
+    benchmark's references) and, for the switches part, the WSD run the same overrides name."""
+    sources = {}
+    if cfg.analysis.answers != "reference":
+        sources["answers"] = Path(cfg.analysis.answers).expanduser().resolve()
+    if "switches" in cfg.analysis.parts:
+        sources["wsd_run"] = generation(cfg).folder
+    return sources
+
+
+def analysis(cfg: DictConfig) -> Identity:
+    """The analyses of one model pair on one benchmark's answers: both models on the backend,
+    the benchmark, the `analysis` block (the judge's client settings unkeyed), the seed, and
+    the folders it reads (`analysis_sources`)."""
+    backend = _plain(cfg.backend)
+    payload, inputs = _model_inputs(cfg, ("pilot", "base"), backend)
+    block = _plain(cfg.analysis)
+    block["stage_judge"] = keyed("judge", block["stage_judge"])
+    sources = {k: str(v) for k, v in analysis_sources(cfg).items()}
+    payload.update(backend=backend_identity(backend), benchmark=_plain(cfg.benchmark), analysis=block, seed=cfg.seed,
+                   sources=sources)
+    name = "__".join([slug(cfg.base.name), slug(cfg.pilot.name), slug(Path(cfg.analysis.answers).name)])
+    return Identity("analyze", Path(cfg.output_root) / "analyze" / cfg.benchmark.name, name, payload,
+                    {**inputs, **sources})
+
+
 # --- GenerAlign and training -----------------------------------------------------------
 
 
