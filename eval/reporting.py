@@ -264,7 +264,8 @@ def switch_table(generations: list[GenerationRun]) -> pd.DataFrame | None:
 
 
 def sweep_table(generations: list[GenerationRun], rows: list[dict], ratios: dict[Path, dict]) -> pd.DataFrame | None:
-    """One row per WSD (window, threshold) point: its metrics, relative time and switch share."""
+    """One row per WSD run: (window, threshold) points of the auto-switch and the settings
+    study's forced switches, with their metrics, relative time, switch share and mean k."""
     wsd = [g for g in generations if g.run["wsd"]]
     if not wsd:
         return None
@@ -274,14 +275,27 @@ def sweep_table(generations: list[GenerationRun], rows: list[dict], ratios: dict
             name = f"{row['metric']}{PROXY_MARK if row['proxy'] else ''}"
             scored.setdefault((row["benchmark"], Path(row["generation"]).name), {})[name] = estimate_cell(row)
     table = []
-    for g in sorted(wsd, key=lambda g: (g.benchmark, g.source, g.run["wsd"]["window"], g.run["wsd"]["threshold"])):
+    for g in sorted(wsd, key=lambda g: (g.benchmark, g.source, _switch_order(g.run["wsd"]), g.run["wsd"]["window"],
+                                        g.run["wsd"]["threshold"])):
         ratio = ratios.get(g.folder)
-        table.append({"source": g.source, "benchmark": g.benchmark, "window": g.run["wsd"]["window"],
-                      "threshold": g.run["wsd"]["threshold"], "draft_max_tokens": g.run["wsd"]["draft_max_tokens"],
+        forced = g.run["wsd"].get("force_keep")
+        table.append({"source": g.source, "benchmark": g.benchmark,
+                      "switch": "auto" if forced is None else f"forced at k={forced}",
+                      "window": "" if forced is not None else g.run["wsd"]["window"],
+                      "threshold": "" if forced is not None else g.run["wsd"]["threshold"],
+                      "draft_max_tokens": g.run["wsd"]["draft_max_tokens"],
                       "switched share": np.mean([r["switched"] for r in g.records]) if g.records else None,
+                      "mean k": np.mean([r["keep_count"] for r in g.records]) if g.records else None,
                       "time / base alone (x)": estimate_cell(ratio["estimate"]) if ratio else "",
                       **scored.get((g.benchmark, g.folder.name), {})})
-    return pd.DataFrame(table).fillna("")
+    frame = pd.DataFrame(table).fillna("")
+    return frame.loc[:, [c for c in frame.columns if (frame[c] != "").any()]]  # no column empty in every row
+
+
+def _switch_order(wsd: dict) -> tuple:
+    """The auto-switch first, then forced switches by k, the whole draft last."""
+    forced = wsd.get("force_keep")
+    return (0, 0) if forced is None else (1, forced) if isinstance(forced, int) else (2, 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,7 +342,8 @@ def _by_window(points: list[tuple]) -> dict:
 def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows: list[dict]) -> Path | None:
     """One panel per (benchmark, metric) evaluated at two or more thresholds; a line per window
     (and pilot), the bootstrap interval as error bars."""
-    wsd = {(g.benchmark, g.folder.name): g for g in generations if g.run["wsd"]}
+    wsd = {(g.benchmark, g.folder.name): g for g in generations
+           if g.run["wsd"] and g.run["wsd"].get("force_keep") is None}
     panels: dict[str, list] = {}
     for row in rows:
         g = wsd.get((row["benchmark"], Path(row.get("generation") or "").name))
@@ -336,7 +351,8 @@ def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows:
             title = f"{row['benchmark']}: {row['metric']}{PROXY_MARK if row['proxy'] else ''}"
             key = f"w={g.run['wsd']['window']} · {g.source}"
             panels.setdefault(title, []).append((key, g.run["wsd"]["threshold"], row["mean"], row["low"], row["high"]))
-    panels = {t: p for t, p in panels.items() if len({x[1] for x in p}) > 1}
+    panels = {t: [x for x in p if len({y[1] for y in p if y[0] == x[0]}) > 1] for t, p in panels.items()}
+    panels = {t: p for t, p in panels.items() if p}  # lines along two or more thresholds only
     if not panels:
         return None
     plt = _pyplot()
@@ -350,7 +366,7 @@ def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows:
             x, y, low, high = map(np.array, zip(*line))
             ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", capsize=3, label=key)
         ax.set(title=title, xlabel="threshold γ", ylabel="mean (95% interval)")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -358,18 +374,22 @@ def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows:
 
 
 def plot_time_vs_threshold(path: Path, generations: list[GenerationRun], ratios: dict[Path, dict]) -> Path | None:
+    """Relative time along the threshold, one line per swept series (benchmark, window,
+    models) with two or more thresholds: runs at one setting (every other benchmark of
+    `make reproduce`) are no line. The legend sits below the axes."""
     points = [(f"{g.benchmark} · w={g.run['wsd']['window']} · {g.source}", g.run["wsd"]["threshold"],
                ratios[g.folder]["estimate"]["mean"]) for g in generations
-              if g.run["wsd"] and g.folder in ratios]
-    if len({p[1] for p in points}) < 2:
+              if g.run["wsd"] and g.run["wsd"].get("force_keep") is None and g.folder in ratios]
+    lines = {key: line for key, line in _by_window(points).items() if len({x for x, _ in line}) > 1}
+    if not lines:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, line in _by_window(points).items():
+    fig, ax = plt.subplots(figsize=(6.5, 4 + 0.25 * len(lines)))
+    for key, line in lines.items():
         ax.plot(*zip(*line), marker="o", label=key)
     ax.axhline(1.0, color="grey", linestyle=":", label="base model alone")
     ax.set(title="decoding time relative to the base model alone", xlabel="threshold γ", ylabel="time / base (x)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -377,30 +397,39 @@ def plot_time_vs_threshold(path: Path, generations: list[GenerationRun], ratios:
 
 
 def plot_main_metrics(path: Path, paper: dict, rows: list[dict]) -> Path | None:
-    """The main table's cells of ours as bars with their 95% intervals: one panel per paper
-    column and stand-in metric (stand-ins are on different scales, so never one panel)."""
+    """Every measure of ours that stands for a paper column (each of its candidates the runs
+    have, not only the first), as bars with their 95% intervals: one panel per measure (they
+    are on different scales), proxies marked, the methods in the same order in every panel."""
     ours = newest_rows([r for r in rows if r["benchmark"] != TAX])
+    runs = sorted({key[:2] for key in ours})
     panels: dict[str, list] = {}
-    for (source, method), pairs in stand_ins(ours, main_candidates(paper)).items():
-        for column, pair in pairs.items():
-            row = ours[(source, method, *pair)]
-            title = f"{column}: {pair[1]}{PROXY_MARK if row['proxy'] else ''}"
-            panels.setdefault(title, []).append((f"{method} · {source}", row))
+    for column, pairs in main_candidates(paper).items():
+        for pair in pairs:
+            found = [(f"{method} · {source}", ours[(source, method, *pair)]) for source, method in runs
+                     if (source, method, *pair) in ours]
+            if found:
+                proxy = PROXY_MARK if any(r["proxy"] for _, r in found) else ""
+                panels[f"{column}: {pair[1]}{proxy}"] = found
     if not panels:
         return None
     plt = _pyplot()
-    height = max(len(bars) for bars in panels.values()) * 0.45 + 1.2
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), height), squeeze=False)
-    for ax, (title, bars) in zip(axes[0], panels.items()):
+    columns = min(3, len(panels))
+    rows_needed = -(-len(panels) // columns)
+    height = max(len(bars) for bars in panels.values()) * 0.3 + 1.4
+    fig, axes = plt.subplots(rows_needed, columns, figsize=(5.5 * columns, height * rows_needed), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    for i, (ax, (title, bars)) in enumerate(zip(axes.flat, panels.items())):
         labels, found = zip(*bars)
         means = np.array([r["mean"] for r in found])
         spread = [[r["mean"] - r["low"] if r.get("low") is not None else 0 for r in found],
                   [r["high"] - r["mean"] if r.get("high") is not None else 0 for r in found]]
         ax.barh(range(len(bars)), means, xerr=spread, capsize=3, color="tab:blue", alpha=0.7)
-        ax.set_yticks(range(len(bars)), labels, fontsize="x-small")
+        ax.set_yticks(range(len(bars)), labels if i % columns == 0 else [""] * len(bars), fontsize="x-small")
         ax.invert_yaxis()
         ax.set_title(title, fontsize="small")
-        ax.set_xlabel("mean (95% interval)")
+        ax.set_xlabel("mean (95% interval)", fontsize="small")
+    fig.suptitle(f"Measures standing for the paper's columns ({PROXY_MARK}: offline proxy)", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -408,19 +437,27 @@ def plot_main_metrics(path: Path, paper: dict, rows: list[dict]) -> Path | None:
 
 
 def plot_switch_histogram(path: Path, generations: list[GenerationRun]) -> Path | None:
-    runs = [(f"{g.benchmark} · {g.label} · {g.source}", switch_positions(g))
-            for g in generations if g.run["wsd"]]
-    runs = [(label, positions) for label, positions in runs if positions]
+    """Switch positions as small multiples: one panel per WSD run (benchmark, settings and
+    models in its title), a shared x axis, no legend over the data."""
+    runs = [(f"{g.benchmark} · {g.label}\n{g.source}", switch_positions(g), len(g.records))
+            for g in sorted(generations, key=lambda g: (g.benchmark, g.label, g.source)) if g.run["wsd"]]
+    runs = [run for run in runs if run[1]]
     if not runs:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    top = max(max(p) for _, p in runs)
-    for label, positions in runs:
-        ax.hist(positions, bins=np.arange(0.5, top + 1.5), histtype="step", linewidth=1.5, label=label)
-    ax.set(title="switch positions (responses that switched)", xlabel="kept draft tokens k (base tokenization)",
-           ylabel="responses")
-    ax.legend(fontsize="x-small")
+    columns = min(3, len(runs))
+    rows_needed = -(-len(runs) // columns)
+    fig, axes = plt.subplots(rows_needed, columns, figsize=(4.5 * columns, 2.8 * rows_needed), squeeze=False,
+                             sharex=True)
+    for ax in axes.flat[len(runs):]:
+        ax.remove()
+    top = max(max(p) for _, p, _ in runs)
+    for ax, (title, positions, responses) in zip(axes.flat, runs):
+        ax.hist(positions, bins=np.linspace(0.5, top + 0.5, min(30, top) + 1), color="tab:gray")
+        ax.set_title(f"{title} ({len(positions)} of {responses} switched)", fontsize="x-small")
+        ax.set_ylabel("responses", fontsize="small")
+    for ax in axes[-1]:
+        ax.set_xlabel("kept draft tokens k", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -513,7 +550,7 @@ TABLES = {
     "other_metrics": "Our other metrics: those the paper's tables have no column for",
     "time": "Decoding time relative to the base model alone",
     "switch": "Where WSD switches from the pilot to the base model",
-    "sweep": "WSD sweep points (window, threshold)",
+    "sweep": "WSD runs side by side: the auto-switch at each (window, threshold) and the switch forced at k (the settings study)",
 }
 TIME_NOTE = ("Ours: sum over the prompts both runs decoded of each record's `seconds.total` (its share of its "
              "batch's wall time), this run over the base model alone on the same benchmark, base model, backend and "

@@ -45,7 +45,9 @@ def run_label(run: dict, with_models: bool = False) -> str:
     """`wsd (w=6, γ=0.8)`-style names for table rows, with the models (`wsd (w=6, γ=0.8) ·
     SmolLM2-135M-Instruct → gemma-3-270m`) where one name would cover several model sets."""
     label = run["method"]
-    if run.get("wsd"):
+    if (run.get("wsd") or {}).get("force_keep") is not None:
+        label += f" (switch forced at k={run['wsd']['force_keep']})"
+    elif run.get("wsd"):
         label += f" (w={run['wsd']['window']}, γ={run['wsd']['threshold']})"
     if run.get("settings"):
         label += " (" + ", ".join(f"{k}={v}" for k, v in run["settings"].items()) + ")"

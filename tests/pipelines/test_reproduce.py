@@ -79,8 +79,8 @@ def test_the_default_plan_serves_its_judge_locally_and_checks_the_baselines():
 def test_the_plans_sizes_per_benchmark_yield_to_the_users():
     steps, configs = _evaluations("mini")
     limits = {(c.benchmark.name, c.method.name): c.benchmark.limit for c in configs}
-    assert limits[("mt_bench", "wsd")] == limits[("arena_hard", "base")] == 8 and limits[("alpaca_eval", "wsd")] == 16
-    assert all(s.defaults == ("benchmark.limit=8",) for s in steps if "benchmark=mt_bench" in s.overrides)
+    assert limits[("mt_bench", "wsd")] == limits[("arena_hard", "base")] == 4 and limits[("alpaca_eval", "wsd")] == 16
+    assert all(s.defaults == ("benchmark.limit=4",) for s in steps if "benchmark=mt_bench" in s.overrides)
     _, configs = _evaluations("mini", "benchmark.limit=3")
     assert {c.benchmark.limit for c in configs} == {3}
 
@@ -142,3 +142,19 @@ def test_a_two_point_sweep_runs_through_evaluation_and_the_report(tiny_models, t
     sweep = pd.read_csv(folder / "sweep.csv")
     assert sorted(sweep["threshold"]) == [0.5, 0.9] and set(sweep["window"]) == {2}
     assert (folder / "metric_vs_threshold.png").stat().st_size > 0 and (folder / "time_vs_threshold.png").exists()
+
+
+def test_the_default_plan_runs_the_settings_study_and_the_analyses():
+    steps = plan.plan(compose(["experiment=mini"], "reproduce"))
+    forced = [s for s in steps if any(o.startswith("wsd.force_keep=") for o in s.overrides)]
+    assert [s.overrides[-1] for s in forced if s.stage == "generate"] == [
+        "wsd.force_keep=1", "wsd.force_keep=8", "wsd.force_keep=32", "wsd.force_keep=draft"]
+    assert {s.overrides[-1] for s in forced if s.stage == "evaluate"} == {"judge=reference_similarity"}
+    assert all("benchmark=alpaca_eval" in s.overrides for s in forced)
+    [analyze] = [s for s in steps if s.stage == "analyze"]
+    assert analyze.overrides == ("benchmark=alpaca_eval", "method=wsd")
+    stages = [s.stage for s in steps]
+    assert stages.index("analyze") > max(i for i, s in enumerate(stages) if s == "evaluate")
+    cfg = compose([*analyze.defaults, "experiment=mini", *analyze.overrides], "analyze")
+    assert (cfg.analysis.limit, cfg.analysis.max_answer_tokens) == (48, 256)
+    assert plan.finished_output(analyze, cfg).parent.parent.name == "alpaca_eval"

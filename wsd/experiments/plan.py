@@ -39,7 +39,8 @@ class Step:
 
 def plan(cfg: DictConfig) -> list[Step]:
     """The steps of `cfg.reproduce` in order: each benchmark's generation runs (the trained
-    pilot's too) and their judges, then the tax runs, then the report."""
+    pilot's too, and the settings study's WSD runs with a forced switch) and their judges,
+    the analyses, then the tax runs, then the report."""
     r = OmegaConf.to_container(cfg.reproduce, resolve=True)
     unknown = [s for s in r["stages"] if s not in STAGES]
     if unknown:
@@ -61,14 +62,22 @@ def plan(cfg: DictConfig) -> list[Step]:
         for pilot in pilots:
             methods = r["methods"] if not pilot else r["trained_pilot_methods"]
             runs += [(benchmark, (f"benchmark={benchmark}", f"method={m}", *pilot), sized) for m in methods]
+    judges = {benchmark: r["judges"][benchmark] for benchmark in r["benchmarks"]}
+    study = r.get("settings_study") or {}
+    for benchmark in (b for b in study.get("benchmarks") or () if b in r["benchmarks"]):
+        sized = tuple((r.get("benchmark_overrides") or {}).get(benchmark) or ())
+        runs += [(benchmark, (f"benchmark={benchmark}", "method=wsd", f"wsd.force_keep={k}"), sized)
+                 for k in study["force_keep"]]
     if "generate" in r["stages"]:
         steps += [Step("generate", run, sized) for _, run, sized in runs]
     if "evaluate" in r["stages"]:
+        study_judges = study.get("judges") or {}
         for benchmark in r["benchmarks"]:
-            for judge in r["judges"][benchmark]:
+            for judge in [*judges[benchmark], *study_judges.get(benchmark, ())]:
                 check_judge_fits(benchmark, judge_name(judge))
         steps += [Step("evaluate", (*run, *shlex.split(judge)), sized) for benchmark, run, sized in runs
-                  for judge in r["judges"][benchmark]]
+                  for judge in (study_judges.get(benchmark) or judges[benchmark] if _forced(run)
+                                else judges[benchmark])]
     if "analyze" in r["stages"]:  # the planned benchmarks among reproduce.analyses: each reads its WSD run
         steps += [Step("analyze", (f"benchmark={b}", "method=wsd"), tuple((r.get("benchmark_overrides") or {}).get(b)
                                                                        or ())) for b in r["analyses"] if b in r["benchmarks"]]
@@ -78,6 +87,11 @@ def plan(cfg: DictConfig) -> list[Step]:
     if "report" in r["stages"]:
         steps.append(Step("report", ()))
     return steps
+
+
+def _forced(run: tuple[str, ...]) -> bool:
+    """Is this generate run one of the settings study's (a forced switch)?"""
+    return any(o.startswith("wsd.force_keep=") for o in run)
 
 
 def check_steps(steps: list[Step], configs: list[DictConfig]) -> None:

@@ -135,6 +135,7 @@ def _model_inputs(cfg, roles, backend: dict) -> tuple[dict, dict[str, str]]:
 
 
 _WSD_KEYS_AS_FIRST_WRITTEN = {"implementation": "engine"}
+_WSD_KEYS_ADDED_LATER = ("force_keep",)  # keyed only when set, so the runs written before them keep their keys
 
 
 def method_identity(cfg: DictConfig) -> tuple[str, dict, dict[str, str]]:
@@ -152,7 +153,8 @@ def method_identity(cfg: DictConfig) -> tuple[str, dict, dict[str, str]]:
     if entry.uses_wsd_block:
         # keyed by the names the block had when runs were first written (`wsd.implementation`
         # was `wsd.engine`), so the folders of earlier runs are found
-        payload["wsd"] = {_WSD_KEYS_AS_FIRST_WRITTEN.get(k, k): v for k, v in _plain(cfg.wsd).items()}
+        payload["wsd"] = {_WSD_KEYS_AS_FIRST_WRITTEN.get(k, k): v for k, v in _plain(cfg.wsd).items()
+                          if not (k in _WSD_KEYS_ADDED_LATER and v is None)}
     return "__".join([cfg.method.name, *(slug(cfg[role].name) for role in roles)]), payload, inputs
 
 
@@ -171,6 +173,8 @@ def run_description(cfg: DictConfig) -> dict:
     reward-guided method's main settings and whether its reward model is a weak proxy."""
     entry = method_entry(cfg.method.name)
     wsd = {k: cfg.wsd[k] for k in ("window", "threshold", "draft_max_tokens")} if entry.uses_wsd_block else None
+    if wsd is not None and cfg.wsd.get("force_keep") is not None:
+        wsd["force_keep"] = cfg.wsd.force_keep
     description = {"experiment": cfg.name, "method": cfg.method.name,
                    "models": {role: cfg[role].name for role in entry.roles_for(cfg)}, "wsd": wsd}
     if entry.reward:

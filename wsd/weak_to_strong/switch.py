@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import Any
 
 from wsd.backends.decoding import base_budget, base_texts, check_context, encode
 from wsd.backends.models import LoadedModel
@@ -23,6 +24,7 @@ from wsd.core.registration import greedy_options
 from wsd.core.schemas import GenerationBlock, at_least
 
 _TIE_TOLERANCE = 1e-12
+WHOLE_DRAFT = "draft"  # wsd.force_keep: keep the whole draft
 
 
 def validate_switch_params(window: object, threshold: object) -> None:
@@ -92,6 +94,9 @@ class WSDBlock:
     threshold: float = 0.8  # the switch threshold gamma, in [0, 1]
     draft_max_tokens: int = 512  # the pilot's budget (lowered to generation.max_new_tokens when above it)
     early_stop: bool = True  # fast implementation: stop drafting at the switch (sweeps: false, docs/sweeps-and-benchmarks.md)
+    # The settings study: the switch forced after k draft tokens (base tokenization), or `draft`:
+    # the whole draft kept; null: the auto-switch of window and threshold
+    force_keep: Any = None
 
     def validate(self, key: str = "wsd") -> None:
         if self.implementation not in ("fast", "reference"):
@@ -101,6 +106,9 @@ class WSDBlock:
         except ValueError as err:
             raise ValueError(f"{key}.{err}") from None
         at_least(f"{key}.draft_max_tokens", self.draft_max_tokens, 1)
+        forced = self.force_keep
+        if forced not in (None, WHOLE_DRAFT) and (isinstance(forced, bool) or not isinstance(forced, int) or forced < 1):
+            raise ValueError(f"{key}.force_keep must be null, {WHOLE_DRAFT!r} or an integer >= 1, got {forced!r}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class WSDSettings:
     threshold: float = WSDBlock.threshold
     draft_max_tokens: int = WSDBlock.draft_max_tokens
     target_max_tokens: int = GenerationBlock.max_new_tokens
+    force_keep: int | str | None = WSDBlock.force_keep
     # Benchmarks only: no EOS and no stop strings anywhere, and the base writes exactly
     # target - k tokens, so every method produces the same number of tokens.
     fixed_length: bool = False
@@ -130,11 +139,16 @@ class WSDSettings:
         return block, cls(window=block.window, threshold=block.threshold,
                           draft_max_tokens=min(block.draft_max_tokens, g.max_new_tokens),
                           target_max_tokens=g.max_new_tokens, fixed_length=g.fixed_length,
-                          answer_stops=tuple(g.stop_strings))
+                          answer_stops=tuple(g.stop_strings), force_keep=block.force_keep)
 
     def switch_at(self, token_probs: Sequence[float]) -> int | None:
-        """The switch position among these draft probabilities (see `first_switch`)."""
-        return _first_switch(token_probs, self.window, self.threshold)
+        """The switch position among these draft probabilities (see `first_switch`); forced,
+        at draft token `force_keep` once the draft has it (never for the whole draft)."""
+        if self.force_keep is None:
+            return _first_switch(token_probs, self.window, self.threshold)
+        if self.force_keep == WHOLE_DRAFT or len(token_probs) < self.force_keep:
+            return None
+        return self.force_keep - 1
 
     def kept(self, draft_ids: list[int], token_probs: Sequence[float]) -> list[int]:
         """The kept prefix of a draft (base tokenization): up to and including the switch

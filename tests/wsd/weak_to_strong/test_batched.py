@@ -62,6 +62,21 @@ def test_fast_matches_reference_at_every_batch_size(tiny_pair, fixed_length, win
     assert paths["reused_scoring_cache"] > 0  # these drafts fit the 256-token sliding window
 
 
+@pytest.mark.parametrize("force_keep", [1, 5, "draft"])
+def test_a_forced_switch_matches_reference_and_stops_drafting_there(tiny_pair, force_keep):
+    settings = WSDSettings(window=6, threshold=0.8, draft_max_tokens=30, target_max_tokens=50, force_keep=force_keep)
+    reference = records(ReferenceWSD(*tiny_pair, settings))
+    fast = records(FastWSD(*tiny_pair, settings, FastOptions(batch_size=4, chunk_tokens=4)))
+    assert_same_answers(fast, reference, tiny_pair[1])
+    for r in reference.values():
+        if force_keep == "draft" or r["base_draft_tokens"] < force_keep:
+            assert r["keep_count"] == r["base_draft_tokens"] and not r["switched"]
+        else:
+            assert r["keep_count"] == force_keep and r["switched"]
+    if force_keep == 1:
+        assert all(r["early_stopped"] for r in fast.values() if r["switched"])
+
+
 def test_long_rows_fall_back_to_a_batched_prefill(tiny_pair):
     """Continuations that would carry the scoring cache past the tiny base's 256-token sliding
     window are prefilled."""

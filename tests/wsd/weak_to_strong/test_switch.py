@@ -102,3 +102,17 @@ def test_bad_threshold_is_named(threshold):
 def test_bad_probability_is_rejected():
     with pytest.raises(ValueError, match="1.2"):
         keep_count([0.5, 1.2], window=1, threshold=0.8)
+
+
+def test_a_forced_switch_keeps_k_tokens_whatever_the_probabilities():
+    from wsd.weak_to_strong.switch import WSDBlock, WSDSettings
+
+    draft, probs = list(range(10)), [0.01] * 5 + [1.0] * 5
+    assert WSDSettings(force_keep=3).kept(draft, probs) == [0, 1, 2]
+    assert WSDSettings(force_keep=3).switch_at(probs[:2]) is None  # not yet drafted that far
+    assert WSDSettings(force_keep=12).kept(draft, probs) == draft  # a shorter draft is kept whole
+    assert WSDSettings(force_keep="draft").switch_at([1.0] * 10) is None
+    assert WSDSettings().kept(draft, probs) == draft[:10]  # the auto-switch: at the window of ones
+    for bad in (0, "all", True, 2.5):
+        with pytest.raises(ValueError, match="wsd.force_keep must be null, 'draft' or an integer >= 1"):
+            WSDBlock(force_keep=bad).validate()
