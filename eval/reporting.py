@@ -550,7 +550,8 @@ TABLES = {
     "other_metrics": "Our other metrics: those the paper's tables have no column for",
     "time": "Decoding time relative to the base model alone",
     "switch": "Where WSD switches from the pilot to the base model",
-    "sweep": "WSD runs side by side: the auto-switch at each (window, threshold) and the switch forced at k (the settings study)",
+    "sweep": ("WSD runs side by side: the auto-switch at each (window, threshold) and the switch forced at k "
+              "(the settings study)"),
 }
 TIME_NOTE = ("Ours: sum over the prompts both runs decoded of each record's `seconds.total` (its share of its "
              "batch's wall time), this run over the base model alone on the same benchmark, base model, backend and "

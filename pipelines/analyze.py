@@ -19,7 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from eval.endpoints import ClientSettings, open_endpoint
+from eval.endpoints import ClientSettings, check_endpoint, open_endpoint
 from eval.judges import build_judge
 from eval.scores import generation_source
 from eval.stats import bootstrap
@@ -33,7 +33,7 @@ from wsd.backends.models import ModelSpec, check_available
 from wsd.core.schemas import AnalysisBlock
 from wsd.core.store import RecordFile, write_atomic
 from wsd.runs import identity as identities
-from wsd.runs.tracking import validate_logger
+from wsd.runs.tracking import tracked, validate_logger
 
 log = logging.getLogger("wsd.analyze")
 
@@ -55,6 +55,8 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict:
         records = wsd_records(generation_source(cfg)[0])
     judge = a.stage_judge
     client = ClientSettings.from_config(judge["client"]) if "switches" in a.parts and judge["endpoint"] else None
+    if client is not None:
+        check_endpoint(judge["endpoint"], client)
     specs = {role: ModelSpec.from_config(resolved[role]) for role in ("base", "pilot")}
     for spec in specs.values():
         check_available(spec)
@@ -66,21 +68,25 @@ def run(cfg: DictConfig, pool: ModelPool | None = None) -> dict:
                "backend": resolved["backend"]["name"], "items": len(items),
                "identity": identity.record()}
     log.info("analysing %d answers of %s in %s", len(items), a.answers, out)
-    with pool.holding():
-        engines = pool.engines({role: specs[role] for role in ("base", "pilot")}, resolved) \
-            if {"difficulty", "prefix"} & set(a.parts) else {}
-        scored = {role: _scored(engines[role], role, items, a.max_answer_tokens, out) for role in engines}
-        if "difficulty" in a.parts:
-            summary["difficulty"] = {role: {"buckets": positions.difficulty_by_position(s, a.bootstrap_resamples, cfg.seed),
-                                            "premise": positions.premise_verdict(s, a.bootstrap_resamples, cfg.seed)}
-                                     for role, s in scored.items()}
-        if "prefix" in a.parts:
-            summary["prefix"] = _prefix(engines["base"], items, scored["base"], a, resolved, out, cfg.seed)
-    if "switches" in a.parts:
-        summary["switches"] = _switches(records, judge, client, out)
-    summary["tables"] = analysis_tables(summary, out)
-    figure = plot_analyses(out / "analyses.png", summary)
-    summary["figure"] = str(figure) if figure else None
+    with tracked(resolved["logger"], stage="analyze", group=cfg.name, config=resolved, folder=out,
+                 name=f"{summary['benchmark']}/{summary['base']}/{summary['pilot']}") as tracker:
+        with pool.holding():
+            roles = ("base", "pilot") if "difficulty" in a.parts else ("base",) if "prefix" in a.parts else ()
+            engines = pool.engines({role: specs[role] for role in roles}, resolved) if roles else {}
+            scored = {role: _scored(engines[role], role, items, a.max_answer_tokens, out) for role in engines}
+            if "difficulty" in a.parts:
+                resampled = (a.bootstrap_resamples, cfg.seed)
+                summary["difficulty"] = {role: {"buckets": positions.difficulty_by_position(s, *resampled),
+                                                "premise": positions.premise_verdict(s, *resampled)}
+                                         for role, s in scored.items()}
+            if "prefix" in a.parts:
+                summary["prefix"] = _prefix(engines["base"], items, scored["base"], a, resolved, out, cfg.seed)
+        if "switches" in a.parts:
+            summary["switches"] = _switches(records, judge, client, out)
+        summary["tables"] = analysis_tables(summary, out)
+        figure = plot_analyses(out / "analyses.png", summary)
+        summary["figure"] = str(figure) if figure else None
+        tracker.summary(_headline(summary))
     write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
@@ -153,11 +159,28 @@ def _switches(records: list[dict], judge: dict, client: ClientSettings | None, o
     return summary
 
 
+def _headline(summary: dict) -> dict:
+    """The numbers a run table shows: each model's premise gap, the prefix curve's perplexities,
+    the switch stages' shares."""
+    out = {}
+    for role, part in (summary.get("difficulty") or {}).items():
+        if part["premise"]["gap"]:
+            out[f"{role}/later_minus_beginning"] = part["premise"]["gap"]["mean"]
+    for point in (summary.get("prefix") or {}).get("curve", []):
+        out[f"prefix/perplexity/m={point['m']}"] = point["perplexity"]["mean"]
+    switches = summary.get("switches") or {}
+    for reading in ("rule", "judge"):
+        for stage, share in ((switches.get(reading) or {}).get("shares") or {}).items():
+            out[f"switches/{reading}/{stage}"] = share
+    return out
+
+
 def _quantiles(values: np.ndarray) -> dict | None:
     if values.size == 0:
         return None
     q = np.percentile(values, [10, 25, 50, 75, 90])
-    return {"n": int(values.size), "mean": float(values.mean()), **{f"p{p}": float(v) for p, v in zip((10, 25, 50, 75, 90), q)},
+    percentiles = {f"p{p}": float(v) for p, v in zip((10, 25, 50, 75, 90), q)}
+    return {"n": int(values.size), "mean": float(values.mean()), **percentiles,
             "values": values.tolist()}
 
 

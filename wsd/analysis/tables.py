@@ -57,7 +57,8 @@ def analysis_tables(summary: dict, folder: Path) -> str:
                      f"the answer: median {switches['share']['p50']:.2f}" if k else "") + ".", ""]
         judge = switches.get("judge")
         header = ["stage", "by rule"] + ([f"by judge{' (proxy)' if judge['proxy'] else ''}"] if judge else [])
-        rows = [[name, _share(switches["rule"], name)] + ([_share(judge, name)] if judge else []) for name in ANSWER_STAGES]
+        rows = [[name, _share(switches["rule"], name)] + ([_share(judge, name)] if judge else [])
+                for name in ANSWER_STAGES]
         lines += _table(header, rows)
         if judge:
             lines += [f"The judge named a stage for {judge['classified']} of {judge['of']}; it agrees with the rule "
@@ -92,5 +93,6 @@ def premise_lines(summary: dict) -> list[str]:
     for role, part in (summary.get("difficulty") or {}).items():
         p = part["premise"]
         numbers = f"later minus beginning log-prob {interval(p['gap'])}, n = {p['gap']['n']}" if p["gap"] else ""
-        lines.append(f"{summary['benchmark']}, {role} {summary[role]}: {p['verdict']}" + (f" ({numbers})" if numbers else ""))
+        line = f"{summary['benchmark']}, {role} {summary[role]}: {p['verdict']}"
+        lines.append(f"{line} ({numbers})" if numbers else line)
     return lines

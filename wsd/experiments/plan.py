@@ -79,8 +79,9 @@ def plan(cfg: DictConfig) -> list[Step]:
                   for judge in (study_judges.get(benchmark) or judges[benchmark] if _forced(run)
                                 else judges[benchmark])]
     if "analyze" in r["stages"]:  # the planned benchmarks among reproduce.analyses: each reads its WSD run
-        steps += [Step("analyze", (f"benchmark={b}", "method=wsd"), tuple((r.get("benchmark_overrides") or {}).get(b)
-                                                                       or ())) for b in r["analyses"] if b in r["benchmarks"]]
+        sizes = r.get("benchmark_overrides") or {}
+        steps += [Step("analyze", (f"benchmark={b}", "method=wsd"), tuple(sizes.get(b) or ()))
+                  for b in r["analyses"] if b in r["benchmarks"]]
     if "evaluate_tax" in r["stages"]:
         steps += [Step("evaluate_tax", (f"method={m}", *pilot)) for pilot in pilots for m in r["tax_methods"]
                   if not pilot or m in r["trained_pilot_methods"]]
