@@ -401,32 +401,32 @@ def plot_main_metrics(path: Path, paper: dict, rows: list[dict]) -> Path | None:
     have, not only the first), as bars with their 95% intervals: one panel per measure (they
     are on different scales), proxies marked, the methods in the same order in every panel."""
     ours = newest_rows([r for r in rows if r["benchmark"] != TAX])
-    runs = sorted({key[:2] for key in ours})
+    measures = [(column, pair) for column, pairs in main_candidates(paper).items() for pair in pairs]
+    runs = [run for run in sorted({key[:2] for key in ours})
+            if any((*run, *pair) in ours for _, pair in measures)]  # one y axis shared by every panel
     panels: dict[str, list] = {}
-    for column, pairs in main_candidates(paper).items():
-        for pair in pairs:
-            found = [(f"{method} · {source}", ours[(source, method, *pair)]) for source, method in runs
-                     if (source, method, *pair) in ours]
-            if found:
-                proxy = PROXY_MARK if any(r["proxy"] for _, r in found) else ""
-                panels[f"{column}: {pair[1]}{proxy}"] = found
+    for column, pair in measures:
+        found = {i: ours[(*run, *pair)] for i, run in enumerate(runs) if (*run, *pair) in ours}
+        if found:
+            proxy = PROXY_MARK if any(r["proxy"] for r in found.values()) else ""
+            panels[f"{column}: {pair[1]}{proxy}"] = found
     if not panels:
         return None
+    labels = [f"{method} · {source}" for source, method in runs]
     plt = _pyplot()
     columns = min(3, len(panels))
     rows_needed = -(-len(panels) // columns)
-    height = max(len(bars) for bars in panels.values()) * 0.3 + 1.4
+    height = len(runs) * 0.3 + 1.4
     fig, axes = plt.subplots(rows_needed, columns, figsize=(5.5 * columns, height * rows_needed), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.remove()
-    for i, (ax, (title, bars)) in enumerate(zip(axes.flat, panels.items())):
-        labels, found = zip(*bars)
-        means = np.array([r["mean"] for r in found])
-        spread = [[r["mean"] - r["low"] if r.get("low") is not None else 0 for r in found],
-                  [r["high"] - r["mean"] if r.get("high") is not None else 0 for r in found]]
-        ax.barh(range(len(bars)), means, xerr=spread, capsize=3, color="tab:blue", alpha=0.7)
-        ax.set_yticks(range(len(bars)), labels if i % columns == 0 else [""] * len(bars), fontsize="x-small")
-        ax.invert_yaxis()
+    for i, (ax, (title, found)) in enumerate(zip(axes.flat, panels.items())):
+        at, cells = list(found), list(found.values())
+        spread = [[r["mean"] - r["low"] if r.get("low") is not None else 0 for r in cells],
+                  [r["high"] - r["mean"] if r.get("high") is not None else 0 for r in cells]]
+        ax.barh(at, [r["mean"] for r in cells], xerr=spread, capsize=3, color="tab:blue", alpha=0.7)
+        ax.set_yticks(range(len(runs)), labels if i % columns == 0 else [""] * len(runs), fontsize="x-small")
+        ax.set_ylim(len(runs) - 0.5, -0.5)  # the first run on top, the same rows in every panel
         ax.set_title(title, fontsize="small")
         ax.set_xlabel("mean (95% interval)", fontsize="small")
     fig.suptitle(f"Measures standing for the paper's columns ({PROXY_MARK}: offline proxy)", fontsize="medium")
