@@ -147,8 +147,8 @@ def test_a_two_point_sweep_runs_through_evaluation_and_the_report(tiny_models, t
 def test_the_default_plan_runs_the_settings_study_and_the_analyses():
     steps = plan.plan(compose(["experiment=mini"], "reproduce"))
     forced = [s for s in steps if any(o.startswith("wsd.force_keep=") for o in s.overrides)]
-    assert [s.overrides[-1] for s in forced if s.stage == "generate"] == [
-        "wsd.force_keep=1", "wsd.force_keep=8", "wsd.force_keep=32", "wsd.force_keep=draft"]
+    assert [s.overrides[2:] for s in forced if s.stage == "generate"] == [
+        (f"wsd.force_keep={k}", "draft_cache_dir=null") for k in (1, 8, 32, "draft")]
     assert {s.overrides[-1] for s in forced if s.stage == "evaluate"} == {"judge=reference_similarity"}
     assert all("benchmark=alpaca_eval" in s.overrides for s in forced)
     [analyze] = [s for s in steps if s.stage == "analyze"]

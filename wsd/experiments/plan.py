@@ -66,8 +66,10 @@ def plan(cfg: DictConfig) -> list[Step]:
     study = r.get("settings_study") or {}
     for benchmark in (b for b in study.get("benchmarks") or () if b in r["benchmarks"]):
         sized = tuple((r.get("benchmark_overrides") or {}).get(benchmark) or ())
-        runs += [(benchmark, (f"benchmark={benchmark}", "method=wsd", f"wsd.force_keep={k}"), sized)
-                 for k in study["force_keep"]]
+        # without the draft cache: a run that reused the auto-switch run's drafts would not pay for
+        # its drafting, and the study compares times
+        runs += [(benchmark, (f"benchmark={benchmark}", "method=wsd", f"wsd.force_keep={k}", "draft_cache_dir=null"),
+                  sized) for k in study["force_keep"]]
     if "generate" in r["stages"]:
         steps += [Step("generate", run, sized) for _, run, sized in runs]
     if "evaluate" in r["stages"]:
