@@ -322,7 +322,8 @@ def write_table(folder: Path, name: str, df: pd.DataFrame, note: str) -> dict[st
     return paths
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display): every figure of the report and the analyses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,7 +356,7 @@ def plot_metric_vs_threshold(path: Path, generations: list[GenerationRun], rows:
     panels = {t: p for t, p in panels.items() if p}  # lines along two or more thresholds only
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(3, len(panels))
     rows_needed = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows_needed, columns, figsize=(5.5 * columns, 4 * rows_needed), squeeze=False)
@@ -383,7 +384,7 @@ def plot_time_vs_threshold(path: Path, generations: list[GenerationRun], ratios:
     lines = {key: line for key, line in _by_window(points).items() if len({x for x, _ in line}) > 1}
     if not lines:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4 + 0.25 * len(lines)))
     for key, line in lines.items():
         ax.plot(*zip(*line), marker="o", label=key)
@@ -413,7 +414,7 @@ def plot_main_metrics(path: Path, paper: dict, rows: list[dict]) -> Path | None:
     if not panels:
         return None
     labels = [f"{method} · {source}" for source, method in runs]
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(3, len(panels))
     rows_needed = -(-len(panels) // columns)
     height = len(runs) * 0.3 + 1.4
@@ -444,7 +445,7 @@ def plot_switch_histogram(path: Path, generations: list[GenerationRun]) -> Path 
     runs = [run for run in runs if run[1]]
     if not runs:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(3, len(runs))
     rows_needed = -(-len(runs) // columns)
     fig, axes = plt.subplots(rows_needed, columns, figsize=(4.5 * columns, 2.8 * rows_needed), squeeze=False,

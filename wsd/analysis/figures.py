@@ -7,16 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.reporting import pyplot
 from wsd.analysis.switch_stages import ANSWER_STAGES
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _with_interval(ax, xs, estimates: list[dict | None], label: str, marker: str) -> None:
@@ -42,7 +34,7 @@ def plot_analyses(path: Path, summary: dict) -> Path | None:
         panels += [("k", "switch position k (kept draft tokens)"), ("stages", "stage of the answer at the switch")]
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = 2
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(10, 3.2 * rows), squeeze=False)
