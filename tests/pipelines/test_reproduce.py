@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from pipelines import reproduce
 from tests.conftest import REPO, tiny_overrides
+from wsd.backends import engines
+from wsd.backends.models import ModelSpec
 from wsd.experiments import plan
-from wsd.methods import compose
+from wsd.methods import compose, method_entry
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 GSM8K = REPO / "tests" / "fixtures" / "gsm8k_mini.jsonl"
@@ -158,3 +161,17 @@ def test_the_default_plan_runs_the_settings_study_and_the_analyses():
     cfg = compose([*analyze.defaults, "experiment=mini", *analyze.overrides], "analyze")
     assert (cfg.analysis.limit, cfg.analysis.max_answer_tokens) == (48, 256)
     assert plan.finished_output(analyze, cfg).parent.parent.name == "alpaca_eval"
+
+
+def test_the_default_plan_loads_each_model_once_for_its_generation_runs(monkeypatch):
+    """The generation runs of one pilot come together: the shared two-engine pool loads base,
+    pilot and trained pilot once each, not a pilot per benchmark (a vLLM start is most of a
+    generation step on a CPU)."""
+    loaded = []
+    monkeypatch.setattr(engines, "load_engine", lambda spec, backend, cache_dir: loaded.append(spec.name) or object())
+    pool = engines.ModelPool()
+    for step in (s for s in plan.plan(compose(["experiment=mini"], "reproduce")) if s.stage == "generate"):
+        cfg = compose([*step.defaults, "experiment=mini", *step.overrides], "generate")
+        roles = method_entry(cfg.method.name).roles_for(cfg)
+        pool.engines({role: ModelSpec.from_config(cfg[role]) for role in roles}, OmegaConf.to_container(cfg))
+    assert sorted(loaded) == sorted(["gemma-3-270m", "SmolLM2-135M-Instruct", "trained-pilot-mini"])

@@ -38,9 +38,9 @@ class Step:
 
 
 def plan(cfg: DictConfig) -> list[Step]:
-    """The steps of `cfg.reproduce` in order: each benchmark's generation runs (the trained
-    pilot's too, and the settings study's WSD runs with a forced switch) and their judges,
-    the analyses, then the tax runs, then the report."""
+    """The steps of `cfg.reproduce` in order: the generation runs (every benchmark's with the
+    experiment's pilot and the settings study's WSD runs with a forced switch, then the trained
+    pilot's) and their judges, the analyses, then the tax runs, then the report."""
     r = OmegaConf.to_container(cfg.reproduce, resolve=True)
     unknown = [s for s in r["stages"] if s not in STAGES]
     if unknown:
@@ -71,7 +71,10 @@ def plan(cfg: DictConfig) -> list[Step]:
         runs += [(benchmark, (f"benchmark={benchmark}", "method=wsd", f"wsd.force_keep={k}", "draft_cache_dir=null"),
                   sized) for k in study["force_keep"]]
     if "generate" in r["stages"]:
-        steps += [Step("generate", run, sized) for _, run, sized in runs]
+        # each pilot's runs together, over every benchmark: the shared pool (two engines) then loads
+        # each pilot once instead of switching pilots on every benchmark
+        by_pilot = sorted(runs, key=lambda run: "pilot=trained" in run[1])
+        steps += [Step("generate", run, sized) for _, run, sized in by_pilot]
     if "evaluate" in r["stages"]:
         study_judges = study.get("judges") or {}
         for benchmark in r["benchmarks"]:
