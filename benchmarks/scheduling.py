@@ -1,15 +1,16 @@
-"""Scheduling benchmark on the embedded pair, vLLM: batches of 8 against per-request pipelines
-on vLLM's async engine, offline and served, side by side in one process (fp32), then nudging
-three ways and the bf16 agreement of per request with the three passes.
+"""Scheduling benchmark on the embedded pair, vLLM: batches of 8 (what `backend=vllm` did until
+ae0907d), all prompts at once and per-request pipelines on vLLM's async
+engine, offline and served, side by side in one process (fp32), then nudging three ways and
+the bf16 agreement of per request with the three passes.
 
     make bench                                   # this table after the decode benchmark's
     python -m benchmarks.scheduling --prompts 32 --length 128 --draft 64 --clients 1 8 32
 
 Fixed output length (no EOS, no stop strings): every method writes exactly L tokens per prompt,
 so tokens/s compare like for like. Offline: base only (all prompts in one call), the three
-passes on vLLM (all prompts at once), WSD's chunked fast path in batches of 8 (today's
-`backend=vllm`) and all at once, and WSD per request (`backend.scheduling=per_request`, every
-prompt submitted at once). Served: `pipelines.serve`'s app over the per-request WSD, on
+passes on vLLM (all prompts at once: `backend=vllm`'s WSD since ae0907d), WSD's chunked fast
+path in batches of 8 (`backend=vllm` until then) and all at once, and WSD per request
+(`backend.scheduling=per_request`, every prompt submitted at once). Served: `pipelines.serve`'s app over the per-request WSD, on
 127.0.0.1, with 1, 8 and 32 clients each sending the next prompt when its answer arrives
 (tokens/s, p50/p95 latency). Equivalence: per-request and batched records compared by
 `keep_count` and `response`. Nudging (the first --nudging-prompts prompts): on HF one prompt
@@ -50,7 +51,7 @@ from wsd.weak_to_strong.per_request import PerRequestWSD
 from wsd.weak_to_strong.reference import ReferenceWSD
 from wsd.weak_to_strong.switch import WSDSettings, first_switch
 
-OLD_BATCH = 8  # what every method handed vLLM before per-request scheduling (generation.batch_size)
+OLD_BATCH = 8  # what every method handed vLLM per call until ae0907d (generation.batch_size)
 
 
 def config(args, scheduling: str) -> dict:
@@ -137,7 +138,7 @@ def run(args) -> dict:
     seconds["base only, all at once"] = timed_generate(vbase, base_ids, L)
     offline = {
         "three passes, all at once": ReferenceWSD(vpilot, vbase, settings, batch_size=N),
-        f"WSD chunked, batches of {OLD_BATCH} (today's default)":
+        f"WSD chunked, batches of {OLD_BATCH} (before)":
             ChunkedWSD(vpilot, vbase, settings, FastOptions(batch_size=OLD_BATCH, chunk_tokens=args.chunk)),
         "WSD chunked, all at once": ChunkedWSD(vpilot, vbase, settings, FastOptions(batch_size=N, chunk_tokens=args.chunk)),
     }
@@ -171,7 +172,7 @@ def run(args) -> dict:
     nudging["HF, one prompt at a time"] = timed(nudger(args, hpilot, hbase), nudged, hpilot, hbase)
     nudging_table = nudging_report(console, nudging, len(nudged), L)
 
-    old = f"WSD chunked, batches of {OLD_BATCH} (today's default)"
+    old = f"WSD chunked, batches of {OLD_BATCH} (before)"
     table = Table(title=f"{N} prompts x {L} tokens on vLLM (fp32, CPU): tokens/s side by side")
     for col in ("method", "wall s", "tokens/s", f"/ {old}", "p50 s", "p95 s"):
         table.add_column(col, justify="left" if col == "method" else "right")

@@ -267,12 +267,12 @@ def test_the_generate_stage_runs_every_method_on_vllm(vllm_pair, tmp_path, tiny_
     for method in methods:
         assert runs["vllm", method][0] != runs["hf", method][0]
         assert len(runs["vllm", method][1]) == 2 and runs["vllm", method][1] == runs["hf", method][1], method
-    # one draft cache (output_root/cache/drafts) for both backends: HF took none of vLLM's
-    # drafts; a run of the same pair on the same backend (another folder) takes every one
+    # vLLM's blocking engines ran WSD's three passes (no draft cache, no early stop); HF's fast
+    # engine filled the draft cache, which a run of the same pair (another folder) takes whole
     def cache_hits(run_dir):
-        return [json.loads(line)["draft_cache_hit"] for line in open(f"{run_dir}/records.jsonl")]
+        return [json.loads(line).get("draft_cache_hit") for line in open(f"{run_dir}/records.jsonl")]
 
-    assert cache_hits(runs["vllm", "wsd"][0]) == cache_hits(runs["hf", "wsd"][0]) == [False, False]
+    assert cache_hits(runs["vllm", "wsd"][0]) == [None, None] and cache_hits(runs["hf", "wsd"][0]) == [False, False]
     again = generate.run(compose([*overrides, "method=wsd", "backend=hf", f"output_root={tmp_path / 'again'}",
                                   f"draft_cache_dir={tmp_path / 'cache' / 'drafts'}"]))
     assert cache_hits(again["run_dir"]) == [True, True]

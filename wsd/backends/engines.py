@@ -190,12 +190,12 @@ def per_request(backend: dict | None) -> bool:
 
 
 def backend_identity(backend: dict) -> dict:
-    """What of a backend block determines outputs: all of it, but where requests are batched
-    not the per-request path's settings, which change nothing there (and runs from before
-    they existed keep their keys)."""
+    """What of a backend block determines outputs: all of it (on vLLM `max_in_flight` sets
+    the batches, and in bf16 a batch's shape moves near-ties), but `scheduling: batched`,
+    the path a block without `scheduling` (saved before it existed) takes too."""
     if per_request(backend):
         return dict(backend)
-    return {k: v for k, v in backend.items() if k not in ("scheduling", "max_in_flight")}
+    return {k: v for k, v in backend.items() if k != "scheduling"}
 
 
 def check_backend(backend: dict) -> None:
@@ -204,6 +204,8 @@ def check_backend(backend: dict) -> None:
         raise ValueError(f"unknown backend {backend['name']!r}; accepted: {', '.join(BACKENDS)}")
     if backend.get("scheduling", "batched") not in SCHEDULINGS:
         raise ValueError(f"unknown backend.scheduling {backend['scheduling']!r}; accepted: {', '.join(SCHEDULINGS)}")
+    if backend["name"] == "vllm" and not (isinstance(backend.get("max_in_flight"), int) and backend["max_in_flight"] >= 1):
+        raise ValueError(f"backend.max_in_flight must be an integer >= 1, got {backend.get('max_in_flight')!r}")
 
 
 def load_engine(spec: ModelSpec, backend: dict, cache_dir: str) -> Engine:

@@ -3,14 +3,13 @@ the base-model prompt formats the reward-guided methods share."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
 from wsd.backends.decoding import check_context, encode
-from wsd.backends.engines import Engine, per_request
+from wsd.backends.engines import Engine
 from wsd.core.prompts import (
     Message,
     base_format,
@@ -20,7 +19,7 @@ from wsd.core.prompts import (
     stop_reason,
     stop_strings,
 )
-from wsd.core.registration import Method, MethodEntry, decode_options
+from wsd.core.registration import Method, MethodEntry, decode_options, engine_options
 from wsd.core.schemas import GenerationBlock, MethodBlock
 
 
@@ -85,19 +84,9 @@ class PromptedModel:
         }
 
 
-def request_options(cfg: dict) -> GenerationBlock:
-    """The decoding options. On vLLM's async engine (`backend.scheduling=per_request`) a call
-    hands the engine up to `backend.max_in_flight` prompts, each its own request, instead of
-    `generation.batch_size`: one answer is one request, so the engine schedules them all."""
-    options = decode_options(cfg)
-    if per_request(cfg.get("backend")):
-        return dataclasses.replace(options, batch_size=cfg["backend"]["max_in_flight"])
-    return options
-
-
 def prompted_base(cfg: dict, base: Engine, prompt: str, options: GenerationBlock | None = None) -> PromptedModel:
     fmt = base_format(base.tokenizer, prompt, cfg["method"].get("prompt_file"))
-    return PromptedModel(base, fmt.render, fmt.stop_kind, options or request_options(cfg), finish=fmt.finish)
+    return PromptedModel(base, fmt.render, fmt.stop_kind, options or engine_options(cfg), finish=fmt.finish)
 
 
 def build_base(cfg: dict, models: dict[str, Engine]) -> Method:
@@ -114,7 +103,7 @@ def build_pilot(cfg: dict, models: dict[str, Engine]) -> Method:
     """The pilot alone, with its chat template."""
     pilot = models["pilot"]
     return PromptedModel(pilot, lambda messages: pilot_prompt(pilot.tokenizer, messages), "pilot",
-                         request_options(cfg))
+                         engine_options(cfg))
 
 
 def base_format_name(method: dict) -> str:

@@ -7,6 +7,7 @@ config block, label keys, summary); `wsd.methods` registers them all."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +29,18 @@ def decode_options(cfg: dict) -> GenerationBlock:
     return options
 
 
+def engine_options(cfg: dict) -> GenerationBlock:
+    """The decoding options, with the prompts a method hands its engine per call: on vLLM up
+    to `backend.max_in_flight` (its scheduler batches what fits and queues the rest, so a
+    method never waits for a batch of `generation.batch_size` to finish before the next
+    starts), on HF `generation.batch_size` (bounded by memory). A vLLM block saved before
+    `max_in_flight` existed batches as its run did then."""
+    options = decode_options(cfg)
+    if backend_name(cfg) == "vllm":
+        return dataclasses.replace(options, batch_size=cfg["backend"].get("max_in_flight", options.batch_size))
+    return options
+
+
 def backend_name(cfg: dict) -> str:
     """`backend=hf|vllm` (a config without the group, as older saved configs, is HF)."""
     return (cfg.get("backend") or {}).get("name", "hf")
@@ -35,8 +48,8 @@ def backend_name(cfg: dict) -> str:
 
 def greedy_options(cfg: dict) -> GenerationBlock:
     """The options of a method that decodes greedily only (WSD's switch and nudging's
-    handovers are defined on greedy decoding)."""
-    options = decode_options(cfg)
+    handovers are defined on greedy decoding), with the engine's batch (`engine_options`)."""
+    options = engine_options(cfg)
     if options.sampling:
         raise ValueError(f"method {cfg['method']['name']!r} decodes greedily; generation.temperature must be 0, "
                          f"got {options.temperature}")

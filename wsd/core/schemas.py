@@ -27,7 +27,7 @@ class GenerationBlock:
     """What every method shares."""
 
     max_new_tokens: int = 2048  # the answer's budget (WSD: the base gets max_new_tokens - k, rounded up to 50)
-    batch_size: int = 8  # prompts decoded together (nudging decodes one at a time)
+    batch_size: int = 8  # prompts decoded together on HF (on vLLM: backend.max_in_flight; HF nudging: one)
     chunk_tokens: int = 16  # tokens per batched generate call; finished rows leave between calls
     fixed_length: bool = False  # speed benchmarks: no EOS or stop strings, every row runs its budget
     stop_strings: list[str] = field(default_factory=list)  # added to every model's own (the tax stage: lm-eval's `until`)
@@ -56,7 +56,7 @@ class APIServerBlock:
     host: str = "127.0.0.1"  # the address it binds (another only when asked: 0.0.0.0 serves the network)
     port: int = 0  # 0: a free port, printed at start
     model_name: Optional[str] = None  # the model id clients ask for (null: the method's name)
-    max_batch: int = 64  # queued requests decoded in one call at most (the method batches by generation.batch_size)
+    max_batch: int = 64  # queued requests decoded in one call at most (the method batches them as it does offline)
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests once one arrives
     api_key_env: str = "WSD_API_KEY"  # when this variable is set, a request must carry it as its Bearer key
     # answer every request greedily (the paper's decoding) whatever temperature it asks, for

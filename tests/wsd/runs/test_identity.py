@@ -12,12 +12,13 @@ from wsd.runs import identity
 
 # The folders the generate and evaluate stages gave these configs before `wsd.runs.identity` (commit
 # 502902a), run from an empty folder: a change that renames them leaves every existing run
-# behind, so it must be deliberate (and `Identity.claim` must find the old ones).
+# behind, so it must be deliberate (and `Identity.claim` must find the old ones). Renamed on
+# purpose since: batched vLLM runs, once they handed the engine `backend.max_in_flight` prompts at once.
 BEFORE = {
     (): "generate/alpaca_eval/wsd__SmolLM2-135M-Instruct__gemma-3-270m__60740881ce",
     ("method=base",): "generate/alpaca_eval/base__gemma-3-270m__efb01df188",
     ("method=args",): "generate/alpaca_eval/args__gemma-3-270m__trained-rm-default__70d6403712",
-    ("backend=vllm",): "generate/alpaca_eval/wsd__SmolLM2-135M-Instruct__gemma-3-270m__330244f26f",
+    ("backend=vllm",): "generate/alpaca_eval/wsd__SmolLM2-135M-Instruct__gemma-3-270m__17afeb6f68",
     ("method=best_of_n", "method.source=pilot"):
         "generate/alpaca_eval/best_of_n__SmolLM2-135M-Instruct__trained-rm-default__3796e65303",
     ("benchmark=mt_bench", "wsd.threshold=0.5"): "generate/mt_bench/wsd__SmolLM2-135M-Instruct__gemma-3-270m__d29dc1988f",
@@ -94,11 +95,13 @@ def test_a_result_given_by_path_must_be_a_finished_one_of_that_stage(tmp_path):
         identity.finished(tmp_path, "generate")
 
 
-def test_per_request_scheduling_keys_its_runs_and_batched_runs_keep_theirs(tmp_path, monkeypatch):
-    """vLLM's per-request path is keyed apart (in bf16 its batches differ); the scheduling keys
-    change nothing where requests are batched, so batched runs keep their folders."""
+def test_per_request_scheduling_and_the_vllm_batch_key_their_runs(tmp_path, monkeypatch):
+    """vLLM's per-request path is keyed apart, and so is the number of prompts a batched vLLM
+    run hands the engine at once (in bf16 both change the numbers)."""
     monkeypatch.chdir(tmp_path)
-    folder = lambda *o: str(identity.generation(compose(["backend=vllm", *o])).folder)  # noqa: E731
-    assert folder("backend.max_in_flight=8") == f"outputs/{BEFORE[('backend=vllm',)]}"
-    per_request = folder("backend.scheduling=per_request")
-    assert per_request != folder() and per_request != folder("backend.scheduling=per_request", "backend.max_in_flight=8")
+    folder = lambda *o: str(identity.generation(compose(list(o))).folder)  # noqa: E731
+    assert folder("backend=vllm") == f"outputs/{BEFORE[('backend=vllm',)]}"
+    assert folder("backend=vllm", "backend.max_in_flight=8") != folder("backend=vllm")
+    per_request = folder("backend=vllm", "backend.scheduling=per_request")
+    assert per_request != folder("backend=vllm")
+    assert per_request != folder("backend=vllm", "backend.scheduling=per_request", "backend.max_in_flight=8")
