@@ -90,8 +90,9 @@ serve: setup
 	$(OFFLINE) PYTHONUNBUFFERED=1 $(PY) -m pipelines.serve experiment=$(EXPERIMENT) $(ARGS)
 
 # Decode benchmark on the embedded pair: vLLM and HF, fp32 and bf16 (about 25 minutes on 2 cores; the decode table alone: BENCH_ARGS="--throughput --sweep-prompts 0", 14 minutes); JSON in outputs/bench/
-# Then the scheduling benchmark: batches of 8 against per-request pipelines on vLLM's async engine,
-# offline and served to 1, 8 and 32 clients (about 10 minutes; SCHEDULING_ARGS="--prompts 8" for a quick one).
+# Then the scheduling benchmark: batches of 8, all at once and per-request pipelines on vLLM's async engine,
+# offline and served to 1, 8 and 32 clients, and the generate stage's own setting before and since ae0907d
+# (about 25 minutes; SCHEDULING_ARGS="--prompts 8" for a quick one).
 bench: setup
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m benchmarks.decode $(BENCH_ARGS)
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m benchmarks.scheduling $(SCHEDULING_ARGS)

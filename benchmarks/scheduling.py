@@ -10,7 +10,10 @@ Fixed output length (no EOS, no stop strings): every method writes exactly L tok
 so tokens/s compare like for like. Offline: base only (all prompts in one call), the three
 passes on vLLM (all prompts at once: `backend=vllm`'s WSD since ae0907d), WSD's chunked fast
 path in batches of 8 (`backend=vllm` until then) and all at once, and WSD per request
-(`backend.scheduling=per_request`, every prompt submitted at once). Served: `pipelines.serve`'s app over the per-request WSD, on
+(`backend.scheduling=per_request`, every prompt submitted at once). Then the generate stage's
+own setting (`experiment=mini`: real stops, 192-token answers; `--stage-repeats`, 0 skips it):
+WSD, base and pilot as `backend=vllm` ran them until ae0907d (8 prompts per call, WSD chunked)
+and as they run now (every prompt at once, WSD's three passes), repeated. Served: `pipelines.serve`'s app over the per-request WSD, on
 127.0.0.1, with 1, 8 and 32 clients each sending the next prompt when its answer arrives
 (tokens/s, p50/p95 latency). Equivalence: per-request and batched records compared by
 `keep_count` and `response`. Nudging (the first --nudging-prompts prompts): on HF one prompt
@@ -24,6 +27,7 @@ cannot resolve (`bf16_agreement`). The JSON goes to outputs/bench/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -44,8 +48,9 @@ from wsd.backends.models import ModelSpec
 from wsd.baselines.nudging import Nudging
 from wsd.core.prompts import pilot_prompt
 from wsd.data.prompt_sets import load_benchmark
-from wsd.methods import compose
+from wsd.methods import compose, method_entry
 from wsd.weak_to_strong.batched import FastOptions
+from wsd.weak_to_strong.method import wsd_settings
 from wsd.weak_to_strong.on_vllm import ChunkedWSD
 from wsd.weak_to_strong.per_request import PerRequestWSD
 from wsd.weak_to_strong.reference import ReferenceWSD
@@ -145,6 +150,7 @@ def run(args) -> dict:
     for name, method in offline.items():
         seconds[name], records[name] = timed(method, prompts, vpilot, vbase)
         console.print(f"  {name}: {seconds[name]:.1f} s")
+    stage = stage_setting(args, console, vpilot, vbase) if args.stage_repeats else None
     nudged = prompts[: args.nudging_prompts]
     nudging = {}
     nudging["vLLM, one prompt at a time"] = timed(nudger(args, vpilot, vbase), nudged, vpilot, vbase)
@@ -201,7 +207,56 @@ def run(args) -> dict:
     return {"settings": vars(args), "seconds": seconds, "equivalence": equivalence,
             "served": [{k: v for k, v in c.items() if k != "answers"} for c in serving],
             "targets": {k: {"value": v, "target": t} for k, (v, t) in targets.items()},
-            "per_request_requests": per_request.counter, "nudging": nudging_table, "bf16": bf16}
+            "per_request_requests": per_request.counter, "nudging": nudging_table, "bf16": bf16, "stage": stage}
+
+
+def stage_setting(args, console, pilot, base) -> dict:
+    """The generate stage's own methods on the `make reproduce` setting (`experiment=mini`:
+    AlpacaEval prompts, 192-token answers with their real stops, 96-token drafts), built by the
+    registry on these engines, side by side and repeated: each method as `backend=vllm` ran it
+    until ae0907d (8 prompts per call) and as it runs now (every prompt at once), and WSD's
+    chunked path all at once beside the three passes (its default on vLLM); same records?"""
+    def cfg(method: str, *overrides: str) -> dict:
+        return OmegaConf.to_container(compose(["experiment=mini", f"benchmark.limit={args.prompts}", "logger=none",
+                                               "draft_cache_dir=null", f"method={method}", *overrides]), resolve=True)
+
+    engines = {"pilot": pilot, "base": base}
+    _, settings, options = wsd_settings(cfg("wsd"))  # every prompt at once, early stop: the chunked path as it was
+
+    def built(method: str, *overrides: str):
+        return lambda: method_entry(method).build(cfg(method, *overrides), engines)
+
+    runs = {f"WSD chunked, batches of {OLD_BATCH} (until ae0907d)":
+                lambda: ChunkedWSD(pilot, base, settings, dataclasses.replace(options, batch_size=OLD_BATCH)),
+            "WSD chunked, all at once": lambda: ChunkedWSD(pilot, base, settings, options),
+            "WSD three passes, all at once (default)": built("wsd"),
+            **{f"{m}, {how}": built(m, *([f"backend.max_in_flight={OLD_BATCH}"] if how.startswith("batches") else []))
+               for m in ("base", "pilot") for how in (f"batches of {OLD_BATCH}", "all at once")}}
+    prompts = load_benchmark(cfg("base")["benchmark"])
+    seconds, records = {}, {}
+    console.print(f"[bold]the generate stage's setting: {len(prompts)} prompts, experiment=mini, "
+                  f"{args.stage_repeats} repeats")
+    for _ in range(args.stage_repeats):
+        for name, make in runs.items():
+            took, records[name] = timed(make(), prompts, pilot, base)
+            seconds.setdefault(name, []).append(took)
+            console.print(f"  {name}: {took:.1f} s")
+    pairs = [(f"WSD chunked, batches of {OLD_BATCH} (until ae0907d)", "WSD three passes, all at once (default)"),
+             ("WSD chunked, all at once", "WSD three passes, all at once (default)"),
+             *((f"{m}, batches of {OLD_BATCH}", f"{m}, all at once") for m in ("base", "pilot"))]
+    table = Table(title=f"the generate stage's setting on vLLM (fp32, CPU), {len(prompts)} prompts: wall s per repeat")
+    for col in ("before", "s", "now", "s", "now / before (median)", "same records"):
+        table.add_column(col, justify="left" if col in ("before", "now") else "right")
+    out = []
+    for before, now in pairs:
+        ratio = statistics.median(seconds[now]) / statistics.median(seconds[before])
+        agree = sum((records[before][k].get("keep_count"), records[before][k]["response"]) ==
+                    (records[now][k].get("keep_count"), records[now][k]["response"]) for k in records[now])
+        table.add_row(before, " / ".join(f"{x:.1f}" for x in seconds[before]), now,
+                      " / ".join(f"{x:.1f}" for x in seconds[now]), f"{ratio:.3f}", f"{agree} of {len(prompts)}")
+        out.append({"before": before, "now": now, "ratio": ratio, "same": [agree, len(prompts)]})
+    console.print(table)
+    return {"seconds": seconds, "pairs": out}
 
 
 def nudger(args, pilot, base, max_in_flight: int | None = None, batch_size: int = 1) -> Nudging:
@@ -324,6 +379,8 @@ def main(argv=None) -> None:
     parser.add_argument("--nudging-prompts", type=int, default=8, help="nudging's prompts (HF takes ~20 s each)")
     parser.add_argument("--nudging-threshold", type=float, default=0.4)
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16 agreement run")
+    parser.add_argument("--stage-repeats", type=int, default=2,
+                        help="repeats of the generate stage's setting (experiment=mini, --prompts prompts); 0 skips it")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args(argv)
     result = run(args)
