@@ -21,7 +21,15 @@ import threading
 from concurrent.futures import Future
 
 from wsd.backends.decoding import Generated
-from wsd.backends.vllm_engine import VLLMEngine, _generated, cache_covers, probed, prompt_logprobs, row_seeds
+from wsd.backends.vllm_engine import (
+    VLLMEngine,
+    _generated,
+    cache_covers,
+    exit_cleanly_on_sigterm,
+    probed,
+    prompt_logprobs,
+    row_seeds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,7 @@ class AsyncVLLMEngine(VLLMEngine):
 
     def start(self) -> None:
         if self._llm is None:
+            exit_cleanly_on_sigterm()
             engine_loop().call(self.astart())
 
     async def astart(self) -> None:

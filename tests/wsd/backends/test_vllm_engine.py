@@ -1,6 +1,12 @@
 """The vLLM backend's settings and checks, without starting an engine: what the paper's
 GPU runs would start is composed and checked here."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from wsd.backends import vllm_engine
@@ -93,3 +99,44 @@ def test_an_unknown_backend_is_named():
         check_backend({"name": "sglang"})
     with pytest.raises(ValueError, match="unknown backend.scheduling 'per-request'; accepted: batched, per_request"):
         check_backend({"name": "vllm", "scheduling": "per-request"})
+
+
+
+_HOLDS_A_CHILD = """
+import atexit, subprocess, sys, time
+from wsd.backends.vllm_engine import exit_cleanly_on_sigterm
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+atexit.register(child.kill)  # as vLLM's exit handlers stop its engine-core processes
+if sys.argv[1] == "handled":
+    exit_cleanly_on_sigterm()
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child its new parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("handled", [True, False])
+def test_sigterm_lets_a_process_stop_the_children_it_started(handled):
+    """A stage killed with SIGTERM stops its engine cores: its exit handlers run. Left to
+    SIGTERM's default, the child outlives its parent."""
+    parent = subprocess.Popen([sys.executable, "-c", _HOLDS_A_CHILD, "handled" if handled else "default"],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == (128 + signal.SIGTERM if handled else -signal.SIGTERM)
+        deadline = time.monotonic() + 30  # a killed process takes a moment to go
+        while handled and _running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running(child) is not handled
+    finally:
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
