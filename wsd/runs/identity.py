@@ -236,13 +236,18 @@ def analysis(cfg: DictConfig) -> Identity:
 def collection(cfg: DictConfig) -> Identity:
     """A GenerAlign collection: its block (its judges' place and speed aside; its
     `prompt_batch_size` is keyed, the sampling seeds come from the batches), the teachers'
-    models, the generation block and the seed."""
+    models, the backend they sample on (vLLM's samples change with the prompts a call holds,
+    `backend.max_in_flight`; HF keeps the keys its collections always had), the generation
+    block and the seed."""
     resolved = _plain(cfg)
     g = resolved["generalign"]
     teachers = [{**t, "models": {role: resolved[role] for role in method_entry(t["method"]).roles}}
                 for t in g["teachers"]]
     g["scorers"] = [{**s, "judge": keyed("judge", s["judge"])} for s in g["scorers"]]
     payload = {"generalign": g, "teachers": teachers, "generation": resolved["generation"], "seed": cfg.seed}
+    backend = resolved.get("backend") or {"name": "hf"}
+    if backend["name"] != "hf":
+        payload["backend"] = backend_identity(backend)
     return Identity("collect_generalign", Path(cfg.output_root) / "generalign", cfg.name, payload)
 
 

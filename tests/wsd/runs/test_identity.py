@@ -50,6 +50,10 @@ def test_what_only_changes_place_or_speed_is_not_keyed(tmp_path):
     for stage_identity, stage in ((identity.generation, "generate"), (identity.tax, "evaluate_tax"),
                                   (identity.collection, "collect_generalign")):
         assert folder(stage_identity, stage=stage) != folder(stage_identity, "generation.batch_size=3", stage=stage)
+    # vLLM's samples change with the prompts a call holds: a collection there is keyed by its backend
+    on_vllm = folder(identity.collection, "backend=vllm", stage="collect_generalign")
+    assert on_vllm != folder(identity.collection, stage="collect_generalign")
+    assert on_vllm != folder(identity.collection, "backend=vllm", "backend.max_in_flight=8", stage="collect_generalign")
     # a training is keyed by its data's identity, not by where the outputs live
     assert folder(identity.training, "train.trl.save_steps=99", stage="train_pilot") == \
         folder(identity.training, stage="train_pilot")
