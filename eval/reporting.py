@@ -111,7 +111,9 @@ def paper_vs_ours(paper: dict, ours: dict[tuple, dict], candidates: dict) -> tup
     """The paper's table as the paper lays it out, one column per paper column: the paper's
     rows with its numbers, ours with their stand-in for each column (a cell from another than
     the column's first choice names its metric). Returns the table and the pairs it showed;
-    our runs with no stand-in are left out (the other-metrics table has them)."""
+    our runs with no stand-in are left out (the other-metrics table has them). A pair shown is
+    (source, method, benchmark, metric): a metric one run stands in with (reference similarity
+    for the runs AlpacaEval 2's annotator did not judge) stays in other runs' other metrics."""
     table = [{"source": paper_source(base), "method": method, **{c: f"{v:.2f}" for c, v in values.items()}}
              for base, methods in paper.items() for method, values in methods.items()]
     shown = set()
@@ -121,7 +123,7 @@ def paper_vs_ours(paper: dict, ours: dict[tuple, dict], candidates: dict) -> tup
             row = ours[(source, method, *pair)]
             named = f" ({pair[1]})" if pair != candidates[column][0] else ""
             cells[column] = f"{estimate_cell(row)}{PROXY_MARK if row['proxy'] else ''}{named}"
-            shown.add(pair)
+            shown.add((source, method, *pair))
         table.append({"source": source, "method": method, **cells})
     return pd.DataFrame(table, columns=["source", "method", *candidates]).fillna(""), shown
 
@@ -168,7 +170,7 @@ def other_metrics_table(rows: list[dict], shown: set) -> pd.DataFrame | None:
     lines = [{"benchmark": benchmark, "metric": f"{metric}{PROXY_MARK if row['proxy'] else ''}", "source": source,
               "method": method, "mean [95% interval] n": estimate_cell(row)}
              for (source, method, benchmark, metric), row in sorted(ours.items(), key=lambda kv: (kv[0][2:], kv[0][:2]))
-             if (benchmark, metric) not in shown]
+             if (source, method, benchmark, metric) not in shown]
     return pd.DataFrame(lines) if lines else None
 
 

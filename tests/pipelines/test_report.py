@@ -98,7 +98,7 @@ def test_main_table_has_one_column_per_paper_benchmark_and_the_rest_go_to_other_
     assert result["skipped"] == {}
 
 
-def test_a_paper_column_shows_a_runs_first_stand_in_and_names_any_other():
+def test_a_paper_column_shows_a_runs_first_stand_in_and_names_any_other(monkeypatch):
     estimate = {"low": 0.1, "high": 0.9, "n": 4, "proxy": True}
     ours = {("ours (b)", "wsd", "alpaca_eval", "alpaca_eval/win_rate"): {**estimate, "mean": 51.0},
             ("ours (b)", "wsd", "alpaca_eval", "reference_similarity/similarity"): {**estimate, "mean": 0.5},
@@ -108,7 +108,14 @@ def test_a_paper_column_shows_a_runs_first_stand_in_and_names_any_other():
     cells = dict(zip(table["method"], table["AlpacaEval2"]))
     assert cells["wsd"].startswith("51.000 [0.100, 0.900] n=4†") and "(" not in cells["wsd"].split("n=4")[1]
     assert cells["base"] == "0.250 [0.100, 0.900] n=4† (reference_similarity/similarity)"
-    assert shown == {("alpaca_eval", "alpaca_eval/win_rate"), ("alpaca_eval", "reference_similarity/similarity")}
+    assert shown == {("ours (b)", "wsd", "alpaca_eval", "alpaca_eval/win_rate"),
+                     ("ours (b)", "base", "alpaca_eval", "reference_similarity/similarity")}
+    # WSD's reference similarity stands in nowhere: the other metrics keep it (base's is in the main table)
+    rows = [{"source": k[0], "method": k[1], "benchmark": k[2], "metric": k[3], **v} for k, v in ours.items()]
+    monkeypatch.setattr(reporting, "newest_rows", lambda rows: {(r["source"], r["method"], r["benchmark"], r["metric"]): r
+                                                                for r in rows})
+    other = reporting.other_metrics_table(rows, shown)
+    assert other[["method", "metric"]].values.tolist() == [["wsd", "reference_similarity/similarity†"]]
 
 
 def test_switch_analysis_and_time_ratio_match_the_records(built):
