@@ -89,11 +89,11 @@ class WSDBlock:
     """The `wsd` block: WSD's own settings (read only by method=wsd), registered as
     `schema/wsd` by WSD's registration (`method.py`)."""
 
-    implementation: str = "fast"  # fast (batched, early-stopping) or reference (the authors' three passes)
+    implementation: str = "fast"  # fast (the backend's fastest; on vLLM the three passes all at once) or reference
     window: int = 6  # the switch window w
     threshold: float = 0.8  # the switch threshold gamma, in [0, 1]
     draft_max_tokens: int = 512  # the pilot's budget (lowered to generation.max_new_tokens when above it)
-    early_stop: bool = True  # fast implementation: stop drafting at the switch (sweeps: false, docs/sweeps-and-benchmarks.md)
+    early_stop: bool = True  # fast: stop drafting at the switch (sweeps: false, whole drafts cached and shared)
     # The settings study: the switch forced after k draft tokens (base tokenization), or `draft`:
     # the whole draft kept; null: the auto-switch of window and threshold
     force_keep: Any = None
