@@ -117,6 +117,25 @@ def test_the_served_per_request_wsd_answers_as_offline(pool, async_pair, prompts
     assert [e.unfinished() for e in async_pair] == [0, 0]
 
 
+def test_a_streamed_answer_from_the_per_request_server_is_the_offline_one(pool, async_pair, prompts):
+    """`stream: true` against the server over the async engines: the events carry the offline
+    call's answer and WSD's switch, and end with [DONE] (bounded: a stall fails, not hangs)."""
+    cfg = OmegaConf.to_container(compose([*CFG, "wsd.draft_max_tokens=32", "generation.max_new_tokens=48"]),
+                                 resolve=True)
+    generator = Generator(cfg, pool)
+    [offline] = generator.generate([prompts[0].messages])
+    app = create_app(generator, "wsd", None, max_batch=64, batch_wait_s=0.005, workers=cfg["backend"]["max_in_flight"])
+    with InThread(app) as server, httpx.Client(timeout=300) as http:
+        with http.stream("POST", f"{server.url}/chat/completions", json={
+                "model": "wsd", "messages": prompts[0].messages, "max_tokens": 48, "stream": True}) as reply:
+            events = [line.removeprefix("data: ") for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == offline.response
+    assert chunks[-1]["wsd"]["keep_count"] == offline.keep_count
+    assert [e.unfinished() for e in async_pair] == [0, 0]
+
+
 def test_a_client_that_leaves_mid_answer_has_its_requests_aborted(pool, async_pair, prompts):
     """A client that hangs up while its pipeline decodes: its requests leave the engines, and
     the server answers the next request."""
