@@ -82,7 +82,8 @@ def warm(pilot, base, prompts) -> None:
 
 
 def same(a: dict, b: dict) -> int:
-    return sum((a[k]["keep_count"], a[k]["response"]) == (b[k]["keep_count"], b[k]["response"]) for k in a)
+    """How many prompts got the same answer (and, for WSD, the same switch) in both runs."""
+    return sum((a[k].get("keep_count"), a[k]["response"]) == (b[k].get("keep_count"), b[k]["response"]) for k in a)
 
 
 def served(args, console, generator: Generator, prompts, clients: int) -> dict:
@@ -250,8 +251,7 @@ def stage_setting(args, console, pilot, base) -> dict:
     out = []
     for before, now in pairs:
         ratio = statistics.median(seconds[now]) / statistics.median(seconds[before])
-        agree = sum((records[before][k].get("keep_count"), records[before][k]["response"]) ==
-                    (records[now][k].get("keep_count"), records[now][k]["response"]) for k in records[now])
+        agree = same(records[now], records[before])
         table.add_row(before, " / ".join(f"{x:.1f}" for x in seconds[before]), now,
                       " / ".join(f"{x:.1f}" for x in seconds[now]), f"{ratio:.3f}", f"{agree} of {len(prompts)}")
         out.append({"before": before, "now": now, "ratio": ratio, "same": [agree, len(prompts)]})

@@ -204,8 +204,9 @@ def check_backend(backend: dict) -> None:
         raise ValueError(f"unknown backend {backend['name']!r}; accepted: {', '.join(BACKENDS)}")
     if backend.get("scheduling", "batched") not in SCHEDULINGS:
         raise ValueError(f"unknown backend.scheduling {backend['scheduling']!r}; accepted: {', '.join(SCHEDULINGS)}")
-    if backend["name"] == "vllm" and not (isinstance(backend.get("max_in_flight"), int) and backend["max_in_flight"] >= 1):
-        raise ValueError(f"backend.max_in_flight must be an integer >= 1, got {backend.get('max_in_flight')!r}")
+    in_flight = backend.get("max_in_flight")
+    if backend["name"] == "vllm" and not (isinstance(in_flight, int) and in_flight >= 1):
+        raise ValueError(f"backend.max_in_flight must be an integer >= 1, got {in_flight!r}")
 
 
 def load_engine(spec: ModelSpec, backend: dict, cache_dir: str) -> Engine:

@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from wsd.backends.engines import backend_identity, model_identity
+from wsd.core.registration import backend_name
 from wsd.core.store import config_key, slug, write_atomic
 from wsd.methods import effective_backend, method_entry
 
@@ -245,9 +246,8 @@ def collection(cfg: DictConfig) -> Identity:
                 for t in g["teachers"]]
     g["scorers"] = [{**s, "judge": keyed("judge", s["judge"])} for s in g["scorers"]]
     payload = {"generalign": g, "teachers": teachers, "generation": resolved["generation"], "seed": cfg.seed}
-    backend = resolved.get("backend") or {"name": "hf"}
-    if backend["name"] != "hf":
-        payload["backend"] = backend_identity(backend)
+    if backend_name(resolved) != "hf":  # HF keeps the keys its collections always had
+        payload["backend"] = backend_identity(resolved["backend"])
     return Identity("collect_generalign", Path(cfg.output_root) / "generalign", cfg.name, payload)
 
 

@@ -66,8 +66,8 @@ def build_wsd(cfg: dict, models: dict[str, Engine]) -> Method:
     """`wsd.implementation=reference`: the three passes (on HF one prompt at a time). `fast`:
     the fastest engine of the backend: on HF one shared KV cache per batch (`FastWSD`); on
     vLLM's blocking engines the three passes over every prompt at once (up to
-    `backend.max_in_flight`; measured 0.71x the chunked path's time, whose early stop does
-    not pay for its extra requests), but where drafts are made whole to be shared through the
+    `backend.max_in_flight`; measured faster than the chunked path, whose early stop does not
+    pay for its extra requests: docs/backends.md), but where drafts are made whole to be shared through the
     draft cache (`wsd.early_stop=false`, a sweep) chunked drafting with prefix-cached scoring
     (`ChunkedWSD`); on vLLM's async engine each prompt its own pipeline (`PerRequestWSD`,
     `backend.scheduling=per_request`)."""
